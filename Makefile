@@ -1,0 +1,31 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+## Install and start the server on embedded SQLite (./headwater-data).
+run: $(VENV)/.installed
+	$(BIN)/headwater serve
+
+## Install and run the whole check: ruff, mypy, pytest.
+test: $(VENV)/.installed
+	$(BIN)/ruff check headwater tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+## Run the benchmark (needs wrk: apt-get install wrk).
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Headwater's native HTTP API, one module per resource."""

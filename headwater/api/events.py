@@ -1,0 +1,208 @@
+"""`/v1/events`: native ingest (a hand-written ASGI callable: it is the hot path) and queries."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from headwater.api.common import authorize, int_param, json_response
+from headwater.errors import ApiError, bad_request
+from headwater.events import EMPTY_OBJECT, Event, EventDraft, FieldError, Mode, Rejection
+from headwater.http import ClientDisconnected, read_body, send_error, send_json
+from headwater.parsing import field_error, nesting_exceeds, parse_range_bound, parse_time
+from headwater.services import Services
+from headwater.storage.base import Backpressure, EventQuery, StoreError
+from headwater.storage.sqlite import from_us, to_us
+
+ShortText = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class EventIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One event as a client sends it to the native API."""
+
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    subject: ShortText | None = None
+    source: ShortText | None = None
+    channel: ShortText | None = None
+    time: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    data: msgspec.Raw = EMPTY_OBJECT
+
+
+class EventPage(msgspec.Struct):
+    data: list[Event]
+    next_cursor: str | None
+
+
+_top_level = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_event_list = msgspec.json.Decoder(list[msgspec.Raw])
+_event_in = msgspec.json.Decoder(EventIn)
+_encoder = msgspec.json.Encoder()
+
+
+def draft_from(raw: bytes) -> EventDraft | Rejection:
+    """Read one native event object; every problem becomes a field error, never an exception."""
+    try:
+        item = _event_in.decode(raw)
+    except msgspec.ValidationError as exc:
+        return Rejection([field_error(exc)], raw)
+    data = item.data
+    if bytes(data) == b"null":
+        data = EMPTY_OBJECT
+    elif not bytes(data).startswith(b"{"):
+        return Rejection([FieldError("data", "invalid_type", "data must be a JSON object")], raw)
+    when = None
+    if item.time is not None:
+        try:
+            when = parse_time(item.time)
+        except ValueError as exc:
+            return Rejection([FieldError("time", "invalid_format", str(exc))], raw)
+    return EventDraft(
+        type=item.type,
+        subject=item.subject,
+        source=item.source,
+        channel=item.channel,
+        time=when,
+        idempotency_key=item.idempotency_key,
+        data=data,
+        raw=raw,
+    )
+
+
+def read_native_body(body: bytes, max_events: int, max_depth: int) -> list[EventDraft | Rejection]:
+    """One event object, or {"events": [...]}; the whole body must at least be readable JSON."""
+    if not body.strip():
+        raise bad_request('request body is empty: send an event object or {"events": [...]}', code="required")
+    if nesting_exceeds(body, max_depth):
+        raise bad_request(f"JSON nests deeper than {max_depth} levels", code="too_deep")
+    try:
+        top = _top_level.decode(body)
+    except msgspec.ValidationError:
+        raise bad_request("request body must be a JSON object", code="invalid_type") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if "events" in top and "type" not in top:
+        extra = sorted(set(top) - {"events"})
+        if extra:
+            raise bad_request(f"unknown field {extra[0]!r} in a batch body", extra[0], "unknown_field")
+        try:
+            raws = _event_list.decode(top["events"])
+        except msgspec.ValidationError:
+            raise bad_request("events must be an array of event objects", "events", "invalid_type") from None
+        if not raws:
+            raise bad_request("events must not be empty", "events", "too_short")
+        if len(raws) > max_events:
+            raise ApiError(
+                413,
+                f"a request may carry at most {max_events} events; this one has {len(raws)}",
+                [FieldError("events", "too_many", f"at most {max_events} events per request")],
+            )
+        return [draft_from(bytes(raw)) for raw in raws]
+    return [draft_from(body)]
+
+
+class IngestEndpoint:
+    """POST /v1/events as a plain ASGI callable: no Request object, no routing on the hot path."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            principal = await self.services.auth.authenticate(scope["headers"], "ingest")
+            body = await read_body(receive)
+            items = read_native_body(body, self.settings.max_batch_events, self.settings.max_json_depth)
+            result = await self.services.pipeline.ingest(principal, items)
+        except ApiError as exc:
+            await send_error(send, exc)
+            return
+        except Backpressure as exc:
+            error = ApiError(
+                503, "server is busy: retry later", headers={"Retry-After": str(exc.retry_after)}
+            )
+            await send_error(send, error)
+            return
+        except StoreError as exc:
+            await send_error(send, ApiError(503, f"store unavailable: {exc}", headers={"Retry-After": "1"}))
+            return
+        except ClientDisconnected:
+            return
+        await send_json(send, 200, _encoder.encode(result))
+
+
+def encode_cursor(event: Event) -> str:
+    raw = f"{to_us(event.time)}:{event.seq}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        time_us, seq = raw.split(":")
+        return int(time_us), int(seq)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise bad_request("cursor is not one this API returned", "cursor", "invalid") from None
+
+
+def _bound(request: Request, name: str, *, upper: bool) -> datetime | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        return parse_range_bound(raw, upper=upper)
+    except ValueError as exc:
+        raise bad_request(str(exc), name, "invalid_format") from None
+
+
+def event_query_from(request: Request, tenant: str, mode: Mode) -> EventQuery:
+    params = request.query_params
+    types = tuple(dict.fromkeys(params.getlist("type")))
+    before = None
+    if cursor := params.get("cursor"):
+        time_us, seq = decode_cursor(cursor)
+        before = (from_us(time_us), seq)
+    return EventQuery(
+        tenant=tenant,
+        mode=mode,
+        types=types,
+        subject=params.get("subject"),
+        source=params.get("source"),
+        time_from=_bound(request, "from", upper=False),
+        time_to=_bound(request, "to", upper=True),
+        before=before,
+        limit=int_param(request, "limit", 100, 1, 1000),
+    )
+
+
+def routes(services: Services) -> list[BaseRoute]:
+    async def list_events(request: Request) -> Response:
+        principal = await authorize(services, request, "read")
+        query = event_query_from(request, principal.tenant, principal.mode)
+        wanted = query.limit
+        rows = await services.store.query_events(msgspec.structs.replace(query, limit=wanted + 1))
+        page = rows[:wanted]
+        cursor = encode_cursor(page[-1]) if len(rows) > wanted else None
+        return json_response(EventPage(page, cursor))
+
+    async def get_event(request: Request) -> Response:
+        principal = await authorize(services, request, "read")
+        event = await services.store.get_event(
+            principal.tenant, principal.mode, request.path_params["event_id"]
+        )
+        if event is None:
+            raise ApiError(404, "no such event")
+        return json_response(event)
+
+    return [
+        Route("/v1/events", list_events, methods=["GET"]),
+        Route("/v1/events/{event_id}", get_event, methods=["GET"]),
+    ]

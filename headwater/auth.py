@@ -1,0 +1,109 @@
+"""API keys, roles and modes: who is calling, for which tenant, and what they may do."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Iterable
+from typing import Literal, NamedTuple
+
+from headwater.errors import ApiError
+from headwater.events import Mode
+from headwater.ids import hash_api_key
+from headwater.storage.base import KeyRecord, Role, Store
+
+Permission = Literal["ingest", "read", "configure", "admin"]
+
+ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    "admin": frozenset({"ingest", "read", "configure", "admin"}),
+    "editor": frozenset({"ingest", "read", "configure"}),
+    "ingest": frozenset({"ingest"}),
+    "viewer": frozenset({"read"}),
+}
+ROLES: tuple[Role, ...] = ("admin", "editor", "ingest", "viewer")
+KEY_PREFIXES = ("hw_live_", "hw_test_")
+MAX_KEY_LENGTH = 200
+
+
+class Principal(NamedTuple):
+    key_id: str
+    tenant: str
+    mode: Mode
+    role: Role
+
+
+class Credentials(NamedTuple):
+    key: str | None
+    tenant_header: str | None
+
+
+def read_credentials(headers: Iterable[tuple[bytes, bytes]]) -> Credentials:
+    """The API key from `Authorization: Bearer`, `X-API-Key`, or a Basic-auth username
+    (the form Segment's libraries send their write key in), plus `X-Tenant-Id`."""
+    key: str | None = None
+    tenant: str | None = None
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, rest = value.partition(b" ")
+            scheme = scheme.lower()
+            if scheme == b"bearer":
+                key = rest.strip().decode("latin-1")
+            elif scheme == b"basic":
+                try:
+                    user = base64.b64decode(rest.strip(), validate=True).partition(b":")[0]
+                except (binascii.Error, ValueError):
+                    continue
+                key = user.decode("latin-1")
+        elif name == b"x-api-key":
+            key = value.strip().decode("latin-1")
+        elif name == b"x-tenant-id":
+            tenant = value.strip().decode("latin-1")
+    return Credentials(key, tenant)
+
+
+class Authenticator:
+    """Resolves keys to principals, with a short cache so the hot path rarely reads the store.
+
+    Entries live `ttl` seconds, so a key revoked by any process (the API or the CLI)
+    stops working within that time.
+    """
+
+    def __init__(self, store: Store, ttl: float = 0.5, max_entries: int = 10_000) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+    async def _lookup(self, key: str) -> KeyRecord | None:
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        record = await self.store.find_key(hash_api_key(key))
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[key] = (record, now + self.ttl)
+        return record
+
+    async def authenticate(self, headers: Iterable[tuple[bytes, bytes]], permission: Permission) -> Principal:
+        key, tenant_header = read_credentials(headers)
+        if not key:
+            raise ApiError(
+                401,
+                "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        record = None
+        if key.startswith(KEY_PREFIXES) and len(key) <= MAX_KEY_LENGTH:
+            record = await self._lookup(key)
+        if record is None or record.revoked_at is not None:
+            raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        if tenant_header is not None and tenant_header != record.tenant:
+            raise ApiError(403, "X-Tenant-Id names a tenant this key does not belong to")
+        if permission not in ROLE_PERMISSIONS[record.role]:
+            raise ApiError(403, f"the {record.role} role may not {permission}")
+        return Principal(record.id, record.tenant, record.mode, record.role)

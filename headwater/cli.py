@@ -1,0 +1,339 @@
+"""The `headwater` command: serve, keys, events. Every option also reads a HEADWATER_* variable."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+import msgspec
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from headwater.api.events import draft_from
+from headwater.auth import ROLES, Principal
+from headwater.config import Settings
+from headwater.events import Event, EventDraft, FieldError, Rejection
+from headwater.keys import create_key
+from headwater.pipeline import Pipeline
+from headwater.storage import open_store
+from headwater.storage.base import Store
+
+T = TypeVar("T")
+err = Console(stderr=True)
+_encoder = msgspec.json.Encoder()
+
+data_dir_option = click.option(
+    "--data-dir",
+    envvar="HEADWATER_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("./headwater-data"),
+    show_default=True,
+    help="Where the SQLite store lives.",
+)
+tenant_option = click.option("--tenant", envvar="HEADWATER_TENANT", default="default", show_default=True)
+mode_option = click.option(
+    "--mode", envvar="HEADWATER_MODE", type=click.Choice(["live", "test"]), default="live", show_default=True
+)
+
+
+def _settings(data_dir: Path) -> Settings:
+    return replace(Settings(), data_dir=data_dir)
+
+
+@asynccontextmanager
+async def _opened(data_dir: Path) -> AsyncIterator[Store]:
+    store = open_store(_settings(data_dir))
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _run_with_store(data_dir: Path, fn: Callable[[Store], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with _opened(data_dir) as store:
+            return await fn(store)
+
+    return asyncio.run(main())
+
+
+@click.group()
+@click.version_option(package_name="headwater")
+def main() -> None:
+    """Headwater: durable, multi-tenant event ingestion."""
+
+
+@main.command()
+@click.option("--host", envvar="HEADWATER_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="HEADWATER_PORT", type=int, default=8000, show_default=True)
+@data_dir_option
+@click.option("--log-level", envvar="HEADWATER_LOG_LEVEL", default="warning", show_default=True)
+def serve(host: str, port: int, data_dir: Path, log_level: str) -> None:
+    """Run the HTTP server (creates tenant `default` and an admin key on first start)."""
+    import uvicorn
+
+    from headwater.app import create_app
+
+    async def bootstrap(store: Store) -> str | None:
+        if await store.count_tenants():
+            return None
+        created = await create_key(store, "default", "admin", "live", "bootstrap admin key")
+        return created.key
+
+    key = _run_with_store(data_dir, bootstrap)
+    if key is not None:
+        click.echo("Created tenant 'default' with an admin key. It is shown only this once:")
+        click.echo(f"  {key}")
+    click.echo(f"Headwater listening on http://{host}:{port} (data in {data_dir})", err=True)
+    uvicorn.run(
+        create_app(_settings(data_dir)),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=log_level,
+    )
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@tenant_option
+@click.option("--role", envvar="HEADWATER_ROLE", type=click.Choice(ROLES), required=True)
+@mode_option
+@click.option("--name", envvar="HEADWATER_KEY_NAME", default=None, help="A label for the key.")
+@data_dir_option
+def keys_create(tenant: str, role: str, mode: str, name: str | None, data_dir: Path) -> None:
+    """Create a key (and the tenant, if new). The key is printed alone on the last line."""
+    created = _run_with_store(data_dir, lambda s: create_key(s, tenant, role, mode, name))  # type: ignore[arg-type]
+    click.echo(f"Created {created.role} key {created.id} for tenant {created.tenant!r} ({created.mode}).")
+    click.echo("Store it now: it is not shown again.")
+    click.echo(created.key)
+
+
+@keys.command("list")
+@tenant_option
+@data_dir_option
+def keys_list(tenant: str, data_dir: Path) -> None:
+    """List a tenant's keys (prefixes only; keys are stored hashed)."""
+    records = _run_with_store(data_dir, lambda s: s.list_keys(tenant))
+    table = Table("id", "prefix", "role", "mode", "name", "created", "revoked")
+    for r in records:
+        revoked = r.revoked_at.isoformat() if r.revoked_at else ""
+        table.add_row(r.id, r.prefix, r.role, r.mode, r.name or "", r.created_at.isoformat(), revoked)
+    Console().print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@tenant_option
+@data_dir_option
+def keys_revoke(key_id: str, tenant: str, data_dir: Path) -> None:
+    """Revoke a key; running servers stop accepting it within a second."""
+    from datetime import UTC, datetime
+
+    done = _run_with_store(data_dir, lambda s: s.revoke_key(tenant, key_id, datetime.now(UTC)))
+    if not done:
+        raise click.ClickException(f"no active key {key_id!r} in tenant {tenant!r}")
+    click.echo(f"Revoked {key_id}.")
+
+
+@main.group()
+def events() -> None:
+    """Follow, export and import events."""
+
+
+def _in_scope(event: Event, tenant: str, mode: str) -> bool:
+    return event.tenant == tenant and event.mode == mode
+
+
+@events.command("tail")
+@tenant_option
+@mode_option
+@click.option("--type", "types", multiple=True, help="Only these types (repeatable).")
+@click.option("--from-start", is_flag=True, help="Print the existing events first.")
+@click.option("--count", type=int, default=None, help="Stop after this many events.")
+@click.option("--interval", type=float, default=0.2, show_default=True, help="Seconds between polls.")
+@data_dir_option
+def events_tail(
+    tenant: str,
+    mode: str,
+    types: tuple[str, ...],
+    from_start: bool,
+    count: int | None,
+    interval: float,
+    data_dir: Path,
+) -> None:
+    """Print new events as NDJSON as they arrive (follows the log by offset)."""
+    out = sys.stdout.buffer
+
+    async def follow(store: Store) -> None:
+        position = 0
+        if not from_start:
+            position = await _log_end(store)
+        printed = 0
+        while count is None or printed < count:
+            batch = await store.read_log(position, 1000)
+            for event in batch:
+                position = event.seq or position
+                if _in_scope(event, tenant, mode) and (not types or event.type in types):
+                    out.write(_encoder.encode(event) + b"\n")
+                    printed += 1
+                    if count is not None and printed >= count:
+                        break
+            out.flush()
+            if not batch:
+                await asyncio.sleep(interval)
+
+    with suppress(KeyboardInterrupt):
+        _run_with_store(data_dir, follow)
+
+
+async def _log_end(store: Store) -> int:
+    position = 0
+    while batch := await store.read_log(position, 10_000):
+        position = batch[-1].seq or position
+    return position
+
+
+def _progress(**columns: Any) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        *columns.values(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+@events.command("export")
+@tenant_option
+@mode_option
+@click.option("--output", "-o", type=click.File("wb"), default="-", help="File to write (default stdout).")
+@data_dir_option
+def events_export(tenant: str, mode: str, output: IO[bytes], data_dir: Path) -> None:
+    """Write a tenant's events as NDJSON, in log order."""
+
+    async def export(store: Store) -> int:
+        total = await _count(store, tenant, mode)
+        written = 0
+        position = 0
+        with _progress() as progress:
+            task = progress.add_task("exporting", total=total)
+            while batch := await store.read_log(position, 5000):
+                position = batch[-1].seq or position
+                lines = [_encoder.encode(e) for e in batch if _in_scope(e, tenant, mode)]
+                if lines:
+                    output.write(b"\n".join(lines) + b"\n")
+                written += len(lines)
+                progress.update(task, completed=written)
+        return written
+
+    written = _run_with_store(data_dir, export)
+    output.flush()
+    err.print(f"exported {written} events")
+
+
+async def _count(store: Store, tenant: str, mode: str) -> int:
+    position, total = 0, 0
+    while batch := await store.read_log(position, 10_000):
+        position = batch[-1].seq or position
+        total += sum(1 for e in batch if _in_scope(e, tenant, mode))
+    return total
+
+
+_CANONICAL_ONLY = ("id", "received_at", "tenant", "mode", "seq")
+_line_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def draft_from_line(line: bytes) -> EventDraft | Rejection:
+    """A native event, or an exported canonical one.
+
+    For an exported event the server-owned fields are dropped, and its old id becomes
+    the idempotency key when it had none, so importing the same export twice adds nothing.
+    """
+    try:
+        fields = _line_decoder.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        return Rejection([FieldError("", "invalid_json", f"line is not a JSON object: {exc}")], line)
+    if "id" in fields and "received_at" in fields:
+        old_id = fields["id"]
+        for name in _CANONICAL_ONLY:
+            fields.pop(name, None)
+        if bytes(fields.get("idempotency_key", b"null")) == b"null":
+            fields["idempotency_key"] = old_id
+        line = _encoder.encode(fields)
+    return draft_from(line)
+
+
+def _chunks(stream: IO[bytes], size: int) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
+    """(line number, line) lists of up to `size` non-blank lines, with the bytes read."""
+    chunk: list[tuple[int, bytes]] = []
+    read = 0
+    for number, line in enumerate(stream, start=1):
+        read += len(line)
+        if line.strip():
+            chunk.append((number, line.strip()))
+        if len(chunk) >= size:
+            yield chunk, read
+            chunk, read = [], 0
+    if chunk or read:
+        yield chunk, read
+
+
+@events.command("import")
+@click.argument("file", type=click.File("rb"))
+@tenant_option
+@mode_option
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=1000, show_default=True)
+@data_dir_option
+def events_import(file: IO[bytes], tenant: str, mode: str, batch_size: int, data_dir: Path) -> None:
+    """Load NDJSON events through the ingest pipeline (dedup applies)."""
+    size = Path(file.name).stat().st_size if file.name not in ("<stdin>", "-") else None
+    principal = Principal("cli", tenant, mode, "admin")  # type: ignore[arg-type]
+    totals = {"accepted": 0, "duplicates": 0, "rejected": 0}
+    problems: list[str] = []
+
+    async def load(store: Store) -> None:
+        await store.ensure_tenant(tenant)
+        pipeline = Pipeline(store)
+        with _progress(download=DownloadColumn()) as progress:
+            task = progress.add_task("importing", total=size)
+            for chunk, read in _chunks(file, batch_size):
+                result = await pipeline.ingest(principal, [draft_from_line(line) for _, line in chunk])
+                totals["accepted"] += result.accepted
+                totals["duplicates"] += result.duplicates
+                totals["rejected"] += result.rejected
+                for r in result.results:
+                    if r.status == "rejected":
+                        reasons = "; ".join(f"{e.field or 'line'}: {e.message}" for e in r.errors)
+                        problems.append(f"line {chunk[r.index][0]}: {reasons}")
+                progress.advance(task, read)
+
+    started = time.monotonic()
+    _run_with_store(data_dir, load)
+    for problem in problems[:50]:
+        err.print(f"rejected {problem}", markup=False)
+    if len(problems) > 50:
+        err.print(f"... and {len(problems) - 50} more rejected lines")
+    elapsed = time.monotonic() - started
+    click.echo(
+        f"accepted {totals['accepted']}, duplicates {totals['duplicates']}, "
+        f"rejected {totals['rejected']} in {elapsed:.1f}s"
+    )
+    if totals["rejected"]:
+        sys.exit(1)

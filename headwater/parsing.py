@@ -1,0 +1,106 @@
+"""Reading untrusted JSON: nesting limits, timestamps and readable field errors.
+
+Shared by every dialect, so that each API reports bad input the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+
+import msgspec
+
+from headwater.events import FieldError
+
+MAX_TIME_LENGTH = 64
+
+_STRING = re.compile(rb'"[^"]*"')
+_NOT_STRUCTURAL = bytes(range(256)).translate(None, b'{}[]"\\')
+
+
+def nesting_exceeds(body: bytes, limit: int) -> bool:
+    """True when valid JSON `body` nests objects/arrays deeper than `limit`.
+
+    Works on the bytes with C-level string operations (no Python loop per
+    character): keep only brackets, quotes and backslashes, drop escapes and
+    string contents, then peel innermost pairs `limit` times.
+    """
+    if body.count(b"{") + body.count(b"[") <= limit:
+        return False
+    s = body.translate(None, _NOT_STRUCTURAL)
+    if b"\\" in s:
+        # Escapes are read left to right: an escaped backslash first, then an escaped quote.
+        s = s.replace(b"\\\\", b"").replace(b'\\"', b"").replace(b"\\", b"")
+    s = s.replace(b'""', b"")
+    if b'"' in s:
+        s = _STRING.sub(b"", s)
+    for _ in range(limit):
+        peeled = s.replace(b"{}", b"").replace(b"[]", b"")
+        if not peeled:
+            return False
+        s = peeled
+    return True
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 / RFC 3339 timestamp as an aware UTC datetime; no offset means UTC.
+
+    Raises ValueError with a readable message.
+    """
+    if len(value) > MAX_TIME_LENGTH:
+        raise ValueError(f"timestamp longer than {MAX_TIME_LENGTH} characters")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 timestamp: {value!r}") from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"timestamp out of range: {value!r}") from None
+
+
+def parse_range_bound(value: str, *, upper: bool) -> datetime:
+    """A query bound: a date or a datetime. A date as an upper bound covers that whole day,
+    so the exclusive bound it returns is the next midnight."""
+    if len(value) == 10:
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 date or timestamp: {value!r}") from None
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        return start + timedelta(days=1) if upper else start
+    return parse_time(value)
+
+
+_REQUIRED = re.compile(r"Object missing required field `([^`]*)`")
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
+_AT = re.compile(r" - at `\$(.*)`$")
+
+
+def field_error(exc: msgspec.ValidationError, prefix: str = "") -> FieldError:
+    """Turn msgspec's message into a FieldError with a dotted field path and a stable code."""
+    message = str(exc)
+    path = ""
+    at = _AT.search(message)
+    if at:
+        path = at.group(1)
+        message = message[: at.start()]
+    parts = [p for p in re.split(r"[.\[\]]+", path) if p]
+    code = "invalid"
+    if m := _REQUIRED.match(message):
+        parts.append(m.group(1))
+        code = "required"
+    elif m := _UNKNOWN.match(message):
+        parts.append(m.group(1))
+        code = "unknown_field"
+    elif "length <=" in message:
+        code = "too_long"
+    elif "length >=" in message:
+        code = "too_short"
+    elif message.startswith("Expected"):
+        code = "invalid_type"
+    if prefix:
+        parts.insert(0, prefix)
+    return FieldError(field=".".join(parts), code=code, message=message)

@@ -1,0 +1,105 @@
+"""The storage contract: an append-only event log plus the tenant and key registry.
+
+The pipeline and the routes talk only to `Store`. A backend (SQLite today,
+PostgreSQL and Redis Streams later) implements it and is picked by `open_store`.
+
+Guarantees every backend gives:
+- `append` returns only once every accepted event is durable, and dedups on
+  (tenant, mode, idempotency_key) against everything retained, including
+  earlier events of the same call. A duplicate reports the original's id.
+- `seq` is the log offset: unique, increasing in commit order, so a consumer
+  that has processed everything up to `seq` never needs to look below it.
+- `append` raises `Backpressure` instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal, NamedTuple, Protocol
+
+import msgspec
+
+from headwater.events import Event, Mode
+
+Role = Literal["admin", "editor", "ingest", "viewer"]
+
+
+class StoreError(Exception):
+    """The store could not complete a write; nothing of that write is acknowledged."""
+
+
+class Backpressure(StoreError):
+    """The write queue is full; the caller should retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__("write queue is full")
+        self.retry_after = retry_after
+
+
+class AppendOutcome(NamedTuple):
+    status: Literal["accepted", "duplicate"]
+    id: str
+    seq: int | None  # None for a duplicate: the original keeps its own offset
+
+
+class EventQuery(msgspec.Struct, frozen=True):
+    """A page of one tenant's events, newest `time` first.
+
+    `time_from`/`time_to` bound the event time (from inclusive, to exclusive).
+    `before` is the (time, seq) position of the last row of the previous page.
+    """
+
+    tenant: str
+    mode: Mode
+    types: tuple[str, ...] = ()
+    subject: str | None = None
+    source: str | None = None
+    time_from: datetime | None = None
+    time_to: datetime | None = None
+    before: tuple[datetime, int] | None = None
+    limit: int = 100
+
+
+class KeyRecord(msgspec.Struct, frozen=True):
+    id: str
+    tenant: str
+    role: Role
+    mode: Mode
+    prefix: str
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class Store(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise `StoreError` unless the store accepts writes now."""
+
+    # The event log.
+    async def append(self, events: Sequence[Event]) -> list[AppendOutcome]: ...
+
+    async def get_event(self, tenant: str, mode: Mode, event_id: str) -> Event | None: ...
+
+    async def query_events(self, query: EventQuery) -> list[Event]: ...
+
+    async def read_log(self, after_seq: int, limit: int) -> list[Event]:
+        """Events of every tenant with `seq > after_seq`, in log order: what consumers follow."""
+
+    # Tenants and keys.
+    async def ensure_tenant(self, tenant: str) -> bool:
+        """Create the tenant if it is new; True when it was created."""
+
+    async def count_tenants(self) -> int: ...
+
+    async def add_key(self, record: KeyRecord, key_hash: str) -> None: ...
+
+    async def find_key(self, key_hash: str) -> KeyRecord | None: ...
+
+    async def list_keys(self, tenant: str) -> list[KeyRecord]: ...
+
+    async def revoke_key(self, tenant: str, key_id: str, at: datetime) -> bool: ...

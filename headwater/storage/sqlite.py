@@ -1,0 +1,471 @@
+"""The embedded store: one SQLite file in WAL mode, one writer thread with group commit.
+
+Requests put write jobs on a bounded queue. The writer takes everything pending,
+runs it in one transaction, commits (one fsync with synchronous=FULL), and only
+then resolves every waiting request. Readers use their own connections on a
+small thread pool, so queries never wait behind the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from headwater.events import Event, Mode
+from headwater.storage.base import (
+    AppendOutcome,
+    Backpressure,
+    EventQuery,
+    KeyRecord,
+    StoreError,
+)
+
+T = TypeVar("T")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_US = timedelta(microseconds=1)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    type TEXT NOT NULL,
+    subject TEXT,
+    source TEXT,
+    channel TEXT,
+    time INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    idempotency_key TEXT,
+    data TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events (id);
+CREATE UNIQUE INDEX IF NOT EXISTS events_dedup ON events (tenant, mode, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_time ON events (tenant, mode, time, seq);
+CREATE INDEX IF NOT EXISTS events_type ON events (tenant, mode, type, time, seq);
+CREATE INDEX IF NOT EXISTS events_subject ON events (tenant, mode, subject, time, seq)
+    WHERE subject IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_source ON events (tenant, mode, source, time, seq)
+    WHERE source IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants (name),
+    role TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    name TEXT,
+    key_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant, created_at);
+"""
+
+EVENT_COLUMNS = (
+    "seq, id, tenant, mode, type, subject, source, channel, time, received_at, idempotency_key, data"
+)
+INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+FIND_DUPLICATE = "SELECT id FROM events WHERE tenant = ? AND mode = ? AND idempotency_key = ?"
+
+
+def to_us(value: datetime) -> int:
+    return (value - EPOCH) // ONE_US
+
+
+def from_us(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=value)
+
+
+def _row_to_event(row: tuple[Any, ...]) -> Event:
+    seq, id_, tenant, mode, type_, subject, source, channel, time, received, key, data = row
+    return Event(
+        id=id_,
+        type=type_,
+        subject=subject,
+        source=source,
+        channel=channel,
+        time=from_us(time),
+        received_at=from_us(received),
+        idempotency_key=key,
+        data=msgspec.Raw(data.encode()),
+        tenant=tenant,
+        mode=mode,
+        seq=seq,
+    )
+
+
+def _row_to_key(row: tuple[Any, ...]) -> KeyRecord:
+    id_, tenant, role, mode, prefix, name, created, revoked = row
+    return KeyRecord(
+        id=id_,
+        tenant=tenant,
+        role=role,
+        mode=mode,
+        prefix=prefix,
+        name=name,
+        created_at=from_us(created),
+        revoked_at=None if revoked is None else from_us(revoked),
+    )
+
+
+KEY_COLUMNS = "id, tenant, role, mode, prefix, name, created_at, revoked_at"
+
+
+class Transaction:
+    """What a write job sees: the writer's connection inside the group's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        row = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        self._last_seq: int = row[0]
+        # Keys appended earlier in this same transaction, which the index lookup would
+        # also find; kept here to skip the query for repeats within one group.
+        self.new_keys: dict[tuple[str, str, str], str] = {}
+
+    def next_seq(self) -> int:
+        self._last_seq += 1
+        return self._last_seq
+
+
+class _Job:
+    __slots__ = ("error", "fn", "future", "loop", "result", "size")
+
+    def __init__(
+        self,
+        fn: Callable[[Transaction], Any],
+        size: int,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+    ) -> None:
+        self.fn = fn
+        self.size = size
+        self.loop = loop
+        self.future = future
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _settle(jobs: list[_Job]) -> None:
+    for job in jobs:
+        if job.future.done():  # the waiter went away (client disconnected)
+            continue
+        if job.error is not None:
+            job.future.set_exception(job.error)
+        else:
+            job.future.set_result(job.result)
+
+
+def _append_events(tx: Transaction, events: Sequence[Event]) -> list[AppendOutcome]:
+    outcomes: list[AppendOutcome] = []
+    rows: list[tuple[Any, ...]] = []
+    for event in events:
+        key = event.idempotency_key
+        if key is not None:
+            scope = (event.tenant, event.mode, key)
+            original = tx.new_keys.get(scope)
+            if original is None:
+                found = tx.conn.execute(FIND_DUPLICATE, scope).fetchone()
+                original = found[0] if found else None
+            if original is not None:
+                outcomes.append(AppendOutcome("duplicate", original, None))
+                continue
+            tx.new_keys[scope] = event.id
+        seq = tx.next_seq()
+        rows.append(
+            (
+                seq,
+                event.id,
+                event.tenant,
+                event.mode,
+                event.type,
+                event.subject,
+                event.source,
+                event.channel,
+                to_us(event.time),
+                to_us(event.received_at),
+                key,
+                bytes(event.data).decode(),
+            )
+        )
+        outcomes.append(AppendOutcome("accepted", event.id, seq))
+    tx.conn.executemany(INSERT_EVENT, rows)
+    return outcomes
+
+
+class SqliteStore:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        queue_max_events: int = 200_000,
+        reader_threads: int = 4,
+        busy_timeout_ms: int = 10_000,
+    ) -> None:
+        self.path = path
+        self.queue_max_events = queue_max_events
+        self.busy_timeout_ms = busy_timeout_ms
+        self._jobs: deque[_Job] = deque()
+        self._pending_size = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._writer: threading.Thread | None = None
+        self._writer_conn: sqlite3.Connection | None = None
+        self._writer_error: BaseException | None = None
+        self._readers = ThreadPoolExecutor(reader_threads, thread_name_prefix="headwater-read")
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._local = threading.local()
+
+    # Lifecycle
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000
+        )
+        conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(SCHEMA)
+        self._writer_conn = conn
+        self._writer = threading.Thread(target=self._write_loop, name="headwater-writer", daemon=True)
+        self._writer.start()
+
+    async def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            conn.close()
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
+
+    # The writer
+
+    async def write(self, fn: Callable[[Transaction], T], size: int = 1) -> T:
+        """Run `fn` inside the next group transaction; return once it is committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        job = _Job(fn, size, loop, future)
+        with self._cond:
+            if self._stopping or self._writer is None:
+                raise StoreError("store is closed")
+            # An oversized job is still admitted into an empty queue, so that a
+            # single large batch can never be refused forever.
+            if self._jobs and self._pending_size + size > self.queue_max_events:
+                raise Backpressure(retry_after=1)
+            self._jobs.append(job)
+            self._pending_size += size
+            self._cond.notify()
+        return await future
+
+    def _write_loop(self) -> None:
+        conn = self._writer_conn
+        assert conn is not None
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stopping:
+                    self._cond.wait()
+                if not self._jobs and self._stopping:
+                    return
+                jobs = list(self._jobs)
+                self._jobs.clear()
+                self._pending_size = 0
+            self._run_group(conn, jobs)
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+            for job in jobs:
+                by_loop.setdefault(job.loop, []).append(job)
+            for loop, loop_jobs in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop closed: nobody is waiting
+                    loop.call_soon_threadsafe(_settle, loop_jobs)
+
+    def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            tx = Transaction(conn)
+            for job in jobs:
+                # A savepoint per job: one failing job rolls back alone.
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.fn(tx)
+                except Exception as exc:  # noqa: BLE001 - handed to the waiting request
+                    conn.execute("ROLLBACK TO job")
+                    job.error = exc
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+            self._writer_error = None
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._writer_error = exc
+            for job in jobs:
+                job.result = None
+                job.error = StoreError(f"write failed: {exc}")
+
+    # Readers
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            self._reader_conns.append(conn)
+        return conn
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+
+    async def ping(self) -> None:
+        if self._writer is None or not self._writer.is_alive():
+            raise StoreError("writer is not running")
+        if self._writer_error is not None:
+            raise StoreError(f"last write failed: {self._writer_error}")
+        await self.write(lambda tx: tx.conn.execute("SELECT 1").fetchone())
+
+    # The event log
+
+    async def append(self, events: Sequence[Event]) -> list[AppendOutcome]:
+        return await self.write(lambda tx: _append_events(tx, events), size=len(events) or 1)
+
+    async def get_event(self, tenant: str, mode: Mode, event_id: str) -> Event | None:
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ? AND tenant = ? AND mode = ?"
+
+        def run(conn: sqlite3.Connection) -> Event | None:
+            row = conn.execute(sql, (event_id, tenant, mode)).fetchone()
+            return None if row is None else _row_to_event(row)
+
+        return await self.read(run)
+
+    async def query_events(self, query: EventQuery) -> list[Event]:
+        return await self.read(lambda conn: _query_events(conn, query))
+
+    async def read_log(self, after_seq: int, limit: int) -> list[Event]:
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        return await self.read(lambda conn: [_row_to_event(r) for r in conn.execute(sql, (after_seq, limit))])
+
+    # Tenants and keys
+
+    async def ensure_tenant(self, tenant: str) -> bool:
+        now = to_us(datetime.now(UTC))
+
+        def run(tx: Transaction) -> bool:
+            cur = tx.conn.execute(
+                "INSERT INTO tenants (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (tenant, now),
+            )
+            return cur.rowcount == 1
+
+        return await self.write(run)
+
+    async def count_tenants(self) -> int:
+        row = await self.read(lambda conn: conn.execute("SELECT count(*) FROM tenants").fetchone())
+        return int(row[0])
+
+    async def add_key(self, record: KeyRecord, key_hash: str) -> None:
+        values = (
+            record.id,
+            record.tenant,
+            record.role,
+            record.mode,
+            record.prefix,
+            record.name,
+            key_hash,
+            to_us(record.created_at),
+        )
+        await self.write(
+            lambda tx: tx.conn.execute(
+                "INSERT INTO api_keys (id, tenant, role, mode, prefix, name, key_hash, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                values,
+            )
+        )
+
+    async def find_key(self, key_hash: str) -> KeyRecord | None:
+        sql = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
+
+        def run(conn: sqlite3.Connection) -> KeyRecord | None:
+            row = conn.execute(sql, (key_hash,)).fetchone()
+            return None if row is None else _row_to_key(row)
+
+        return await self.read(run)
+
+    async def list_keys(self, tenant: str) -> list[KeyRecord]:
+        sql = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant = ? ORDER BY created_at, id"
+        return await self.read(lambda conn: [_row_to_key(r) for r in conn.execute(sql, (tenant,))])
+
+    async def revoke_key(self, tenant: str, key_id: str, at: datetime) -> bool:
+        def run(tx: Transaction) -> bool:
+            cur = tx.conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND tenant = ? AND revoked_at IS NULL",
+                (to_us(at), key_id, tenant),
+            )
+            return cur.rowcount == 1
+
+        return await self.write(run)
+
+
+def _query_events(conn: sqlite3.Connection, query: EventQuery) -> list[Event]:
+    """One indexed range scan per requested type, merged newest first.
+
+    Several types would otherwise make SQLite sort every matching row; per type,
+    each scan stops after `limit` rows, so a page costs the same at any size.
+    """
+    per_type: Iterable[str | None] = query.types or (None,)
+    scans = [conn.execute(*_page_sql(query, t)).fetchall() for t in per_type]
+    rows = scans[0] if len(scans) == 1 else heapq.merge(*scans, key=_position, reverse=True)
+    return [_row_to_event(r) for _, r in zip(range(query.limit), rows, strict=False)]
+
+
+def _position(row: tuple[Any, ...]) -> tuple[int, int]:
+    return row[8], row[0]
+
+
+def _page_sql(query: EventQuery, type_: str | None) -> tuple[str, list[Any]]:
+    where = ["tenant = ?", "mode = ?"]
+    args: list[Any] = [query.tenant, query.mode]
+    for column, value in (("type", type_), ("subject", query.subject), ("source", query.source)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if query.time_from is not None:
+        where.append("time >= ?")
+        args.append(to_us(query.time_from))
+    if query.time_to is not None:
+        where.append("time < ?")
+        args.append(to_us(query.time_to))
+    if query.before is not None:
+        where.append("(time, seq) < (?, ?)")
+        args.extend((to_us(query.before[0]), query.before[1]))
+    sql = (
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY time DESC, seq DESC LIMIT ?"
+    )
+    args.append(query.limit)
+    return sql, args
