@@ -1,0 +1,142 @@
+"""Shared fixtures. `backend` is the one parametrized fixture every API test runs through:
+add a backend to its params and the whole suite runs against it too."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from headwater.app import create_app
+from headwater.config import Settings
+from headwater.keys import create_key
+from headwater.storage import open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADWATER = [sys.executable, "-m", "headwater"]
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, tmp_path: Path) -> Settings:
+    return replace(Settings(), data_dir=tmp_path / "data")
+
+
+def make_key(settings: Settings, tenant: str, role: str = "admin", mode: str = "live") -> str:
+    """Create a key straight in the store, as `headwater keys create` does."""
+
+    async def run() -> str:
+        store = open_store(settings)
+        await store.start()
+        try:
+            return (await create_key(store, tenant, role, mode)).key  # type: ignore[arg-type]
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@dataclass
+class Api:
+    """A test client plus a key maker for the same data dir."""
+
+    client: TestClient
+    settings: Settings
+
+    def key(self, tenant: str = "acme", role: str = "admin", mode: str = "live") -> str:
+        return make_key(self.settings, tenant, role, mode)
+
+    def as_(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[Api]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield Api(client, settings)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`headwater serve` as a real subprocess on a free port."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output = b""
+
+    def start(self, timeout: float = 20) -> None:
+        cmd = [*HEADWATER, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stdout.read() if self.proc.stdout else b''!r}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise TimeoutError("server did not become healthy")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no flush; what is on disk is all that survives."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[type[ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    class Tracked(ServerProcess):
+        def start(self, timeout: float = 20) -> None:
+            started.append(self)
+            super().start(timeout)
+
+    yield Tracked
+    for server in started:
+        server.kill()
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*HEADWATER, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"headwater {' '.join(args)} failed: {result.stdout}\n{result.stderr}")
+    return result
