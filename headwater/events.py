@@ -27,8 +27,11 @@ class FieldError(msgspec.Struct, frozen=True):
     message: str
 
 
-class Event(msgspec.Struct, frozen=True):
-    """An event as the log holds it. `data` is the client's JSON object, kept verbatim."""
+class Event(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An event as the log holds it. `data` is the client's JSON object, kept verbatim.
+
+    `violations` lists what a `soft` schema found wrong with `data`; absent when nothing was.
+    """
 
     id: str
     type: str
@@ -42,6 +45,7 @@ class Event(msgspec.Struct, frozen=True):
     tenant: str
     mode: Mode
     seq: int | None = None
+    violations: list[FieldError] | None = None
 
 
 class EventDraft(msgspec.Struct):
@@ -80,3 +84,25 @@ class IngestResult(msgspec.Struct):
     duplicates: int
     rejected: int
     results: list[EventResult]
+
+
+class QuarantinedEvent(msgspec.Struct, frozen=True):
+    """A rejected item, kept with its reasons so it can be replayed once the cause is fixed.
+
+    `raw` is the item as the client sent it (in its dialect's shape); `draft` is the
+    canonical draft when the item could be read at all (a schema rejection), so a replay
+    re-validates exactly what was sent, with its original time.
+    """
+
+    id: str
+    tenant: str
+    mode: Mode
+    dialect: str
+    type: str | None
+    received_at: datetime
+    reasons: list[FieldError]
+    raw: str | None
+    draft: EventDraft | None = None
+    status: Literal["quarantined", "replayed"] = "quarantined"
+    replayed_event_id: str | None = None
+    replayed_at: datetime | None = None

@@ -26,9 +26,7 @@ class CreatedKey(msgspec.Struct):
     created_at: datetime
 
 
-async def create_key(
-    store: Store, tenant: str, role: Role, mode: Mode, name: str | None = None
-) -> CreatedKey:
+async def create_key(store: Store, tenant: str, role: Role, mode: Mode, name: str | None = None) -> CreatedKey:
     """Create the tenant if it is new, then a key for it."""
     await store.ensure_tenant(tenant)
     key = new_api_key(mode)

@@ -50,9 +50,7 @@ class BodyLimitMiddleware:
         elif encoding == b"gzip":
             await self.app(scope, _gunzipping(receive, limit), send)
         else:
-            error = ApiError(
-                415, f"unsupported Content-Encoding {encoding.decode('latin-1')!r}: use gzip or none"
-            )
+            error = ApiError(415, f"unsupported Content-Encoding {encoding.decode('latin-1')!r}: use gzip or none")
             await send_error(send, error)
 
 

@@ -15,27 +15,32 @@ from headwater.events import FieldError
 MAX_TIME_LENGTH = 64
 
 _STRING = re.compile(rb'"[^"]*"')
-_NOT_STRUCTURAL = bytes(range(256)).translate(None, b'{}[]"\\')
+# Objects and arrays nest alike: `{}` become `[]`, and everything but brackets and quotes goes.
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_STRUCTURAL = bytes(range(256)).translate(None, b'{}[]"')
 
 
 def nesting_exceeds(body: bytes, limit: int) -> bool:
     """True when valid JSON `body` nests objects/arrays deeper than `limit`.
 
     Works on the bytes with C-level string operations (no Python loop per
-    character): keep only brackets, quotes and backslashes, drop escapes and
+    character): drop escapes, keep only brackets (one kind) and quotes, drop
     string contents, then peel innermost pairs `limit` times.
     """
     if body.count(b"{") + body.count(b"[") <= limit:
         return False
-    s = body.translate(None, _NOT_STRUCTURAL)
-    if b"\\" in s:
+    if b"\\" in body:
         # Escapes are read left to right: an escaped backslash first, then an escaped quote.
-        s = s.replace(b"\\\\", b"").replace(b'\\"', b"").replace(b"\\", b"")
+        # Done before dropping other bytes: in `"\n\""` the `n` must still be there, or
+        # the backslash of `\n` would pair with the one of `\"`.
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    s = body.translate(_BRACKETS, _NOT_STRUCTURAL)
     s = s.replace(b'""', b"")
     if b'"' in s:
         s = _STRING.sub(b"", s)
     for _ in range(limit):
-        peeled = s.replace(b"{}", b"").replace(b"[]", b"")
+        # One pass removes only the pairs that were innermost before it: one level.
+        peeled = s.replace(b"[]", b"")
         if not peeled:
             return False
         s = peeled

@@ -126,9 +126,7 @@ class IngestEndpoint:
             await send_error(send, exc)
             return
         except Backpressure as exc:
-            error = ApiError(
-                503, "server is busy: retry later", headers={"Retry-After": str(exc.retry_after)}
-            )
+            error = ApiError(503, "server is busy: retry later", headers={"Retry-After": str(exc.retry_after)})
             await send_error(send, error)
             return
         except StoreError as exc:
@@ -195,9 +193,7 @@ def routes(services: Services) -> list[BaseRoute]:
 
     async def get_event(request: Request) -> Response:
         principal = await authorize(services, request, "read")
-        event = await services.store.get_event(
-            principal.tenant, principal.mode, request.path_params["event_id"]
-        )
+        event = await services.store.get_event(principal.tenant, principal.mode, request.path_params["event_id"])
         if event is None:
             raise ApiError(404, "no such event")
         return json_response(event)

@@ -20,9 +20,10 @@ from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 
-from headwater.events import Event, Mode
+from headwater.events import Event, FieldError, Mode, QuarantinedEvent
 
 Role = Literal["admin", "editor", "ingest", "viewer"]
+Enforcement = Literal["off", "soft", "strict"]
 
 
 class StoreError(Exception):
@@ -40,7 +41,7 @@ class Backpressure(StoreError):
 class AppendOutcome(NamedTuple):
     status: Literal["accepted", "duplicate"]
     id: str
-    seq: int | None  # None for a duplicate: the original keeps its own offset
+    seq: int  # for a duplicate, the original's offset
 
 
 class EventQuery(msgspec.Struct, frozen=True):
@@ -72,6 +73,37 @@ class KeyRecord(msgspec.Struct, frozen=True):
     revoked_at: datetime | None = None
 
 
+class SchemaVersion(msgspec.Struct, frozen=True):
+    type: str
+    version: int
+    enforcement: Enforcement
+    schema: msgspec.Raw
+    created_at: datetime
+
+
+class QuarantineQuery(msgspec.Struct, frozen=True):
+    """Quarantined items of one tenant and mode, newest first; `ids` selects exact items."""
+
+    tenant: str
+    mode: Mode
+    ids: tuple[str, ...] = ()
+    type: str | None = None
+    status: Literal["quarantined", "replayed"] | None = "quarantined"
+    received_from: datetime | None = None
+    received_to: datetime | None = None
+    before: str | None = None  # the id of the last item of the previous page
+    limit: int = 100
+
+
+class CatalogEntry(msgspec.Struct, frozen=True):
+    type: str
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    violations: int
+    properties: dict[str, list[str]]
+
+
 class Store(Protocol):
     async def start(self) -> None: ...
 
@@ -81,7 +113,10 @@ class Store(Protocol):
         """Raise `StoreError` unless the store accepts writes now."""
 
     # The event log.
-    async def append(self, events: Sequence[Event]) -> list[AppendOutcome]: ...
+    async def append(
+        self, events: Sequence[Event], quarantine: Sequence[QuarantinedEvent] = ()
+    ) -> list[AppendOutcome]:
+        """Append `events` and keep `quarantine` in the same durable write."""
 
     async def get_event(self, tenant: str, mode: Mode, event_id: str) -> Event | None: ...
 
@@ -103,3 +138,31 @@ class Store(Protocol):
     async def list_keys(self, tenant: str) -> list[KeyRecord]: ...
 
     async def revoke_key(self, tenant: str, key_id: str, at: datetime) -> bool: ...
+
+    # Schemas.
+    async def put_schema(
+        self, tenant: str, type_: str, schema: bytes, enforcement: Enforcement, at: datetime
+    ) -> SchemaVersion:
+        """Store the next version of the type's schema."""
+
+    async def latest_schemas(self, tenant: str) -> list[SchemaVersion]: ...
+
+    async def schema_versions(self, tenant: str, type_: str) -> list[SchemaVersion]: ...
+
+    # Quarantine.
+    async def list_quarantine(self, query: QuarantineQuery) -> list[QuarantinedEvent]: ...
+
+    async def mark_replayed(
+        self, tenant: str, mode: Mode, outcomes: Sequence[tuple[str, str]], at: datetime
+    ) -> None:
+        """Mark quarantined items (id, event id) as replayed."""
+
+    async def update_quarantine_reasons(
+        self, tenant: str, mode: Mode, reasons: Sequence[tuple[str, list[FieldError]]]
+    ) -> None: ...
+
+    # The event catalog, derived from the log.
+    async def refresh_catalog(self, max_events: int) -> int:
+        """Fold up to `max_events` events not yet counted into the catalog; returns how many."""
+
+    async def list_catalog(self, tenant: str, mode: Mode) -> list[CatalogEntry]: ...

@@ -22,12 +22,16 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from headwater.events import Event, Mode
+from headwater.events import Event, EventDraft, FieldError, Mode, QuarantinedEvent
 from headwater.storage.base import (
     AppendOutcome,
     Backpressure,
+    CatalogEntry,
+    Enforcement,
     EventQuery,
     KeyRecord,
+    QuarantineQuery,
+    SchemaVersion,
     StoreError,
 )
 
@@ -48,7 +52,8 @@ CREATE TABLE IF NOT EXISTS events (
     time INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
     idempotency_key TEXT,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    violations TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events (id);
 CREATE UNIQUE INDEX IF NOT EXISTS events_dedup ON events (tenant, mode, idempotency_key)
@@ -77,13 +82,66 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant, created_at);
+
+CREATE TABLE IF NOT EXISTS schemas (
+    tenant TEXT NOT NULL,
+    type TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    enforcement TEXT NOT NULL,
+    schema TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, type, version)
+);
+
+CREATE TABLE IF NOT EXISTS quarantine (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    dialect TEXT NOT NULL,
+    type TEXT,
+    received_at INTEGER NOT NULL,
+    reasons TEXT NOT NULL,
+    raw TEXT,
+    draft TEXT,
+    status TEXT NOT NULL,
+    replayed_event_id TEXT,
+    replayed_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS quarantine_scope ON quarantine (tenant, mode, status, id);
+
+CREATE TABLE IF NOT EXISTS catalog (
+    tenant TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    type TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    violations INTEGER NOT NULL,
+    PRIMARY KEY (tenant, mode, type)
+);
+CREATE TABLE IF NOT EXISTS catalog_properties (
+    tenant TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    type TEXT NOT NULL,
+    name TEXT NOT NULL,
+    json_type TEXT NOT NULL,
+    PRIMARY KEY (tenant, mode, type, name, json_type)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS checkpoints (
+    consumer TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 """
 
 EVENT_COLUMNS = (
-    "seq, id, tenant, mode, type, subject, source, channel, time, received_at, idempotency_key, data"
+    "seq, id, tenant, mode, type, subject, source, channel, time, received_at, idempotency_key, data, violations"
 )
-INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-FIND_DUPLICATE = "SELECT id FROM events WHERE tenant = ? AND mode = ? AND idempotency_key = ?"
+INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_field_errors = msgspec.json.Decoder(list[FieldError])
+_draft = msgspec.json.Decoder(EventDraft)
+_encode = msgspec.json.encode
+FIND_DUPLICATE = "SELECT id, seq FROM events WHERE tenant = ? AND mode = ? AND idempotency_key = ?"
 
 
 def to_us(value: datetime) -> int:
@@ -95,7 +153,7 @@ def from_us(value: int) -> datetime:
 
 
 def _row_to_event(row: tuple[Any, ...]) -> Event:
-    seq, id_, tenant, mode, type_, subject, source, channel, time, received, key, data = row
+    seq, id_, tenant, mode, type_, subject, source, channel, time, received, key, data, violations = row
     return Event(
         id=id_,
         type=type_,
@@ -109,6 +167,7 @@ def _row_to_event(row: tuple[Any, ...]) -> Event:
         tenant=tenant,
         mode=mode,
         seq=seq,
+        violations=None if violations is None else _field_errors.decode(violations),
     )
 
 
@@ -129,6 +188,87 @@ def _row_to_key(row: tuple[Any, ...]) -> KeyRecord:
 KEY_COLUMNS = "id, tenant, role, mode, prefix, name, created_at, revoked_at"
 
 
+SCHEMA_COLUMNS = "type, version, enforcement, schema, created_at"
+QUARANTINE_COLUMNS = (
+    "id, tenant, mode, dialect, type, received_at, reasons, raw, draft, status, replayed_event_id, replayed_at"
+)
+INSERT_QUARANTINE = f"INSERT INTO quarantine ({QUARANTINE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+UPSERT_CATALOG = """
+INSERT INTO catalog (tenant, mode, type, count, first_seen, last_seen, violations) VALUES (?,?,?,?,?,?,?)
+ON CONFLICT (tenant, mode, type) DO UPDATE SET
+    count = count + excluded.count,
+    first_seen = min(first_seen, excluded.first_seen),
+    last_seen = max(last_seen, excluded.last_seen),
+    violations = violations + excluded.violations
+"""
+# json_each's type names, as JSON Schema names them.
+JSON_TYPE_NAMES = """CASE j.type WHEN 'text' THEN 'string' WHEN 'real' THEN 'number'
+    WHEN 'true' THEN 'boolean' WHEN 'false' THEN 'boolean' ELSE j.type END"""
+
+
+def _row_to_schema(row: tuple[Any, ...]) -> SchemaVersion:
+    type_, version, enforcement, schema, created = row
+    return SchemaVersion(type_, version, enforcement, msgspec.Raw(schema.encode()), from_us(created))
+
+
+def _quarantine_row(item: QuarantinedEvent) -> tuple[Any, ...]:
+    draft = None if item.draft is None else _encode(item.draft).decode()
+    return (
+        item.id,
+        item.tenant,
+        item.mode,
+        item.dialect,
+        item.type,
+        to_us(item.received_at),
+        _encode(item.reasons).decode(),
+        item.raw,
+        draft,
+        item.status,
+        item.replayed_event_id,
+        None if item.replayed_at is None else to_us(item.replayed_at),
+    )
+
+
+def _row_to_quarantined(row: tuple[Any, ...]) -> QuarantinedEvent:
+    id_, tenant, mode, dialect, type_, received, reasons, raw, draft, status, replayed_id, replayed_at = row
+    return QuarantinedEvent(
+        id=id_,
+        tenant=tenant,
+        mode=mode,
+        dialect=dialect,
+        type=type_,
+        received_at=from_us(received),
+        reasons=_field_errors.decode(reasons),
+        raw=raw,
+        draft=None if draft is None else _draft.decode(draft),
+        status=status,
+        replayed_event_id=replayed_id,
+        replayed_at=None if replayed_at is None else from_us(replayed_at),
+    )
+
+
+def _catalog_delta(
+    conn: sqlite3.Connection, max_events: int
+) -> tuple[int, int, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    row = conn.execute("SELECT seq FROM checkpoints WHERE consumer = 'catalog'").fetchone()
+    start = row[0] if row else 0
+    head = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+    end = min(head, start + max_events)
+    if end <= start:
+        return start, start, [], []
+    counts = conn.execute(
+        "SELECT tenant, mode, type, count(*), min(received_at), max(received_at), count(violations)"
+        " FROM events WHERE seq > ? AND seq <= ? GROUP BY tenant, mode, type",
+        (start, end),
+    ).fetchall()
+    properties = conn.execute(
+        f"SELECT DISTINCT e.tenant, e.mode, e.type, j.key, {JSON_TYPE_NAMES}"
+        " FROM events e, json_each(e.data) j WHERE e.seq > ? AND e.seq <= ?",
+        (start, end),
+    ).fetchall()
+    return start, end, counts, properties
+
+
 class Transaction:
     """What a write job sees: the writer's connection inside the group's transaction."""
 
@@ -138,7 +278,7 @@ class Transaction:
         self._last_seq: int = row[0]
         # Keys appended earlier in this same transaction, which the index lookup would
         # also find; kept here to skip the query for repeats within one group.
-        self.new_keys: dict[tuple[str, str, str], str] = {}
+        self.new_keys: dict[tuple[str, str, str], tuple[str, int]] = {}
 
     def next_seq(self) -> int:
         self._last_seq += 1
@@ -180,15 +320,13 @@ def _append_events(tx: Transaction, events: Sequence[Event]) -> list[AppendOutco
         key = event.idempotency_key
         if key is not None:
             scope = (event.tenant, event.mode, key)
-            original = tx.new_keys.get(scope)
-            if original is None:
-                found = tx.conn.execute(FIND_DUPLICATE, scope).fetchone()
-                original = found[0] if found else None
+            original = tx.new_keys.get(scope) or tx.conn.execute(FIND_DUPLICATE, scope).fetchone()
             if original is not None:
-                outcomes.append(AppendOutcome("duplicate", original, None))
+                outcomes.append(AppendOutcome("duplicate", original[0], original[1]))
                 continue
-            tx.new_keys[scope] = event.id
         seq = tx.next_seq()
+        if key is not None:
+            tx.new_keys[scope] = (event.id, seq)
         rows.append(
             (
                 seq,
@@ -203,6 +341,7 @@ def _append_events(tx: Transaction, events: Sequence[Event]) -> list[AppendOutco
                 to_us(event.received_at),
                 key,
                 bytes(event.data).decode(),
+                None if event.violations is None else _encode(event.violations).decode(),
             )
         )
         outcomes.append(AppendOutcome("accepted", event.id, seq))
@@ -352,8 +491,13 @@ class SqliteStore:
 
     # The event log
 
-    async def append(self, events: Sequence[Event]) -> list[AppendOutcome]:
-        return await self.write(lambda tx: _append_events(tx, events), size=len(events) or 1)
+    async def append(self, events: Sequence[Event], quarantine: Sequence[QuarantinedEvent] = ()) -> list[AppendOutcome]:
+        def run(tx: Transaction) -> list[AppendOutcome]:
+            if quarantine:
+                tx.conn.executemany(INSERT_QUARANTINE, [_quarantine_row(q) for q in quarantine])
+            return _append_events(tx, events) if events else []
+
+        return await self.write(run, size=len(events) + len(quarantine) or 1)
 
     async def get_event(self, tenant: str, mode: Mode, event_id: str) -> Event | None:
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ? AND tenant = ? AND mode = ?"
@@ -431,6 +575,121 @@ class SqliteStore:
 
         return await self.write(run)
 
+    # Schemas
+
+    async def put_schema(
+        self, tenant: str, type_: str, schema: bytes, enforcement: Enforcement, at: datetime
+    ) -> SchemaVersion:
+        def run(tx: Transaction) -> SchemaVersion:
+            row = tx.conn.execute(
+                "SELECT coalesce(max(version), 0) + 1 FROM schemas WHERE tenant = ? AND type = ?",
+                (tenant, type_),
+            ).fetchone()
+            version = int(row[0])
+            tx.conn.execute(
+                f"INSERT INTO schemas ({SCHEMA_COLUMNS}, tenant) VALUES (?,?,?,?,?,?)",
+                (type_, version, enforcement, schema.decode(), to_us(at), tenant),
+            )
+            return SchemaVersion(type_, version, enforcement, msgspec.Raw(schema), at)
+
+        return await self.write(run)
+
+    async def latest_schemas(self, tenant: str) -> list[SchemaVersion]:
+        sql = (
+            f"SELECT {SCHEMA_COLUMNS} FROM schemas s WHERE tenant = ? AND version ="
+            " (SELECT max(version) FROM schemas WHERE tenant = s.tenant AND type = s.type) ORDER BY type"
+        )
+        return await self.read(lambda conn: [_row_to_schema(r) for r in conn.execute(sql, (tenant,))])
+
+    async def schema_versions(self, tenant: str, type_: str) -> list[SchemaVersion]:
+        sql = f"SELECT {SCHEMA_COLUMNS} FROM schemas WHERE tenant = ? AND type = ? ORDER BY version"
+        return await self.read(lambda conn: [_row_to_schema(r) for r in conn.execute(sql, (tenant, type_))])
+
+    # Quarantine
+
+    async def list_quarantine(self, query: QuarantineQuery) -> list[QuarantinedEvent]:
+        where = ["tenant = ?", "mode = ?"]
+        args: list[Any] = [query.tenant, query.mode]
+        if query.ids:
+            where.append(f"id IN ({','.join('?' * len(query.ids))})")
+            args.extend(query.ids)
+        for condition, value in (("status = ?", query.status), ("type = ?", query.type), ("id < ?", query.before)):
+            if value is not None:
+                where.append(condition)
+                args.append(value)
+        if query.received_from is not None:
+            where.append("received_at >= ?")
+            args.append(to_us(query.received_from))
+        if query.received_to is not None:
+            where.append("received_at < ?")
+            args.append(to_us(query.received_to))
+        sql = f"SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        args.append(query.limit)
+        return await self.read(lambda conn: [_row_to_quarantined(r) for r in conn.execute(sql, args)])
+
+    async def mark_replayed(self, tenant: str, mode: Mode, outcomes: Sequence[tuple[str, str]], at: datetime) -> None:
+        rows = [(event_id, to_us(at), item_id, tenant, mode) for item_id, event_id in outcomes]
+        await self.write(
+            lambda tx: tx.conn.executemany(
+                "UPDATE quarantine SET status = 'replayed', replayed_event_id = ?, replayed_at = ?"
+                " WHERE id = ? AND tenant = ? AND mode = ?",
+                rows,
+            )
+        )
+
+    async def update_quarantine_reasons(
+        self, tenant: str, mode: Mode, reasons: Sequence[tuple[str, list[FieldError]]]
+    ) -> None:
+        rows = [(_encode(errors).decode(), item_id, tenant, mode) for item_id, errors in reasons]
+        await self.write(
+            lambda tx: tx.conn.executemany(
+                "UPDATE quarantine SET reasons = ? WHERE id = ? AND tenant = ? AND mode = ?", rows
+            )
+        )
+
+    # The event catalog
+
+    async def refresh_catalog(self, max_events: int) -> int:
+        """Aggregate on a reader connection (SQLite does the JSON work without the GIL),
+        then fold the small result in with a compare-and-set on the checkpoint."""
+        start, end, counts, properties = await self.read(lambda conn: _catalog_delta(conn, max_events))
+        if end == start:
+            return 0
+
+        def run(tx: Transaction) -> bool:
+            row = tx.conn.execute("SELECT seq FROM checkpoints WHERE consumer = 'catalog'").fetchone()
+            if (row[0] if row else 0) != start:
+                return False  # another process folded this range in first
+            tx.conn.executemany(UPSERT_CATALOG, counts)
+            tx.conn.executemany("INSERT OR IGNORE INTO catalog_properties VALUES (?,?,?,?,?)", properties)
+            tx.conn.execute(
+                "INSERT INTO checkpoints VALUES ('catalog', ?) ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq",
+                (end,),
+            )
+            return True
+
+        return end - start if await self.write(run) else 0
+
+    async def list_catalog(self, tenant: str, mode: Mode) -> list[CatalogEntry]:
+        def run(conn: sqlite3.Connection) -> list[CatalogEntry]:
+            properties: dict[str, dict[str, list[str]]] = {}
+            for type_, name, json_type in conn.execute(
+                "SELECT type, name, json_type FROM catalog_properties WHERE tenant = ? AND mode = ?"
+                " ORDER BY type, name, json_type",
+                (tenant, mode),
+            ):
+                properties.setdefault(type_, {}).setdefault(name, []).append(json_type)
+            return [
+                CatalogEntry(type_, count, from_us(first), from_us(last), violations, properties.get(type_, {}))
+                for type_, count, first, last, violations in conn.execute(
+                    "SELECT type, count, first_seen, last_seen, violations FROM catalog"
+                    " WHERE tenant = ? AND mode = ? ORDER BY type",
+                    (tenant, mode),
+                )
+            ]
+
+        return await self.read(run)
+
 
 def _query_events(conn: sqlite3.Connection, query: EventQuery) -> list[Event]:
     """One indexed range scan per requested type, merged newest first.
@@ -464,8 +723,6 @@ def _page_sql(query: EventQuery, type_: str | None) -> tuple[str, list[Any]]:
     if query.before is not None:
         where.append("(time, seq) < (?, ?)")
         args.extend((to_us(query.before[0]), query.before[1]))
-    sql = (
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY time DESC, seq DESC LIMIT ?"
-    )
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY time DESC, seq DESC LIMIT ?"
     args.append(query.limit)
     return sql, args
