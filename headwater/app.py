@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,14 +14,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from headwater.api import events, health, keys
+from headwater import dialects
+from headwater.api import catalog, events, health, keys, quarantine, schemas
 from headwater.api.common import json_response
 from headwater.config import Settings
 from headwater.errors import ApiError
 from headwater.middleware import BodyLimitMiddleware
 from headwater.services import Services
 from headwater.storage import open_store
-from headwater.storage.base import Backpressure, StoreError
+from headwater.storage.base import Backpressure, Store, StoreError
+
+logger = logging.getLogger("headwater")
+CATALOG_BATCH = 50_000
 
 
 class HotPathDispatcher:
@@ -60,21 +67,50 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return json_response({"error": "internal server error", "details": []}, 500)
 
 
+async def keep_catalog_current(store: Store, interval: float) -> None:
+    """Fold new events into the catalog in large batches, off the request path."""
+    while True:
+        try:
+            while await store.refresh_catalog(CATALOG_BATCH):
+                pass
+        except StoreError:
+            logger.exception("catalog refresh failed; retrying")
+        await asyncio.sleep(interval)
+
+
 def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings()
     store = open_store(settings)
     services = Services.build(settings, store)
 
+    services.readers["native"] = events.draft_from
+    services.readers["import"] = events.draft_from_line
+    routes = [
+        *health.routes(services),
+        *events.routes(services),
+        *keys.routes(services),
+        *schemas.routes(services),
+        *quarantine.routes(services),
+        *catalog.routes(services),
+    ]
+    for dialect in dialects.ALL:
+        routes += dialect.routes(services)
+        services.readers[dialect.NAME] = dialect.read_item
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()
+        catalog_task = asyncio.create_task(keep_catalog_current(store, settings.catalog_interval))
         try:
             yield
         finally:
+            catalog_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await catalog_task
             await store.close()
 
     starlette = Starlette(
-        routes=[*health.routes(services), *events.routes(services), *keys.routes(services)],
+        routes=routes,
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,

@@ -17,12 +17,13 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from headwater.api.events import draft_from
+from headwater.api.events import draft_from_line
 from headwater.auth import ROLES, Principal
 from headwater.config import Settings
-from headwater.events import Event, EventDraft, FieldError, Rejection
+from headwater.events import Event
 from headwater.keys import create_key
 from headwater.pipeline import Pipeline
+from headwater.schemas import SchemaRegistry
 from headwater.storage import open_store
 from headwater.storage.base import Store
 
@@ -256,30 +257,6 @@ async def _count(store: Store, tenant: str, mode: str) -> int:
     return total
 
 
-_CANONICAL_ONLY = ("id", "received_at", "tenant", "mode", "seq")
-_line_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
-
-
-def draft_from_line(line: bytes) -> EventDraft | Rejection:
-    """A native event, or an exported canonical one.
-
-    For an exported event the server-owned fields are dropped, and its old id becomes
-    the idempotency key when it had none, so importing the same export twice adds nothing.
-    """
-    try:
-        fields = _line_decoder.decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-        return Rejection([FieldError("", "invalid_json", f"line is not a JSON object: {exc}")], line)
-    if "id" in fields and "received_at" in fields:
-        old_id = fields["id"]
-        for name in _CANONICAL_ONLY:
-            fields.pop(name, None)
-        if bytes(fields.get("idempotency_key", b"null")) == b"null":
-            fields["idempotency_key"] = old_id
-        line = _encoder.encode(fields)
-    return draft_from(line)
-
-
 def _chunks(stream: IO[bytes], size: int) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
     """(line number, line) lists of up to `size` non-blank lines, with the bytes read."""
     chunk: list[tuple[int, bytes]] = []
@@ -310,11 +287,14 @@ def events_import(file: IO[bytes], tenant: str, mode: str, batch_size: int, data
 
     async def load(store: Store) -> None:
         await store.ensure_tenant(tenant)
-        pipeline = Pipeline(store)
+        pipeline = Pipeline(store, SchemaRegistry(store))
         with _progress(download=DownloadColumn()) as progress:
             task = progress.add_task("importing", total=size)
             for chunk, read in _chunks(file, batch_size):
-                result = await pipeline.ingest(principal, [draft_from_line(line) for _, line in chunk])
+                ingested = await pipeline.ingest(
+                    principal, [draft_from_line(line) for _, line in chunk], dialect="import"
+                )
+                result = ingested.result
                 totals["accepted"] += result.accepted
                 totals["duplicates"] += result.duplicates
                 totals["rejected"] += result.rejected

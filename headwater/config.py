@@ -20,6 +20,7 @@ class Settings:
     max_json_depth: int = field(default_factory=lambda: int(_env("max_json_depth", "64")))
     queue_max_events: int = field(default_factory=lambda: int(_env("queue_max_events", "200000")))
     key_cache_seconds: float = field(default_factory=lambda: float(_env("key_cache_seconds", "0.5")))
+    catalog_interval: float = field(default_factory=lambda: float(_env("catalog_interval", "1.0")))
 
     @property
     def db_path(self) -> Path:

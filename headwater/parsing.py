@@ -39,12 +39,11 @@ def nesting_exceeds(body: bytes, limit: int) -> bool:
     if b'"' in s:
         s = _STRING.sub(b"", s)
     for _ in range(limit):
-        # One pass removes only the pairs that were innermost before it: one level.
-        peeled = s.replace(b"[]", b"")
-        if not peeled:
+        if not s:
             return False
-        s = peeled
-    return True
+        # One pass removes only the pairs that were innermost before it: one level.
+        s = s.replace(b"[]", b"")
+    return bool(s)
 
 
 def parse_time(value: str) -> datetime:

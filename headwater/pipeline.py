@@ -1,30 +1,50 @@
-"""The one path every event takes: stamp → validate → append → report.
+"""The one path every event takes: stamp → validate → append (or quarantine) → report.
 
-Dialects call `Pipeline.ingest` with the drafts they read from their request
-(and `Rejection`s for the items they could not read); they get back one result
-per item, in order, and shape their own response from it.
+Dialects call `Pipeline.ingest` with the drafts they read from their request (and
+`Rejection`s for the items they could not read); they get back one result per item,
+in order, and shape their own response from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import msgspec
 
 from headwater.auth import Principal
 from headwater.events import (
     Event,
     EventDraft,
     EventResult,
+    FieldError,
     IngestResult,
+    QuarantinedEvent,
     Rejection,
 )
-from headwater.ids import new_event_id
+from headwater.ids import new_event_id, new_prefixed_id
+from headwater.schemas import CompiledSchema, SchemaRegistry
 from headwater.storage.base import Store
 
 
+@dataclass
+class Ingested:
+    """What the pipeline did with each item: the public result, plus the log offset
+    of each accepted or duplicate event (the original's, for a duplicate)."""
+
+    result: IngestResult
+    seqs: list[int | None]
+
+
+def _raw_text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("utf-8", errors="replace")
+
+
 class Pipeline:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, schemas: SchemaRegistry) -> None:
         self.store = store
+        self.schemas = schemas
 
     def stamp(self, principal: Principal, draft: EventDraft, received_at: datetime) -> Event:
         """The canonical event for a draft: server id, receive time, tenant and mode."""
@@ -42,35 +62,78 @@ class Pipeline:
             mode=principal.mode,
         )
 
-    async def ingest(self, principal: Principal, items: Sequence[EventDraft | Rejection]) -> IngestResult:
-        """Append every draft durably; returns once the accepted ones are on disk.
+    def _quarantine(
+        self,
+        principal: Principal,
+        dialect: str,
+        received_at: datetime,
+        reasons: list[FieldError],
+        raw: bytes | None,
+        draft: EventDraft | None,
+    ) -> QuarantinedEvent:
+        return QuarantinedEvent(
+            id=new_prefixed_id("qua"),
+            tenant=principal.tenant,
+            mode=principal.mode,
+            dialect=dialect,
+            type=None if draft is None else draft.type,
+            received_at=received_at,
+            reasons=reasons,
+            raw=_raw_text(raw),
+            draft=None if draft is None else msgspec.structs.replace(draft, raw=None),
+        )
 
-        A rejected item never sinks the others: each gets its own result.
+    async def ingest(
+        self,
+        principal: Principal,
+        items: Sequence[EventDraft | Rejection],
+        *,
+        dialect: str = "native",
+        quarantine: bool = True,
+    ) -> Ingested:
+        """Append every acceptable draft durably; returns once they are on disk.
+
+        A rejected item never sinks the others: each gets its own result, and (unless
+        `quarantine` is off, as for a replay) is kept in the quarantine in the same write.
         Raises `StoreError` (and its `Backpressure`) when nothing could be written.
         """
         received_at = datetime.now(UTC)
+        schemas: dict[str, CompiledSchema] = await self.schemas.for_tenant(principal.tenant)
         results: list[EventResult] = []
         events: list[Event] = []
         positions: list[int] = []
+        quarantined: list[QuarantinedEvent] = []
         for index, item in enumerate(items):
             if isinstance(item, Rejection):
                 results.append(EventResult(index, "rejected", None, item.errors))
+                if quarantine:
+                    quarantined.append(self._quarantine(principal, dialect, received_at, item.errors, item.raw, None))
                 continue
             event = self.stamp(principal, item, received_at)
+            schema = schemas.get(item.type) if schemas else None
+            if schema is not None and schema.enforcement != "off" and (problems := schema.check(item.data)):
+                if schema.enforcement == "strict":
+                    results.append(EventResult(index, "rejected", None, problems))
+                    if quarantine:
+                        quarantined.append(self._quarantine(principal, dialect, received_at, problems, item.raw, item))
+                    continue
+                event = msgspec.structs.replace(event, violations=problems)
             positions.append(index)
             events.append(event)
             results.append(EventResult(index, "accepted", event.id))
+        seqs: list[int | None] = [None] * len(items)
         duplicates = 0
-        if events:
-            outcomes = await self.store.append(events)
+        if events or quarantined:
+            outcomes = await self.store.append(events, quarantined)
             for index, outcome in zip(positions, outcomes, strict=True):
+                seqs[index] = outcome.seq
                 if outcome.status == "duplicate":
                     duplicates += 1
                     results[index] = EventResult(index, "duplicate", outcome.id)
-        rejected = len(items) - len(events)
-        return IngestResult(
+        result = IngestResult(
             accepted=len(events) - duplicates,
             duplicates=duplicates,
-            rejected=rejected,
+            rejected=len(items) - len(events),
             results=results,
         )
+        return Ingested(result, seqs)

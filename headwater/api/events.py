@@ -83,6 +83,14 @@ def read_native_body(body: bytes, max_events: int, max_depth: int) -> list[Event
         raise bad_request('request body is empty: send an event object or {"events": [...]}', code="required")
     if nesting_exceeds(body, max_depth):
         raise bad_request(f"JSON nests deeper than {max_depth} levels", code="too_deep")
+    if not body.isascii():
+        # msgspec does not check the UTF-8 inside Raw values (`data`, batch items) and raises
+        # UnicodeDecodeError, not DecodeError, for bad UTF-8 in a string it does decode.
+        try:
+            body.decode()
+        except UnicodeDecodeError as exc:
+            message = f"request body is not valid UTF-8: {exc.reason} at byte {exc.start}"
+            raise bad_request(message, code="invalid_utf8") from None
     try:
         top = _top_level.decode(body)
     except msgspec.ValidationError:
@@ -109,6 +117,29 @@ def read_native_body(body: bytes, max_events: int, max_depth: int) -> list[Event
     return [draft_from(body)]
 
 
+_CANONICAL_ONLY = ("id", "received_at", "tenant", "mode", "seq")
+
+
+def draft_from_line(line: bytes) -> EventDraft | Rejection:
+    """A native event, or an exported canonical one.
+
+    For an exported event the server-owned fields are dropped, and its old id becomes
+    the idempotency key when it had none, so importing the same export twice adds nothing.
+    """
+    try:
+        fields = _top_level.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        return Rejection([FieldError("", "invalid_json", f"line is not a JSON object: {exc}")], line)
+    if "id" in fields and "received_at" in fields:
+        old_id = fields["id"]
+        for name in _CANONICAL_ONLY:
+            fields.pop(name, None)
+        if bytes(fields.get("idempotency_key", b"null")) == b"null":
+            fields["idempotency_key"] = old_id
+        line = _encoder.encode(fields)
+    return draft_from(line)
+
+
 class IngestEndpoint:
     """POST /v1/events as a plain ASGI callable: no Request object, no routing on the hot path."""
 
@@ -121,7 +152,7 @@ class IngestEndpoint:
             principal = await self.services.auth.authenticate(scope["headers"], "ingest")
             body = await read_body(receive)
             items = read_native_body(body, self.settings.max_batch_events, self.settings.max_json_depth)
-            result = await self.services.pipeline.ingest(principal, items)
+            ingested = await self.services.pipeline.ingest(principal, items)
         except ApiError as exc:
             await send_error(send, exc)
             return
@@ -134,7 +165,7 @@ class IngestEndpoint:
             return
         except ClientDisconnected:
             return
-        await send_json(send, 200, _encoder.encode(result))
+        await send_json(send, 200, _encoder.encode(ingested.result))
 
 
 def encode_cursor(event: Event) -> str:

@@ -113,9 +113,7 @@ class Store(Protocol):
         """Raise `StoreError` unless the store accepts writes now."""
 
     # The event log.
-    async def append(
-        self, events: Sequence[Event], quarantine: Sequence[QuarantinedEvent] = ()
-    ) -> list[AppendOutcome]:
+    async def append(self, events: Sequence[Event], quarantine: Sequence[QuarantinedEvent] = ()) -> list[AppendOutcome]:
         """Append `events` and keep `quarantine` in the same durable write."""
 
     async def get_event(self, tenant: str, mode: Mode, event_id: str) -> Event | None: ...
@@ -152,9 +150,7 @@ class Store(Protocol):
     # Quarantine.
     async def list_quarantine(self, query: QuarantineQuery) -> list[QuarantinedEvent]: ...
 
-    async def mark_replayed(
-        self, tenant: str, mode: Mode, outcomes: Sequence[tuple[str, str]], at: datetime
-    ) -> None:
+    async def mark_replayed(self, tenant: str, mode: Mode, outcomes: Sequence[tuple[str, str]], at: datetime) -> None:
         """Mark quarantined items (id, event id) as replayed."""
 
     async def update_quarantine_reasons(
