@@ -1,0 +1,1 @@
+"""Processing that follows the event log: triggers, actions, webhooks, facts."""
