@@ -135,7 +135,10 @@ def keys_list(tenant: str, data_dir: Path) -> None:
     for r in records:
         revoked = r.revoked_at.isoformat() if r.revoked_at else ""
         table.add_row(r.id, r.prefix, r.role, r.mode, r.name or "", r.created_at.isoformat(), revoked)
-    Console().print(table)
+    # Never squeeze the table below its natural width: a truncated id cannot be passed to `keys revoke`.
+    console = Console()
+    natural = console.measure(table, options=console.options.update_width(1000)).maximum
+    Console(width=max(console.width, natural)).print(table)
 
 
 @keys.command("revoke")

@@ -14,13 +14,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from headwater.api.common import authorize, int_param, json_response
+from headwater.clock import from_us, to_us
 from headwater.errors import ApiError, bad_request
 from headwater.events import EMPTY_OBJECT, Event, EventDraft, FieldError, Mode, Rejection
 from headwater.http import ClientDisconnected, read_body, send_error, send_json
 from headwater.parsing import field_error, nesting_exceeds, parse_range_bound, parse_time
 from headwater.services import Services
 from headwater.storage.base import Backpressure, EventQuery, StoreError
-from headwater.storage.sqlite import from_us, to_us
 
 ShortText = Annotated[str, msgspec.Meta(max_length=256)]
 
