@@ -18,9 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from headwater.clock import from_us, to_us
 from headwater.storage.base import Backpressure, StoreError
-
 
 T = TypeVar("T")
 
