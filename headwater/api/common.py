@@ -33,7 +33,7 @@ async def read_json(request: Request, type_: type[Any]) -> Any:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "request body is not valid", [field_error(exc)]) from None
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise bad_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
 
 

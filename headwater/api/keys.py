@@ -42,7 +42,7 @@ def routes(services: Services) -> list[BaseRoute]:
     async def revoke(request: Request) -> Response:
         principal = await authorize(services, request, "admin")
         key_id = request.path_params["key_id"]
-        if not await services.store.revoke_key(principal.tenant, key_id, datetime.now(UTC)):
+        if not await services.store.revoke_key(principal.tenant, key_id, datetime.now(UTC).replace(microsecond=0)):
             raise ApiError(404, "no such active key")
         services.auth.forget()
         revoked = next(k for k in await services.store.list_keys(principal.tenant) if k.id == key_id)
