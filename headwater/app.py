@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from headwater import dialects
-from headwater.api import catalog, events, health, keys, quarantine, schemas
+from headwater.api import catalog, events, health, keys, quarantine, schemas, triggers
 from headwater.api.common import json_response
 from headwater.config import Settings
 from headwater.errors import ApiError
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         *schemas.routes(services),
         *quarantine.routes(services),
         *catalog.routes(services),
+        *triggers.routes(services),
     ]
     for dialect in dialects.ALL:
         routes += dialect.routes(services)
@@ -100,13 +101,18 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()
-        catalog_task = asyncio.create_task(keep_catalog_current(store, settings.catalog_interval))
+        tasks = [
+            asyncio.create_task(keep_catalog_current(store, settings.catalog_interval)),
+            asyncio.create_task(services.consumer.run_forever()),
+        ]
         try:
             yield
         finally:
-            catalog_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await catalog_task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await store.close()
 
     starlette = Starlette(

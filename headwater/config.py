@@ -21,6 +21,10 @@ class Settings:
     queue_max_events: int = field(default_factory=lambda: int(_env("queue_max_events", "200000")))
     key_cache_seconds: float = field(default_factory=lambda: float(_env("key_cache_seconds", "0.5")))
     catalog_interval: float = field(default_factory=lambda: float(_env("catalog_interval", "1.0")))
+    # None: the Segment dialect's own default (headwater.dialects.segment.SKEW_THRESHOLD_SECONDS).
+    segment_skew_seconds: float | None = field(
+        default_factory=lambda: float(v) if (v := _env("segment_skew_seconds", "")) else None
+    )
 
     @property
     def db_path(self) -> Path:

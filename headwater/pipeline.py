@@ -7,7 +7,7 @@ in order, and shape their own response from it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -45,6 +45,8 @@ class Pipeline:
     def __init__(self, store: Store, schemas: SchemaRegistry) -> None:
         self.store = store
         self.schemas = schemas
+        # Called after every append that stored events, e.g. to wake the trigger consumer.
+        self.listeners: list[Callable[[], None]] = []
 
     def stamp(self, principal: Principal, draft: EventDraft, received_at: datetime) -> Event:
         """The canonical event for a draft: server id, receive time, tenant and mode."""
@@ -90,14 +92,17 @@ class Pipeline:
         *,
         dialect: str = "native",
         quarantine: bool = True,
+        received_at: datetime | None = None,
     ) -> Ingested:
         """Append every acceptable draft durably; returns once they are on disk.
 
         A rejected item never sinks the others: each gets its own result, and (unless
         `quarantine` is off, as for a replay) is kept in the quarantine in the same write.
         Raises `StoreError` (and its `Backpressure`) when nothing could be written.
+        `received_at` lets a dialect that derives event times from the receive time (Segment's
+        clock-skew correction) use the very instant the events are stamped with.
         """
-        received_at = datetime.now(UTC)
+        received_at = received_at or datetime.now(UTC)
         schemas: dict[str, CompiledSchema] = await self.schemas.for_tenant(principal.tenant)
         results: list[EventResult] = []
         events: list[Event] = []
@@ -125,6 +130,8 @@ class Pipeline:
         duplicates = 0
         if events or quarantined:
             outcomes = await self.store.append(events, quarantined)
+            for listener in self.listeners:
+                listener()
             for index, outcome in zip(positions, outcomes, strict=True):
                 seqs[index] = outcome.seq
                 if outcome.status == "duplicate":

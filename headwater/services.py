@@ -9,6 +9,8 @@ from headwater.auth import Authenticator
 from headwater.config import Settings
 from headwater.events import EventDraft, Rejection
 from headwater.pipeline import Pipeline
+from headwater.processing.consumer import TriggerConsumer
+from headwater.processing.triggers import TriggerLoader
 from headwater.schemas import SchemaRegistry
 from headwater.storage.base import Store
 
@@ -22,16 +24,24 @@ class Services:
     pipeline: Pipeline
     auth: Authenticator
     schemas: SchemaRegistry
+    triggers: TriggerLoader
+    consumer: TriggerConsumer
     # Each dialect's reader of one raw item, by dialect name: how a quarantined item is re-read on replay.
     readers: dict[str, ItemReader] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings, store: Store) -> Services:
         schemas = SchemaRegistry(store)
+        triggers = TriggerLoader(store)
+        consumer = TriggerConsumer(store, triggers)
+        pipeline = Pipeline(store, schemas)
+        pipeline.listeners.append(consumer.wake)
         return cls(
             settings=settings,
             store=store,
-            pipeline=Pipeline(store, schemas),
+            pipeline=pipeline,
             auth=Authenticator(store, ttl=settings.key_cache_seconds),
             schemas=schemas,
+            triggers=triggers,
+            consumer=consumer,
         )

@@ -131,9 +131,7 @@ def server_factory(tmp_path: Path) -> Iterator[type[ServerProcess]]:
         server.kill()
 
 
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [*HEADWATER, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120
     )

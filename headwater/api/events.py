@@ -117,7 +117,7 @@ def read_native_body(body: bytes, max_events: int, max_depth: int) -> list[Event
     return [draft_from(body)]
 
 
-_CANONICAL_ONLY = ("id", "received_at", "tenant", "mode", "seq")
+_CANONICAL_ONLY = ("id", "received_at", "tenant", "mode", "seq", "violations")
 
 
 def draft_from_line(line: bytes) -> EventDraft | Rejection:

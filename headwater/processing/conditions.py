@@ -40,6 +40,7 @@ class EventView:
     """An event as conditions see it: envelope fields plus `data`, decoded at most once."""
 
     __slots__ = ("_data", "event")
+    MISSING = _MISSING  # what `get` returns for an absent field
 
     def __init__(self, event: Event) -> None:
         self.event = event

@@ -21,6 +21,7 @@ from typing import Literal, NamedTuple, Protocol
 import msgspec
 
 from headwater.events import Event, FieldError, Mode, QuarantinedEvent
+from headwater.storage.derived import TriggerStore
 
 Role = Literal["admin", "editor", "ingest", "viewer"]
 Enforcement = Literal["off", "soft", "strict"]
@@ -104,7 +105,22 @@ class CatalogEntry(msgspec.Struct, frozen=True):
     properties: dict[str, list[str]]
 
 
-class Store(Protocol):
+class Fact(msgspec.Struct, frozen=True):
+    """What one event established, derived from the log (a minimal record until the fact
+    engine arrives). `fact_id` derives from the event id, so re-deriving it changes nothing."""
+
+    fact_id: str
+    fact_type: str
+    participant_id: str | None
+    event_id: str
+    tenant: str
+    mode: Mode
+    data: msgspec.Raw
+    occurred_at: datetime
+    processed_at: datetime
+
+
+class Store(TriggerStore, Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -162,3 +178,7 @@ class Store(Protocol):
         """Fold up to `max_events` events not yet counted into the catalog; returns how many."""
 
     async def list_catalog(self, tenant: str, mode: Mode) -> list[CatalogEntry]: ...
+
+    # Facts, derived from the log.
+    async def put_fact(self, fact: Fact) -> Fact:
+        """Keep `fact` durably unless one for its (event_id, fact_type) exists; returns the kept one."""

@@ -21,11 +21,14 @@ from headwater.storage.base import (
     CatalogEntry,
     Enforcement,
     EventQuery,
+    Fact,
     KeyRecord,
     QuarantineQuery,
     SchemaVersion,
+    StoreError,
 )
 from headwater.storage.sqlite_core import SqliteCore, Transaction
+from headwater.storage.sqlite_triggers import TriggerTables
 
 EVENTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -119,6 +122,19 @@ CREATE TABLE IF NOT EXISTS catalog_properties (
 CREATE TABLE IF NOT EXISTS checkpoints (
     consumer TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS facts (
+    fact_id TEXT PRIMARY KEY,
+    fact_type TEXT NOT NULL,
+    participant_id TEXT,
+    event_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    data TEXT NOT NULL,
+    occurred_at INTEGER NOT NULL,
+    processed_at INTEGER NOT NULL,
+    UNIQUE (event_id, fact_type)
 );
 """
 
@@ -285,7 +301,7 @@ def _append_events(tx: Transaction, events: Sequence[Event]) -> list[AppendOutco
     return outcomes
 
 
-class SqliteStore(SqliteCore):
+class SqliteStore(TriggerTables, SqliteCore):
     SCHEMA = EVENTS_SCHEMA
 
     # The event log
@@ -488,6 +504,53 @@ class SqliteStore(SqliteCore):
             ]
 
         return await self.read(run)
+
+    # Facts
+
+    async def put_fact(self, fact: Fact) -> Fact:
+        row = (
+            fact.fact_id,
+            fact.fact_type,
+            fact.participant_id,
+            fact.event_id,
+            fact.tenant,
+            fact.mode,
+            bytes(fact.data).decode(),
+            to_us(fact.occurred_at),
+            to_us(fact.processed_at),
+        )
+
+        def run(tx: Transaction) -> Fact:
+            tx.conn.execute(
+                f"INSERT INTO facts ({FACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", row
+            )
+            kept = tx.conn.execute(
+                f"SELECT {FACT_COLUMNS} FROM facts WHERE event_id = ? AND fact_type = ?",
+                (fact.event_id, fact.fact_type),
+            ).fetchone()
+            if kept is None:
+                raise StoreError(f"fact id {fact.fact_id} is taken by another fact")
+            return _row_to_fact(kept)
+
+        return await self.write(run)
+
+
+FACT_COLUMNS = "fact_id, fact_type, participant_id, event_id, tenant, mode, data, occurred_at, processed_at"
+
+
+def _row_to_fact(row: tuple[Any, ...]) -> Fact:
+    fact_id, fact_type, participant, event_id, tenant, mode, data, occurred, processed = row
+    return Fact(
+        fact_id,
+        fact_type,
+        participant,
+        event_id,
+        tenant,
+        mode,
+        msgspec.Raw(data.encode()),
+        from_us(occurred),
+        from_us(processed),
+    )
 
 
 def _query_events(conn: sqlite3.Connection, query: EventQuery) -> list[Event]:

@@ -184,6 +184,8 @@ class SqliteCore:
                     job.result = job.fn(tx)
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting request
                     conn.execute("ROLLBACK TO job")
+                    # Keys the failed job noted are gone with it; the rest are still found by query.
+                    tx.new_keys.clear()
                     job.error = exc
                 conn.execute("RELEASE job")
             conn.execute("COMMIT")

@@ -1,0 +1,157 @@
+"""The contract for state derived from the log: triggers, actions and what actions touch.
+
+Consumers read the log by offset and apply each batch through `Store.process`, which
+runs their function inside one atomic write together with their checkpoint. Every
+effect has a deterministic id, so a batch applied twice (after a crash, or once by
+the sync path and again by the consumer) changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Literal, Protocol, TypeVar
+
+import msgspec
+
+from headwater.events import Mode
+
+T = TypeVar("T")
+ActionStatus = Literal["dispatched", "skipped", "failed"]
+
+
+class TriggerRecord(msgspec.Struct, frozen=True):
+    """A trigger as stored; `definition` is the validated rule as the client wrote it."""
+
+    id: str
+    tenant: str
+    mode: Mode
+    definition: msgspec.Raw
+    created_at: datetime
+    updated_at: datetime
+
+
+class ActionRecord(msgspec.Struct, frozen=True):
+    """One firing of one trigger on one event. `id` derives from (trigger, event)."""
+
+    id: str
+    tenant: str
+    mode: Mode
+    trigger_id: str
+    trigger_name: str
+    event_id: str
+    event_type: str
+    subject: str | None
+    type: str
+    config: msgspec.Raw
+    status: ActionStatus
+    priority: int
+    event_time: datetime
+    created_at: datetime
+    error: str | None = None
+    result: msgspec.Raw | None = None
+
+
+class ActionQuery(msgspec.Struct, frozen=True):
+    tenant: str
+    mode: Mode
+    type: str | None = None
+    subject: str | None = None
+    trigger_id: str | None = None
+    event_id: str | None = None
+    status: ActionStatus | None = None
+    before: int | None = None  # position of the last row of the previous page
+    limit: int = 100
+
+
+class Enrollment(msgspec.Struct, frozen=True):
+    id: str
+    journey_id: str
+    subject: str
+    status: Literal["active", "restarted"]
+    action_id: str
+    enrolled_at: datetime
+
+
+class SubjectProfile(msgspec.Struct, frozen=True):
+    subject: str
+    attributes: dict[str, Any]
+    updated_at: datetime | None
+
+
+class ProcessingState(Protocol):
+    """Synchronous operations on derived state, all inside one atomic write."""
+
+    def checkpoint(self, consumer: str) -> int: ...
+
+    def set_checkpoint(self, consumer: str, seq: int) -> None: ...
+
+    def window_add(self, trigger_id: str, subject: str, event_id: str, at_us: int, value: float) -> None:
+        """Record one event in a trigger's rolling window for a subject (idempotent per event)."""
+
+    def window_totals(self, trigger_id: str, subject: str, start_us: int, end_us: int) -> tuple[int, float]:
+        """(count, sum) of the window points with start < time <= end."""
+
+    def window_prune(self, trigger_id: str, subject: str, before_us: int) -> None: ...
+
+    def last_firing(self, trigger_id: str, subject: str, at_or_before_us: int, excluding: str) -> int | None:
+        """Event time of the latest other firing of the trigger for the subject up to a time."""
+
+    def record_action(self, action: ActionRecord) -> bool:
+        """Store the action; False (and nothing written) when its id already exists."""
+
+    def settle_action(self, action_id: str, status: ActionStatus, error: str | None, result: bytes | None) -> None:
+        """Set the outcome of an action's effects."""
+
+    def enroll(
+        self, tenant: str, mode: Mode, journey_id: str, subject: str, action_id: str, how: str, at: datetime
+    ) -> str:
+        """Enrol per `how` (skip_if_active | restart | allow_multiple); returns enrolled | skipped | restarted."""
+
+    def set_attribute(self, tenant: str, mode: Mode, subject: str, name: str, value: Any, at: datetime) -> None: ...
+
+    def enqueue_deliveries(
+        self,
+        tenant: str,
+        mode: Mode,
+        topic: str,
+        message_key: str,
+        payload: bytes,
+        at: datetime,
+        endpoint_id: str | None = None,
+    ) -> list[str]:
+        """Put a webhook message in the outbox for every enabled endpoint of the tenant and mode
+        subscribed to `topic` (or only `endpoint_id`, whatever it subscribes to). Delivery ids
+        derive from (endpoint, message_key), so enqueuing twice sends once. Returns the ids;
+        raises `LookupError` when `endpoint_id` names no enabled endpoint."""
+
+
+class TriggerStore(Protocol):
+    async def process(self, fn: Callable[[ProcessingState], T], size: int = 1) -> T:
+        """Run `fn` against the derived state inside one durable write."""
+
+    async def put_trigger(self, record: TriggerRecord) -> None:
+        """Create or replace a trigger."""
+
+    async def get_trigger(self, tenant: str, mode: Mode, trigger_id: str) -> TriggerRecord | None: ...
+
+    async def list_triggers(self, tenant: str, mode: Mode) -> list[TriggerRecord]: ...
+
+    async def delete_trigger(self, tenant: str, mode: Mode, trigger_id: str) -> bool: ...
+
+    async def triggers_changed_since(self, at_us: int) -> bool:
+        """Whether any trigger or type mapping changed at or after `at_us` (any tenant)."""
+
+    async def get_type_mappings(self, tenant: str, mode: Mode) -> dict[str, list[str]] | None:
+        """The tenant's own mapping, or None when it uses the defaults."""
+
+    async def put_type_mappings(
+        self, tenant: str, mode: Mode, mappings: dict[str, list[str]], at: datetime
+    ) -> None: ...
+
+    async def list_actions(self, query: ActionQuery) -> list[tuple[int, ActionRecord]]:
+        """Newest first, each with its position for paging."""
+
+    async def list_enrollments(self, tenant: str, mode: Mode, journey_id: str) -> list[Enrollment]: ...
+
+    async def get_profile(self, tenant: str, mode: Mode, subject: str) -> SubjectProfile | None: ...

@@ -1,0 +1,470 @@
+"""The `headwater` command line, run as real subprocesses: keys, serve, events export/import/tail."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import HEADWATER, Api, ServerProcess, free_port, run_cli
+
+KEY_LINE = re.compile(r"^hw_(live|test)_[A-Za-z0-9_-]{40,}$")
+WIDE = {"COLUMNS": "200"}  # rich messages unwrapped
+NARROW = {"COLUMNS": "80"}
+
+
+def create(data_dir: Path, tenant: str, role: str, *extra: str) -> tuple[str, str]:
+    """(key, key id) from `keys create`; the key must be alone on the last line."""
+    out = run_cli("keys", "create", "--tenant", tenant, "--role", role, *extra, "--data-dir", str(data_dir))
+    lines = out.stdout.strip().splitlines()
+    assert KEY_LINE.match(lines[-1]), out.stdout
+    key_id = re.search(r"\b(key_[0-9a-f]+)\b", out.stdout)
+    assert key_id is not None, out.stdout
+    return lines[-1], key_id.group(1)
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def count(data_dir: Path) -> int:
+    return int(query(data_dir / "headwater.db", "SELECT count(*) FROM events")[0][0])
+
+
+def ndjson(text: str | bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (text.splitlines() if text else [])]
+
+
+def write_lines(path: Path, items: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    return path
+
+
+def stop_and_read(server: ServerProcess) -> str:
+    server.stop()
+    assert server.proc is not None and server.proc.stdout is not None
+    with server.proc.stdout:
+        return server.proc.stdout.read().decode()
+
+
+def read_until_key(server: ServerProcess) -> tuple[str, list[str]]:
+    """The bootstrap key a fresh server printed before it started listening."""
+    assert server.proc is not None and server.proc.stdout is not None
+    lines: list[str] = []
+    for _ in range(10):
+        line = server.proc.stdout.readline().decode().strip()
+        lines.append(line)
+        if KEY_LINE.match(line):
+            return line, lines
+    raise AssertionError(f"no bootstrap key in {lines}")
+
+
+def export(data_dir: Path, tenant: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("events", "export", "--tenant", tenant, *extra, "--data-dir", str(data_dir))
+
+
+def import_(data_dir: Path, path: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run_cli("events", "import", str(path), *extra, "--data-dir", str(data_dir), env=WIDE, check=check)
+
+
+def summary(result: subprocess.CompletedProcess[str]) -> tuple[int, int, int]:
+    found = re.search(r"accepted (\d+), duplicates (\d+), rejected (\d+)", result.stdout)
+    assert found is not None, result.stdout
+    accepted, duplicates, rejected = (int(g) for g in found.groups())
+    return accepted, duplicates, rejected
+
+
+# keys
+
+
+def test_keys_create_prints_key_last_and_creates_tenant(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    live, _ = create(data_dir, "newco", "admin")
+    assert live.startswith("hw_live_")
+    assert query(data_dir / "headwater.db", "SELECT name FROM tenants") == [("newco",)]
+    test, _ = create(data_dir, "newco", "viewer", "--mode", "test")
+    assert test.startswith("hw_test_")
+    assert query(data_dir / "headwater.db", "SELECT name FROM tenants") == [("newco",)]
+    rows = query(data_dir / "headwater.db", "SELECT role, mode FROM api_keys ORDER BY rowid")
+    assert rows == [("admin", "live"), ("viewer", "test")]
+
+
+def test_keys_work_list_and_revoke_against_running_server(server_factory: type[ServerProcess], tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = server_factory(data_dir)
+    server.start()
+    try:
+        # Created by another process while the server runs: usable at once.
+        key, key_id = create(data_dir, "t", "ingest")
+        test_key, test_key_id = create(data_dir, "t", "admin", "--mode", "test", "--name", "point of sale till")
+        assert test_key.startswith("hw_test_")
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            sent = client.post("/v1/events", json={"type": "live_event"}, headers=auth(key))
+            assert sent.status_code == 200, sent.text
+            sent = client.post("/v1/events", json={"type": "test_event"}, headers=auth(test_key))
+            assert sent.status_code == 200, sent.text
+            seen = client.get("/v1/events", headers=auth(test_key)).json()["data"]
+            assert [(e["type"], e["tenant"], e["mode"]) for e in seen] == [("test_event", "t", "test")]
+
+            # In an 80-column terminal too, whole ids (what `keys revoke` takes) and prefixes.
+            listed = run_cli("keys", "list", "--tenant", "t", "--data-dir", str(data_dir), env=NARROW).stdout
+            assert key[:12] in listed and test_key[:12] in listed
+            assert key_id in listed and test_key_id in listed and "point of sale till" in listed
+            assert key not in listed and test_key not in listed
+            assert key[12:24] not in listed and test_key[12:24] not in listed
+
+            run_cli("keys", "revoke", key_id, "--tenant", "t", "--data-dir", str(data_dir))
+            revoked_at = time.monotonic()
+            while True:
+                status = client.post("/v1/events", json={"type": "x"}, headers=auth(key)).status_code
+                if status == 401:
+                    break
+                assert status == 200
+                assert time.monotonic() - revoked_at < 1.0, "revoked key still accepted after 1 s"
+                time.sleep(0.02)
+            assert client.post("/v1/events", json={"type": "x"}, headers=auth(key)).status_code == 401
+            assert client.post("/v1/events", json={"type": "x"}, headers=auth(test_key)).status_code == 200
+
+        rows = query(data_dir / "headwater.db", "SELECT revoked_at IS NOT NULL FROM api_keys WHERE id = ?", key_id)
+        assert rows == [(1,)]
+        again = run_cli("keys", "revoke", key_id, "--tenant", "t", "--data-dir", str(data_dir), check=False)
+        assert again.returncode != 0 and key_id in again.stderr
+    finally:
+        stop_and_read(server)
+
+
+# serve
+
+
+def test_serve_prints_bootstrap_admin_key_once(server_factory: type[ServerProcess], tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = server_factory(data_dir)
+    first.start()
+    try:
+        key, _ = read_until_key(first)
+        assert key.startswith("hw_live_")
+        keys = httpx.get(first.url + "/v1/keys", headers=auth(key), timeout=10)
+        assert keys.status_code == 200, keys.text
+        assert [(k["tenant"], k["role"], k["mode"]) for k in keys.json()["data"]] == [("default", "admin", "live")]
+    finally:
+        rest = stop_and_read(first)
+    assert "hw_" not in rest
+
+    second = server_factory(data_dir)
+    second.start()
+    output = stop_and_read(second)
+    assert "hw_" not in output and "Created tenant" not in output
+    assert query(data_dir / "headwater.db", "SELECT count(*) FROM api_keys") == [(1,)]
+
+
+def test_environment_variables(tmp_path: Path) -> None:
+    data_dir = tmp_path / "envdata"
+    port = free_port()
+    env = {**os.environ, **WIDE, "HEADWATER_DATA_DIR": str(data_dir), "HEADWATER_TENANT": "envco"}
+    env.pop("HEADWATER_PORT", None)
+
+    def cli(*args: str, extra: dict[str, str] | None = None) -> str:
+        result = subprocess.run(
+            [*HEADWATER, *args], cwd=tmp_path, env={**env, **(extra or {})}, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    key = cli("keys", "create", "--role", "admin").strip().splitlines()[-1]
+    assert KEY_LINE.match(key) and key.startswith("hw_live_")
+    test_key = cli("keys", "create", "--role", "admin", extra={"HEADWATER_MODE": "test"}).splitlines()[-1]
+    assert test_key.startswith("hw_test_")
+    assert query(data_dir / "headwater.db", "SELECT name FROM tenants") == [("envco",)]
+    assert key[:12] in cli("keys", "list")
+    assert not (tmp_path / "headwater-data").exists()
+
+    proc = subprocess.Popen(
+        [*HEADWATER, "serve"],
+        cwd=tmp_path,
+        env={**env, "HEADWATER_PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, "server exited"
+            assert time.monotonic() < deadline, "server did not listen on HEADWATER_PORT"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
+                    break
+            time.sleep(0.05)
+        response = httpx.post(url + "/v1/events", json={"type": "via_env"}, headers=auth(key), timeout=10)
+        assert response.status_code == 200, response.text
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert query(data_dir / "headwater.db", "SELECT tenant, type FROM events") == [("envco", "via_env")]
+    assert not (tmp_path / "headwater-data").exists()
+
+
+# events export
+
+
+def list_all(api: Api, key: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 1000}
+    while True:
+        body = api.client.get("/v1/events", params=params, headers=api.as_(key)).json()
+        events += body["data"]
+        if body["next_cursor"] is None:
+            return events
+        params["cursor"] = body["next_cursor"]
+
+
+def seed(api: Api) -> dict[str, str]:
+    """Events in three scopes: t/live, t/test and u/live, interleaved in the log."""
+    keys = {"t": api.key("t"), "t-test": api.key("t", mode="test"), "u": api.key("u")}
+    for i in range(30):
+        for scope, key in keys.items():
+            event = {
+                "type": f"type{i % 3}",
+                "subject": f"s{i}" if i % 2 else None,
+                "source": scope,
+                "channel": "web",
+                "time": f"2026-04-{1 + i % 28:02d}T12:00:00.{i:06d}Z" if i % 4 else None,
+                "idempotency_key": f"{scope}-{i}" if i % 5 else None,
+                "data": {"i": i, "nested": {"list": [1, "two", None], "scope": scope}},
+            }
+            response = api.client.post("/v1/events", json=event, headers=api.as_(key))
+            assert response.status_code == 200, response.text
+    return keys
+
+
+def test_events_export_writes_exactly_the_scope_with_progress(api: Api, tmp_path: Path) -> None:
+    keys = seed(api)
+    data_dir = api.settings.data_dir
+    for tenant, mode, key in [("t", "live", keys["t"]), ("t", "test", keys["t-test"]), ("u", "live", keys["u"])]:
+        expected = sorted(list_all(api, key), key=lambda e: e["seq"])
+        assert len(expected) == 30
+        result = export(data_dir, tenant, "--mode", mode)
+        exported = ndjson(result.stdout)
+        assert exported == expected  # whole objects, in log order
+        assert "exported 30 events" in result.stderr
+        assert "exporting" in result.stderr and "━" in result.stderr  # the progress bar
+
+    target = tmp_path / "out.ndjson"
+    result = export(data_dir, "t", "-o", str(target))
+    assert result.stdout == ""
+    assert ndjson(target.read_bytes()) == sorted(list_all(api, keys["t"]), key=lambda e: e["seq"])
+
+    assert export(data_dir, "nobody").stdout == ""
+
+
+# events import
+
+
+def native_events(n: int, prefix: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": f"imported{i % 4}",
+            "subject": f"cust_{i}",
+            "channel": "pos" if i % 2 else None,
+            "time": f"2026-03-{1 + i % 28:02d}T08:00:00+02:00",
+            "idempotency_key": f"{prefix}-{i}",
+            "data": {"n": i, "tags": ["a", i]},
+        }
+        for i in range(n)
+    ]
+
+
+def test_events_import_native_lines_with_dedup(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    sent = native_events(120, "imp")
+    path = write_lines(tmp_path / "native.ndjson", sent)
+
+    first = import_(data_dir, path, "--tenant", "t", "--batch-size", "50")
+    assert summary(first) == (120, 0, 0)
+    assert count(data_dir) == 120
+    stored = ndjson(export(data_dir, "t").stdout)
+    assert [
+        (e["type"], e["subject"], e["channel"], e["time"], e["idempotency_key"], e["data"], e["tenant"], e["mode"])
+        for e in stored
+    ] == [
+        (
+            s["type"],
+            s["subject"],
+            s["channel"],
+            s["time"][:10] + "T06:00:00Z",
+            s["idempotency_key"],
+            s["data"],
+            "t",
+            "live",
+        )
+        for s in sent
+    ]
+
+    second = import_(data_dir, path, "--tenant", "t", "--batch-size", "50")
+    assert summary(second) == (0, 120, 0)
+    assert count(data_dir) == 120
+
+    # Dedup is per tenant and mode: the same file into test mode is new data.
+    assert summary(import_(data_dir, path, "--tenant", "t", "--mode", "test")) == (120, 0, 0)
+    assert count(data_dir) == 240
+
+
+def test_events_import_of_an_export_is_idempotent(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    originals = [
+        {"type": "keyless", "subject": f"s{i}", "source": "app", "data": {"i": i}} for i in range(40)
+    ] + native_events(10, "keyed")
+    assert summary(import_(source, write_lines(tmp_path / "in.ndjson", originals), "--tenant", "src")) == (
+        50,
+        0,
+        0,
+    )
+    exported_text = export(source, "src").stdout
+    exported = ndjson(exported_text)
+    assert len(exported) == 50 and sum(e["idempotency_key"] is None for e in exported) == 40
+    dump = tmp_path / "export.ndjson"
+    dump.write_text(exported_text)
+
+    target = tmp_path / "target"
+    assert summary(import_(target, dump, "--tenant", "t", "--mode", "test")) == (50, 0, 0)
+    assert summary(import_(target, dump, "--tenant", "t", "--mode", "test")) == (0, 50, 0)
+    assert count(target) == 50
+    imported = ndjson(export(target, "t", "--mode", "test").stdout)
+    fields = ("type", "subject", "source", "channel", "time", "data")
+    assert [tuple(e[f] for f in fields) for e in imported] == [tuple(e[f] for f in fields) for e in exported]
+    assert [e["idempotency_key"] for e in imported] == [e["idempotency_key"] or e["id"] for e in exported]
+    assert {(e["tenant"], e["mode"]) for e in imported} == {("t", "test")}
+    assert not {e["id"] for e in imported} & {e["id"] for e in exported}
+
+    # Back into the source: the keyless originals get one copy keyed by their old id, once.
+    assert summary(import_(source, dump, "--tenant", "src")) == (40, 10, 0)
+    assert summary(import_(source, dump, "--tenant", "src")) == (0, 50, 0)
+    assert count(source) == 90
+
+
+def test_events_import_of_an_export_with_schema_violations(api: Api, tmp_path: Path) -> None:
+    key = api.key("t")
+    schema = {"schema": {"type": "object", "required": ["amount"]}, "enforcement": "soft"}
+    assert api.client.put("/v1/schemas/order", json=schema, headers=api.as_(key)).status_code == 201
+    post(api, key, {"type": "order", "data": {"sku": "A1"}})
+    exported = export(api.settings.data_dir, "t").stdout
+    assert "violations" in ndjson(exported)[0]
+    dump = tmp_path / "export.ndjson"
+    dump.write_text(exported)
+    result = import_(tmp_path / "target", dump, "--tenant", "t", check=False)
+    assert result.returncode == 0, result.stderr
+    assert summary(result) == (1, 0, 0)
+
+
+def test_events_import_rejects_bad_lines_with_line_numbers(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    path = tmp_path / "mixed.ndjson"
+    path.write_text(
+        "\n".join(
+            [
+                '{"type": "ok", "idempotency_key": "g1"}',  # 1
+                "{not json",  # 2
+                "",  # 3 (blank lines are skipped)
+                '{"type": ""}',  # 4
+                "[1, 2]",  # 5
+                '{"type": "ok", "bogus": 1}',  # 6
+                '{"type": "ok", "idempotency_key": "g2", "data": {"x": 1}}',  # 7
+                '{"type": "ok", "data": [1]}',  # 8
+                '{"type": "ok", "time": "yesterday"}',  # 9
+            ]
+        )
+        + "\n"
+    )
+    result = import_(data_dir, path, "--tenant", "t", "--batch-size", "3", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert summary(result) == (2, 0, 6)
+    assert re.findall(r"^rejected line (\d+):", result.stderr, re.M) == ["2", "4", "5", "6", "8", "9"]
+    assert re.search(r"^rejected line 6:.*bogus", result.stderr, re.M)
+    assert re.search(r"^rejected line 8: data:", result.stderr, re.M)
+    assert query(data_dir / "headwater.db", "SELECT idempotency_key, data FROM events ORDER BY seq") == [
+        ("g1", "{}"),
+        ("g2", '{"x": 1}'),
+    ]
+
+
+# events tail
+
+
+def wait_until_reading(proc: subprocess.Popen[bytes], db: Path, timeout: float = 20) -> None:
+    """Until `tail` has opened its read connection (it reads the log end first), plus a margin."""
+    deadline = time.monotonic() + timeout
+    fd_dir = Path(f"/proc/{proc.pid}/fd")
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "tail exited early"
+        with contextlib.suppress(OSError):
+            if sum(1 for fd in fd_dir.iterdir() if os.readlink(fd) == str(db)) >= 2:
+                time.sleep(0.3)
+                return
+        time.sleep(0.02)
+    raise TimeoutError("tail did not start reading")
+
+
+def tail(api: Api, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*HEADWATER, "events", "tail", "--interval", "0.05", "--data-dir", str(api.settings.data_dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def finish(proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
+    try:
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    return ndjson(out)
+
+
+def post(api: Api, key: str, event: dict[str, Any]) -> str:
+    response = api.client.post("/v1/events", json=event, headers=api.as_(key))
+    assert response.status_code == 200, response.text
+    return str(response.json()["results"][0]["id"])
+
+
+def fetch(api: Api, key: str, event_id: str) -> dict[str, Any]:
+    return dict(api.client.get(f"/v1/events/{event_id}", headers=api.as_(key)).json())
+
+
+def test_events_tail_count_prints_only_new_events(api: Api) -> None:
+    key, other = api.key("t"), api.key("u")
+    for i in range(3):
+        post(api, key, {"type": "old", "data": {"i": i}})
+    proc = tail(api, "--tenant", "t", "--count", "3")
+    wait_until_reading(proc, api.settings.db_path)
+    ids = []
+    for i in range(3):
+        post(api, other, {"type": "other_tenant"})
+        ids.append(post(api, key, {"type": "new", "subject": f"s{i}", "data": {"i": i}}))
+    printed = finish(proc)
+    assert printed == [fetch(api, key, i) for i in ids]
+
+
+def test_events_tail_from_start(api: Api) -> None:
+    key, test_key = api.key("t"), api.key("t", mode="test")
+    ids = [post(api, key, {"type": "old", "data": {"i": i}}) for i in range(2)]
+    post(api, test_key, {"type": "test_mode"})
+    proc = tail(api, "--tenant", "t", "--from-start", "--count", "3")
+    ids.append(post(api, key, {"type": "new"}))
+    printed = finish(proc)
+    assert printed == [fetch(api, key, i) for i in ids]
