@@ -14,13 +14,16 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from headwater.api.common import authorize, int_param, json_response
+from headwater.auth import Principal
 from headwater.clock import from_us, to_us
 from headwater.errors import ApiError, bad_request
 from headwater.events import EMPTY_OBJECT, Event, EventDraft, FieldError, Mode, Rejection
 from headwater.http import ClientDisconnected, read_body, send_error, send_json
 from headwater.parsing import field_error, nesting_exceeds, parse_range_bound, parse_time
+from headwater.pipeline import Ingested
 from headwater.services import Services
 from headwater.storage.base import Backpressure, EventQuery, StoreError
+from headwater.storage.derived import ActionRecord
 
 ShortText = Annotated[str, msgspec.Meta(max_length=256)]
 
@@ -35,6 +38,30 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     time: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     data: msgspec.Raw = EMPTY_OBJECT
+
+
+class MatchedTrigger(msgspec.Struct):
+    trigger_id: str
+    trigger_name: str
+    action_type: str
+
+
+class ProcessedEventResult(msgspec.Struct):
+    index: int
+    status: str
+    id: str | None
+    errors: list[FieldError]
+    triggers_matched: list[MatchedTrigger]
+    actions: list[ActionRecord]
+
+
+class ProcessedIngestResult(msgspec.Struct):
+    """The response to `POST /v1/events?wait=processed`: each result with what it fired."""
+
+    accepted: int
+    duplicates: int
+    rejected: int
+    results: list[ProcessedEventResult]
 
 
 class EventPage(msgspec.Struct):
@@ -153,6 +180,9 @@ class IngestEndpoint:
             body = await read_body(receive)
             items = read_native_body(body, self.settings.max_batch_events, self.settings.max_json_depth)
             ingested = await self.services.pipeline.ingest(principal, items)
+            if b"wait=processed" in scope.get("query_string", b""):
+                await send_json(send, 200, _encoder.encode(await self._processed(principal, ingested)))
+                return
         except ApiError as exc:
             await send_error(send, exc)
             return
@@ -166,6 +196,24 @@ class IngestEndpoint:
         except ClientDisconnected:
             return
         await send_json(send, 200, _encoder.encode(ingested.result))
+
+    async def _processed(self, principal: Principal, ingested: Ingested) -> ProcessedIngestResult:
+        result = ingested.result
+        ids = [r.id for r in result.results if r.id is not None]
+        seqs = [s for s in ingested.seqs if s is not None]
+        fired = await self.services.consumer.actions_for(
+            principal.tenant, principal.mode, ids, max(seqs, default=0), self.settings.sync_timeout
+        )
+        if fired is None:
+            raise ApiError(
+                503, "events are stored, but processing did not finish in time", headers={"Retry-After": "1"}
+            )
+        results = []
+        for r in result.results:
+            actions = fired.get(r.id, []) if r.id else []
+            matched = [MatchedTrigger(a.trigger_id, a.trigger_name, a.type) for a in actions]
+            results.append(ProcessedEventResult(r.index, r.status, r.id, r.errors, matched, actions))
+        return ProcessedIngestResult(result.accepted, result.duplicates, result.rejected, results)
 
 
 def encode_cursor(event: Event) -> str:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 
 from headwater.clock import Clock, system_now
+from headwater.events import Mode
 from headwater.processing.triggers import TriggerLoader, apply_triggers
-from headwater.storage.base import Store, StoreError
+from headwater.storage.base import Store
+from headwater.storage.derived import ActionQuery, ActionRecord
 
 logger = logging.getLogger("headwater.consumer")
 
@@ -70,11 +73,24 @@ class TriggerConsumer:
             try:
                 if await self.run_once():
                     continue
-            except StoreError:
+            except Exception:  # noqa: BLE001 - the consumer must outlive any one bad batch
                 logger.exception("trigger consumer failed; retrying")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+
+    async def actions_for(
+        self, tenant: str, mode: Mode, event_ids: Sequence[str], up_to_seq: int, timeout: float
+    ) -> dict[str, list[ActionRecord]] | None:
+        """The actions each event fired, once the consumer has applied everything up to
+        `up_to_seq`; highest priority first. None when processing did not catch up in time."""
+        if not await self.wait_processed(up_to_seq, timeout):
+            return None
+        fired: dict[str, list[ActionRecord]] = {event_id: [] for event_id in event_ids}
+        for event_id in fired:
+            rows = await self.store.list_actions(ActionQuery(tenant, mode, event_id=event_id, limit=1000))
+            fired[event_id] = sorted((a for _, a in rows), key=lambda a: -a.priority)
+        return fired
 
     async def wait_processed(self, seq: int, timeout: float) -> bool:
         """Wait until every event up to `seq` has been applied; False on timeout."""
