@@ -44,6 +44,7 @@ def measure_ceiling(seconds: float, data_dir: str, subjects: int) -> dict[str, f
     events = 0
     batches = 0
     start = time.perf_counter()
+    cpu_start = time.process_time()
     deadline = start + seconds
     while time.perf_counter() < deadline:
         batch = decoder.decode(body)
@@ -51,26 +52,45 @@ def measure_ceiling(seconds: float, data_dir: str, subjects: int) -> dict[str, f
         rows = []
         for e in batch.events:
             seq += 1
-            rows.append((
-                f"evt_{now:x}{seq:08x}", "bench", "live", e.type, e.subject, e.source,
-                e.channel, now, now, e.idempotency_key, bytes(e.data).decode(),
-            ))
+            rows.append(
+                (
+                    f"evt_{now:x}{seq:08x}",
+                    "bench",
+                    "live",
+                    e.type,
+                    e.subject,
+                    e.source,
+                    e.channel,
+                    now,
+                    now,
+                    e.idempotency_key,
+                    bytes(e.data).decode(),
+                )
+            )
         conn.execute("BEGIN")
         conn.executemany(INSERT, rows)
         conn.execute("COMMIT")
         events += len(rows)
         batches += 1
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     conn.close()
-    return {"events": events, "batches": batches, "seconds": elapsed,
-            "events_per_s": events / elapsed}
+    return {
+        "events": events,
+        "batches": batches,
+        "seconds": elapsed,
+        "cpu_s": cpu,
+        "events_per_s": events / elapsed,
+        "cpu_us_per_event": cpu / events * 1e6,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--subjects", type=int, default=BATCH_SUBJECTS,
-                        help="distinct subjects per batch (default: %(default)s)")
+    parser.add_argument(
+        "--subjects", type=int, default=BATCH_SUBJECTS, help="distinct subjects per batch (default: %(default)s)"
+    )
     parser.add_argument("--data-dir", help="where to put the SQLite file (default: a temp dir)")
     args = parser.parse_args()
     if args.data_dir:

@@ -51,8 +51,17 @@ def ingest(event: Event, authorization: str = Header(default="")) -> dict[str, A
     now = time.time_ns() // 1000
     event_id = f"evt_{now:x}{next(ids):08x}"
     row = (
-        event_id, "bench", "live", event.type, event.subject, event.source, event.channel,
-        now, now, event.idempotency_key, json.dumps(event.data),
+        event_id,
+        "bench",
+        "live",
+        event.type,
+        event.subject,
+        event.source,
+        event.channel,
+        now,
+        now,
+        event.idempotency_key,
+        json.dumps(event.data),
     )
     with conn_lock:
         conn.execute("BEGIN")

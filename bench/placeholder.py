@@ -57,8 +57,7 @@ def make_app(data_dir: str) -> Any:
     counter = iter(range(1 << 62))
 
     async def respond(send: Any, status: int, body: bytes) -> None:
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode())]
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -76,20 +75,36 @@ def make_app(data_dir: str) -> Any:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         try:
-            events = decode_batch(body).events if body.startswith(b'{"events"') else [
-                decode_one(body)]
+            events = decode_batch(body).events if body.startswith(b'{"events"') else [decode_one(body)]
         except msgspec.ValidationError as exc:
             return await respond(send, 422, msgspec.json.encode({"error": str(exc)}))
         now = time.time_ns() // 1000
-        rows = [(f"evt_{now:x}{next(counter):08x}", "bench", "live", e.type, e.subject,
-                 e.source, e.channel, now, now, e.idempotency_key, bytes(e.data).decode())
-                for e in events]
+        rows = [
+            (
+                f"evt_{now:x}{next(counter):08x}",
+                "bench",
+                "live",
+                e.type,
+                e.subject,
+                e.source,
+                e.channel,
+                now,
+                now,
+                e.idempotency_key,
+                bytes(e.data).decode(),
+            )
+            for e in events
+        ]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         writer.queue.put((rows, loop, future))
         await future
-        result = {"accepted": len(rows), "duplicates": 0, "rejected": 0,
-                  "results": [{"status": "accepted", "id": row[0]} for row in rows]}
+        result = {
+            "accepted": len(rows),
+            "duplicates": 0,
+            "rejected": 0,
+            "results": [{"status": "accepted", "id": row[0]} for row in rows],
+        }
         await respond(send, 200, msgspec.json.encode(result))
 
     return app
@@ -114,8 +129,16 @@ def main() -> None:
             f.write(key)
         print(key)
     else:
-        uvicorn.run(make_app(args.data_dir), host=args.host, port=args.port, loop="uvloop",
-                    http="httptools", access_log=False, log_level="warning", lifespan="off")
+        uvicorn.run(
+            make_app(args.data_dir),
+            host=args.host,
+            port=args.port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+            lifespan="off",
+        )
 
 
 if __name__ == "__main__":

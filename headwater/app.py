@@ -15,11 +15,12 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from headwater import dialects
-from headwater.api import catalog, events, health, keys, quarantine, schemas, triggers
+from headwater.api import catalog, events, health, keys, quarantine, schemas, triggers, webhooks
 from headwater.api.common import json_response
 from headwater.config import Settings
 from headwater.errors import ApiError
 from headwater.middleware import BodyLimitMiddleware
+from headwater.processing.webhooks import DeliveryWorker
 from headwater.services import Services
 from headwater.storage import open_store
 from headwater.storage.base import Backpressure, Store, StoreError
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         *quarantine.routes(services),
         *catalog.routes(services),
         *triggers.routes(services),
+        *webhooks.routes(services),
     ]
     for dialect in dialects.ALL:
         routes += dialect.routes(services)
@@ -105,9 +107,14 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             asyncio.create_task(keep_catalog_current(store, settings.catalog_interval)),
             asyncio.create_task(services.consumer.run_forever()),
         ]
+        delivery = DeliveryWorker(store, settings) if settings.webhook_worker else None
+        if delivery is not None:
+            delivery.start()
         try:
             yield
         finally:
+            if delivery is not None:
+                await delivery.stop()
             for task in tasks:
                 task.cancel()
             for task in tasks:

@@ -11,4 +11,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-ALL: list[ModuleType] = []
+from headwater.dialects import analytics, cloudevents, customer_events, data_events, gamification, segment
+
+ALL: list[ModuleType] = [data_events, analytics, customer_events, gamification, segment, cloudevents]

@@ -73,7 +73,7 @@ class TriggerConsumer:
             try:
                 if await self.run_once():
                     continue
-            except Exception:  # noqa: BLE001 - the consumer must outlive any one bad batch
+            except Exception:  # the consumer must outlive any one bad batch
                 logger.exception("trigger consumer failed; retrying")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

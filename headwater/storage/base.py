@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple, Protocol
 import msgspec
 
 from headwater.events import Event, FieldError, Mode, QuarantinedEvent
-from headwater.storage.derived import TriggerStore
+from headwater.storage.derived import TriggerStore, WebhookStore
 
 Role = Literal["admin", "editor", "ingest", "viewer"]
 Enforcement = Literal["off", "soft", "strict"]
@@ -120,7 +120,7 @@ class Fact(msgspec.Struct, frozen=True):
     processed_at: datetime
 
 
-class Store(TriggerStore, Protocol):
+class Store(TriggerStore, WebhookStore, Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...

@@ -155,3 +155,151 @@ class TriggerStore(Protocol):
     async def list_enrollments(self, tenant: str, mode: Mode, journey_id: str) -> list[Enrollment]: ...
 
     async def get_profile(self, tenant: str, mode: Mode, subject: str) -> SubjectProfile | None: ...
+
+
+# Webhooks: endpoints, the delivery outbox and every attempt.
+
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+
+class WebhookEndpoint(msgspec.Struct, frozen=True):
+    """A receiver of signed webhook messages. `subscriptions` are topics such as
+    `action.recommend` or `event.purchase`, or a namespace wildcard such as `action.*`.
+    `previous_secret` still signs until `previous_secret_expires_at` after a rotation."""
+
+    id: str
+    tenant: str
+    mode: Mode
+    url: str
+    description: str | None
+    subscriptions: list[str]
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """One message for one endpoint in the outbox. `id` is the stable `webhook-id`."""
+
+    id: str
+    tenant: str
+    mode: Mode
+    endpoint_id: str
+    topic: str
+    message_key: str
+    payload: msgspec.Raw
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None  # None unless pending
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class DeliveryAttempt(msgspec.Struct, frozen=True):
+    """One HTTP attempt: the response's status code, or the error that prevented one."""
+
+    delivery_id: str
+    endpoint_id: str
+    attempt: int
+    at: datetime
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+
+
+class DeliveryQuery(msgspec.Struct, frozen=True):
+    tenant: str
+    mode: Mode
+    status: DeliveryStatus | None = None
+    endpoint_id: str | None = None
+    before: int | None = None  # position of the last row of the previous page
+    limit: int = 100
+
+
+class DueDelivery(msgspec.Struct, frozen=True):
+    """A claimed delivery with what the worker needs to send it."""
+
+    id: str
+    tenant: str
+    mode: Mode
+    endpoint_id: str
+    topic: str
+    payload: bytes
+    attempts: int  # attempts made so far, in all
+    round_attempts: int  # attempts made since it was (re-)queued: the index into the retry schedule
+    url: str
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+
+
+class AttemptOutcome(msgspec.Struct, frozen=True):
+    """What became of an attempt: the delivery's new status, when to try again, and
+    whether the endpoint is now disabled (its other pending deliveries then fail too)."""
+
+    attempt: DeliveryAttempt
+    status: DeliveryStatus
+    next_attempt_at: datetime | None = None
+    disable_endpoint: str | None = None
+
+
+class WebhookStore(Protocol):
+    async def create_webhook(self, endpoint: WebhookEndpoint) -> None: ...
+
+    async def get_webhook(self, tenant: str, mode: Mode, endpoint_id: str) -> WebhookEndpoint | None: ...
+
+    async def list_webhooks(self, tenant: str, mode: Mode) -> list[WebhookEndpoint]: ...
+
+    async def update_webhook(self, endpoint: WebhookEndpoint) -> bool:
+        """Store the endpoint's url, description, subscriptions, enabled, disabled_reason and
+        updated_at. Disabling it fails its pending deliveries. False when it does not exist."""
+
+    async def rotate_webhook_secret(
+        self, tenant: str, mode: Mode, endpoint_id: str, secret: str, previous_expires_at: datetime, at: datetime
+    ) -> WebhookEndpoint | None:
+        """Make `secret` current; the current one becomes the previous until `previous_expires_at`."""
+
+    async def delete_webhook(self, tenant: str, mode: Mode, endpoint_id: str) -> bool:
+        """Delete the endpoint with its deliveries and attempts."""
+
+    async def enqueue_webhook(
+        self,
+        tenant: str,
+        mode: Mode,
+        topic: str,
+        message_key: str,
+        payload: bytes,
+        at: datetime,
+        endpoint_id: str | None = None,
+    ) -> list[str]:
+        """`ProcessingState.enqueue_deliveries` in a write of its own."""
+
+    async def get_delivery(self, tenant: str, mode: Mode, delivery_id: str) -> Delivery | None: ...
+
+    async def list_deliveries(self, query: DeliveryQuery) -> list[tuple[int, Delivery]]:
+        """Newest first, each with its position for paging."""
+
+    async def retry_delivery(self, tenant: str, mode: Mode, delivery_id: str, at: datetime) -> Delivery | None:
+        """Re-queue a failed delivery of an enabled endpoint for `at`, with a fresh retry
+        schedule; None (and nothing changed) when there is no such delivery."""
+
+    async def list_webhook_attempts(
+        self, tenant: str, mode: Mode, endpoint_id: str, before: int | None = None, limit: int = 100
+    ) -> list[tuple[int, DeliveryAttempt]]:
+        """Newest first, each with its position for paging."""
+
+    async def claim_deliveries(
+        self, now: datetime, limit: int, lease_until: datetime, first_delay: float = 0.0
+    ) -> list[DueDelivery]:
+        """Take up to `limit` pending deliveries of enabled endpoints that are due at `now` (a
+        first attempt only `first_delay` seconds after it was queued), and hide them from other
+        claims until `lease_until`: a worker that dies mid-send leaves them to be sent again."""
+
+    async def finish_attempt(self, outcome: AttemptOutcome) -> None:
+        """Record the attempt and apply its outcome to the delivery (and the endpoint)."""

@@ -29,6 +29,7 @@ from headwater.storage.base import (
 )
 from headwater.storage.sqlite_core import SqliteCore, Transaction
 from headwater.storage.sqlite_triggers import TriggerTables
+from headwater.storage.sqlite_webhooks import WebhookTables
 
 EVENTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -301,7 +302,7 @@ def _append_events(tx: Transaction, events: Sequence[Event]) -> list[AppendOutco
     return outcomes
 
 
-class SqliteStore(TriggerTables, SqliteCore):
+class SqliteStore(TriggerTables, WebhookTables, SqliteCore):
     SCHEMA = EVENTS_SCHEMA
 
     # The event log
