@@ -59,7 +59,8 @@ class ActionPage(msgspec.Struct):
 
 class DryRun(msgspec.Struct, forbid_unknown_fields=True):
     event: msgspec.Raw
-    trigger: msgspec.Raw | None = None
+    # msgspec.Raw cannot sit in a union with None: an absent trigger reads as `null`.
+    trigger: msgspec.Raw = msgspec.Raw(b"null")
     trigger_id: str | None = None
 
 
@@ -174,9 +175,10 @@ class TriggerRoutes:
     async def dry_run(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "configure")
         body: DryRun = await read_json(request, DryRun)
-        if (body.trigger is None) == (body.trigger_id is None):
+        inline = bytes(body.trigger) != b"null"
+        if inline == (body.trigger_id is not None):
             raise bad_request("send either trigger or trigger_id", "trigger", "required")
-        if body.trigger is not None:
+        if inline:
             rule = _validated(bytes(body.trigger))
         else:
             rule = _rule.decode((await self.found(principal, body.trigger_id or "")).definition)

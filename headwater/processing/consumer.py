@@ -58,7 +58,7 @@ class TriggerConsumer:
         if not events:
             return 0
         now = self.clock()
-        sets = await self.loader.sets_for({(e.tenant, e.mode) for e in events}, now)
+        sets = await self.loader.sets_for({(e.tenant, e.mode) for e in events})
         applied = await self.store.process(
             lambda state: apply_triggers(state, self.NAME, start, events, sets, now), size=len(events)
         )
@@ -89,7 +89,8 @@ class TriggerConsumer:
         fired: dict[str, list[ActionRecord]] = {event_id: [] for event_id in event_ids}
         for event_id in fired:
             rows = await self.store.list_actions(ActionQuery(tenant, mode, event_id=event_id, limit=1000))
-            fired[event_id] = sorted((a for _, a in rows), key=lambda a: -a.priority)
+            # Newest first from the store; evaluation order is priority, then trigger age.
+            fired[event_id] = sorted((a for _, a in reversed(rows)), key=lambda a: -a.priority)
         return fired
 
     async def wait_processed(self, seq: int, timeout: float) -> bool:

@@ -53,16 +53,18 @@ class TriggerLoader:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._sets: dict[Scope, TriggerSet] = {}
-        self._loaded_at_us = 0
+        self._version = -1
 
     def invalidate(self) -> None:
         self._sets.clear()
 
-    async def sets_for(self, scopes: Iterable[Scope], now: datetime) -> dict[Scope, TriggerSet]:
-        if self._sets and await self.store.triggers_changed_since(self._loaded_at_us):
+    async def sets_for(self, scopes: Iterable[Scope]) -> dict[Scope, TriggerSet]:
+        # Read the version before loading: a change committed during the load bumps it
+        # past what we hold, and the next call reloads.
+        version = await self.store.triggers_version()
+        if version != self._version:
             self._sets.clear()
-        if not self._sets:
-            self._loaded_at_us = to_us(now)
+            self._version = version
         for scope in scopes:
             if scope not in self._sets:
                 self._sets[scope] = await self._load(*scope)

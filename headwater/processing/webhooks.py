@@ -107,8 +107,8 @@ def forbidden_reason(address: IPAddress) -> str | None:
         (address.is_link_local, "link-local"),
         (address.is_multicast, "multicast"),
         (isinstance(address, ipaddress.IPv6Address) and address in UNIQUE_LOCAL, "unique-local"),
-        (address.is_private, "private"),
         (address.is_reserved, "reserved"),
+        (address.is_private, "private"),
         (not address.is_global, "non-public"),
     )
     return next((reason for hit, reason in checks if hit), None)
@@ -306,6 +306,9 @@ class DeliveryWorker:
             network_backend=self.backend,
         )
         self._inflight: set[asyncio.Task[None]] = set()
+        # Endpoints that answered 410 since their deliveries were claimed: the rest of what
+        # was claimed for them has already failed in the store, and is not sent.
+        self._gone: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     # Lifecycle
@@ -334,8 +337,10 @@ class DeliveryWorker:
             claimed = 0
             if free > 0:
                 try:
-                    claimed = len([self._spawn(d) for d in await self._claim(free)])
-                except Exception:  # noqa: BLE001 - the loop must outlive a failed claim
+                    for delivery in await self._claim(free):
+                        self._spawn(delivery)
+                        claimed += 1
+                except Exception:  # the loop must outlive a failed claim
                     logger.exception("claiming webhook deliveries failed; retrying")
             if free > 0 and claimed < free:
                 await asyncio.sleep(self.poll_interval)
@@ -362,11 +367,15 @@ class DeliveryWorker:
     async def _claim(self, limit: int) -> list[DueDelivery]:
         now = self.clock()
         lease = now + timedelta(seconds=self.timeout + LEASE_MARGIN)
-        return await self.store.claim_deliveries(now, limit, lease, self.schedule[0])
+        due = await self.store.claim_deliveries(now, limit, lease, self.schedule[0])
+        self._gone.difference_update(d.endpoint_id for d in due)  # claimed again: enabled again
+        return due
 
     # One attempt
 
     async def deliver(self, delivery: DueDelivery) -> None:
+        if delivery.endpoint_id in self._gone:
+            return
         at = self.clock()
         started = time.perf_counter()
         try:
@@ -384,9 +393,11 @@ class DeliveryWorker:
             error=None if response.error is None else _truncate(response.error),
         )
         outcome = self.outcome(delivery, attempt, response)
+        if outcome.disable_endpoint is not None:
+            self._gone.add(delivery.endpoint_id)
         try:
             await self.store.finish_attempt(outcome)
-        except Exception:  # noqa: BLE001 - the claim expires and the delivery is sent again
+        except Exception:  # the claim expires and the delivery is sent again
             logger.exception("recording webhook attempt %s of %s failed", attempt.attempt, delivery.id)
 
     async def send(self, delivery: DueDelivery, at: datetime) -> Response:

@@ -139,8 +139,8 @@ class TriggerStore(Protocol):
 
     async def delete_trigger(self, tenant: str, mode: Mode, trigger_id: str) -> bool: ...
 
-    async def triggers_changed_since(self, at_us: int) -> bool:
-        """Whether any trigger or type mapping changed at or after `at_us` (any tenant)."""
+    async def triggers_version(self) -> int:
+        """A counter bumped by every change to any trigger or type mapping (any tenant)."""
 
     async def get_type_mappings(self, tenant: str, mode: Mode) -> dict[str, list[str]] | None:
         """The tenant's own mapping, or None when it uses the defaults."""

@@ -44,10 +44,10 @@ CREATE TABLE IF NOT EXISTS type_mappings (
     PRIMARY KEY (tenant, mode)
 );
 
--- When any trigger or mapping last changed, so every process can tell its cache is stale.
+-- Bumped on every change to a trigger or mapping, so every process can tell its cache is stale.
 CREATE TABLE IF NOT EXISTS trigger_changes (
     id INTEGER PRIMARY KEY CHECK (id = 1),
-    changed_at INTEGER NOT NULL
+    version INTEGER NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS trigger_windows (
@@ -168,11 +168,8 @@ def _row_to_trigger(row: tuple[Any, ...]) -> TriggerRecord:
     return TriggerRecord(id_, tenant, mode, msgspec.Raw(definition.encode()), from_us(created), from_us(updated))
 
 
-def _touch(conn: sqlite3.Connection, at: datetime) -> None:
-    conn.execute(
-        "INSERT INTO trigger_changes VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET changed_at = excluded.changed_at",
-        (to_us(at),),
-    )
+def _touch(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO trigger_changes VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET version = version + 1")
 
 
 class SqliteProcessingState:
@@ -299,7 +296,7 @@ class TriggerTables(SqliteCore):
                     to_us(record.updated_at),
                 ),
             )
-            _touch(tx.conn, record.updated_at)
+            _touch(tx.conn)
 
         await self.write(run)
 
@@ -322,14 +319,14 @@ class TriggerTables(SqliteCore):
                 "DELETE FROM triggers WHERE id = ? AND tenant = ? AND mode = ?", (trigger_id, tenant, mode)
             )
             if cur.rowcount:
-                _touch(tx.conn, datetime.now().astimezone())
+                _touch(tx.conn)
             return cur.rowcount == 1
 
         return await self.write(run)
 
-    async def triggers_changed_since(self, at_us: int) -> bool:
-        row = await self.read(lambda conn: conn.execute("SELECT changed_at FROM trigger_changes").fetchone())
-        return row is not None and int(row[0]) >= at_us
+    async def triggers_version(self) -> int:
+        row = await self.read(lambda conn: conn.execute("SELECT version FROM trigger_changes").fetchone())
+        return 0 if row is None else int(row[0])
 
     async def get_type_mappings(self, tenant: str, mode: Mode) -> dict[str, list[str]] | None:
         row = await self.read(
@@ -346,7 +343,7 @@ class TriggerTables(SqliteCore):
                 " mappings = excluded.mappings, updated_at = excluded.updated_at",
                 (tenant, mode, _encode(mappings).decode(), to_us(at)),
             )
-            _touch(tx.conn, at)
+            _touch(tx.conn)
 
         await self.write(run)
 

@@ -368,7 +368,7 @@ def test_applying_a_batch_twice_fires_once(api: Api) -> None:
         try:
             events = await store.read_log(0, 100)
             await store.process(lambda s: s.set_checkpoint("triggers", 0))
-            sets = await TriggerLoader(store).sets_for({("acme", "live")}, system_now())
+            sets = await TriggerLoader(store).sets_for({("acme", "live")})
             applied = await store.process(lambda s: apply_triggers(s, "triggers", 0, events, sets, system_now()))
             assert applied
         finally:
@@ -414,3 +414,102 @@ def test_sigkilled_server_neither_loses_nor_repeats_actions(server_factory: type
     assert len({a["event_id"] for a in actions}) == 1000
     assert len({a["id"] for a in actions}) == 1000
     restarted.stop()
+
+
+def test_002_documented_examples_list_matches_and_dispatches(api: Api) -> None:
+    key = api.key("my-tenant", role="editor")
+    recommend = create(
+        api,
+        key,
+        {
+            "name": "upsell",
+            "event_types": ["purchase"],
+            "priority": 10,
+            "action": {"type": "recommend", "config": {"decisionFlowId": "df_upsell", "channel": "push"}},
+        },
+    )
+    journey = create(
+        api,
+        key,
+        {
+            "name": "post purchase",
+            "event_types": ["outcome.recorded"],
+            "priority": 5,
+            "action": {"type": "journey_enroll", "config": {"journeyId": "j_post_purchase"}},
+        },
+    )
+    recovery = create(
+        api,
+        key,
+        {
+            "name": "recovery",
+            "event_types": ["customer.updated"],
+            "action": {"type": "journey_enroll", "config": {"journeyId": "j_cart_recovery"}},
+        },
+    )
+    broken = create(
+        api,
+        key,
+        {
+            "name": "crm",
+            "event_types": ["cart_abandon"],
+            "priority": -1,
+            "action": {"type": "webhook", "config": {"endpoint_id": "whe_missing"}},
+        },
+    )
+    headers = {**api.as_(key), "X-Tenant-Id": "my-tenant"}
+    purchase = {
+        "type": "purchase",
+        "customerId": "CUST-001",
+        "channel": "pos",
+        "data": {"orderId": "ORD-789", "amount": 49.99, "productId": "SKU-456", "storeId": "STORE-01"},
+    }
+    response = api.client.post("/api/v1/events/ingest", json=purchase, headers=headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body == {
+        "ingested": True,
+        "eventType": "purchase",
+        "customerId": "CUST-001",
+        "streamId": body["streamId"],
+        "triggersMatched": [
+            {"triggerId": recommend["id"], "actionType": "recommend"},
+            {"triggerId": journey["id"], "actionType": "journey_enroll"},
+        ],
+        "actionsDispatched": [
+            {
+                "triggerId": recommend["id"],
+                "actionType": "recommend",
+                "config": {"decisionFlowId": "df_upsell", "channel": "push"},
+            },
+            {"triggerId": journey["id"], "actionType": "journey_enroll", "config": {"journeyId": "j_post_purchase"}},
+        ],
+    }
+    stored = api.client.get(f"/v1/events/{body['streamId']}", headers=api.as_(key)).json()
+    assert (stored["type"], stored["subject"], stored["channel"]) == ("purchase", "CUST-001", "pos")
+
+    cart = {
+        "type": "cart_abandon",
+        "customerId": "CUST-002",
+        "channel": "web",
+        "data": {"cartValue": 129.99, "itemCount": 3, "abandonedUrl": "/checkout"},
+    }
+    body = api.client.post("/api/v1/events/ingest", json=cart, headers=headers).json()
+    assert body == {
+        "ingested": True,
+        "eventType": "cart_abandon",
+        "customerId": "CUST-002",
+        "streamId": body["streamId"],
+        "triggersMatched": [
+            {"triggerId": recovery["id"], "actionType": "journey_enroll"},
+            {"triggerId": broken["id"], "actionType": "webhook"},
+        ],
+        "actionsDispatched": [
+            {"triggerId": recovery["id"], "actionType": "journey_enroll", "config": {"journeyId": "j_cart_recovery"}},
+        ],
+        "actionErrors": [
+            {"triggerId": broken["id"], "actionType": "webhook", "error": "no enabled webhook endpoint 'whe_missing'"},
+        ],
+    }
+    enrolled = api.client.get("/v1/journeys/j_cart_recovery/enrollments", headers=api.as_(key)).json()["data"]
+    assert [(e["subject"], e["status"]) for e in enrolled] == [("CUST-002", "active")]
