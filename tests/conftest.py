@@ -120,7 +120,6 @@ class ServerProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
-        self._close_pipe()
 
 
 @pytest.fixture

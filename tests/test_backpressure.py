@@ -69,8 +69,9 @@ def test_full_queue_answers_503_and_stores_only_acknowledged(
 
     try:
         with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
-            # Warm the key cache while the store is free.
-            assert client.post("/v1/events", json={"type": "warm"}).status_code == 200
+            # Warm the key cache while the store is free, and let the trigger consumer apply the
+            # event: once idle, it writes nothing that could become the stalled group.
+            assert client.post("/v1/events?wait=processed", json={"type": "warm"}).status_code == 200
             with ThreadPoolExecutor(REQUESTS) as pool:
                 with write_lock(db):
                     # The first request becomes the group the writer is stuck on; the rest queue behind it.
