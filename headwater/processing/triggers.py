@@ -27,7 +27,7 @@ from headwater.processing.rules import (
     compile_trigger,
 )
 from headwater.storage.base import Store
-from headwater.storage.derived import ActionRecord, ProcessingState
+from headwater.storage.derived import ActionRecord, ProcessingState, topic_matches
 
 Scope = tuple[str, Mode]
 _decode_rule = msgspec.json.Decoder(TriggerIn)
@@ -204,10 +204,18 @@ def apply_triggers(
     """
     if state.checkpoint(consumer) != start:
         return False
+    subscriptions: dict[Scope, set[str]] = {}
     for event in events:
-        trigger_set = sets.get((event.tenant, event.mode))
+        scope = (event.tenant, event.mode)
+        trigger_set = sets.get(scope)
         if trigger_set:
             fire(state, trigger_set, event, now)
+        if scope not in subscriptions:
+            subscriptions[scope] = state.subscriptions(*scope)
+        topic = f"event.{event.type}"
+        if any(topic_matches(pattern, topic) for pattern in subscriptions[scope]):
+            message = _encode(WebhookMessage(topic, now, {"event": event}))
+            state.enqueue_deliveries(event.tenant, event.mode, topic, event.id, message, now)
     if events:
         state.set_checkpoint(consumer, events[-1].seq or start)
     return True

@@ -20,6 +20,13 @@ T = TypeVar("T")
 ActionStatus = Literal["dispatched", "skipped", "failed"]
 
 
+def topic_matches(subscription: str, topic: str) -> bool:
+    """`action.recommend` matches only itself; `action.*` matches every `action.` topic."""
+    if subscription.endswith(".*"):
+        return topic.startswith(subscription[:-1])
+    return subscription == topic
+
+
 class TriggerRecord(msgspec.Struct, frozen=True):
     """A trigger as stored; `definition` is the validated rule as the client wrote it."""
 
@@ -109,6 +116,9 @@ class ProcessingState(Protocol):
         """Enrol per `how` (skip_if_active | restart | allow_multiple); returns enrolled | skipped | restarted."""
 
     def set_attribute(self, tenant: str, mode: Mode, subject: str, name: str, value: Any, at: datetime) -> None: ...
+
+    def subscriptions(self, tenant: str, mode: Mode) -> set[str]:
+        """Every topic pattern the enabled webhook endpoints of the tenant and mode subscribe to."""
 
     def enqueue_deliveries(
         self,

@@ -22,6 +22,7 @@ from headwater.storage.derived import (
     TriggerRecord,
 )
 from headwater.storage.sqlite_core import SqliteCore, Transaction
+from headwater.storage.sqlite_webhooks import enqueue_deliveries
 
 T = TypeVar("T")
 
@@ -261,6 +262,14 @@ class SqliteProcessingState:
             (tenant, mode, subject, name, _encode(value).decode(), to_us(at), name, _encode(value).decode()),
         )
 
+    def subscriptions(self, tenant: str, mode: Mode) -> set[str]:
+        rows = self.conn.execute(
+            "SELECT DISTINCT j.value FROM webhook_endpoints e, json_each(e.subscriptions) j"
+            " WHERE e.tenant = ? AND e.mode = ? AND e.enabled = 1",
+            (tenant, mode),
+        )
+        return {row[0] for row in rows}
+
     def enqueue_deliveries(
         self,
         tenant: str,
@@ -271,8 +280,6 @@ class SqliteProcessingState:
         at: datetime,
         endpoint_id: str | None = None,
     ) -> list[str]:
-        from headwater.storage.sqlite_webhooks import enqueue_deliveries
-
         return enqueue_deliveries(self.conn, tenant, mode, topic, message_key, payload, at, endpoint_id)
 
 

@@ -24,6 +24,7 @@ from headwater.storage.derived import (
     DeliveryQuery,
     DueDelivery,
     WebhookEndpoint,
+    topic_matches,
 )
 from headwater.storage.sqlite_core import SqliteCore, Transaction
 
@@ -101,13 +102,6 @@ def delivery_id(endpoint_id: str, message_key: str) -> str:
     """The stable `webhook-id` of a message for an endpoint."""
     digest = hashlib.sha256(f"{endpoint_id}\x00{message_key}".encode()).hexdigest()
     return f"msg_{digest[:32]}"
-
-
-def topic_matches(subscription: str, topic: str) -> bool:
-    """`action.recommend` matches only itself; `action.*` matches every `action.` topic."""
-    if subscription.endswith(".*"):
-        return topic.startswith(subscription[:-1])
-    return subscription == topic
 
 
 def _opt_us(value: int | None) -> datetime | None:

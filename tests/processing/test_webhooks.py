@@ -862,3 +862,52 @@ def test_the_servers_own_worker_delivers_test_messages(settings: Settings, recei
         assert (response.status_code, response.json()) == (
             409, {"error": "the webhook endpoint is disabled", "details": []}
         )  # fmt: skip
+
+
+# From ingest to a signed request: triggers, actions and event subscriptions together
+
+
+def test_trigger_actions_and_events_reach_subscribers_signed(hooks: Hooks) -> None:
+    actions = hooks.endpoint("/actions", ["action.recommend"])
+    named = hooks.endpoint("/named", ["event.unrelated"])
+    purchases = hooks.endpoint("/purchases", ["event.purchase"])
+    for rule in (
+        {
+            "name": "upsell",
+            "event_types": ["purchase"],
+            "priority": 2,
+            "action": {"type": "recommend", "config": {"decisionFlowId": "df_upsell"}},
+        },
+        {
+            "name": "crm",
+            "event_types": ["purchase"],
+            "priority": 1,
+            "action": {"type": "webhook", "config": {"endpoint_id": named["id"]}},
+        },
+    ):
+        assert hooks.client.post("/v1/triggers", json=rule, headers=hooks.auth).status_code == 201
+    sent = hooks.client.post(
+        "/v1/events?wait=processed",
+        json={"events": [{"type": "purchase", "subject": "c1", "data": {"amount": 5}}, {"type": "page_view"}]},
+        headers=hooks.auth,
+    ).json()
+    event_id = sent["results"][0]["id"]
+    [recommend, webhook] = sent["results"][0]["actions"]
+    assert (recommend["type"], webhook["type"], webhook["status"]) == ("recommend", "webhook", "dispatched")
+
+    assert hooks.deliver() == 3
+    [to_actions] = hooks.receiver.at("/actions")
+    message = to_actions.verify(actions["secret"])
+    assert (message["type"], message["data"]["action"]["id"], message["data"]["event"]["id"]) == (
+        "action.recommend",
+        recommend["id"],
+        event_id,
+    )
+    assert message["data"]["action"]["config"] == {"decisionFlowId": "df_upsell"}
+    [to_named] = hooks.receiver.at("/named")
+    assert to_named.verify(named["secret"])["data"]["action"]["id"] == webhook["id"]
+    assert webhook["result"] == {"deliveries": [to_named.headers["webhook-id"]]}
+    [to_purchases] = hooks.receiver.at("/purchases")
+    event_message = to_purchases.verify(purchases["secret"])
+    assert event_message["type"] == "event.purchase"
+    assert event_message["data"]["event"] == hooks.client.get(f"/v1/events/{event_id}", headers=hooks.auth).json()
