@@ -8,8 +8,8 @@ code; `matches` runs on a linear-time regex engine, so no pattern can backtrack.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from datetime import datetime
+import operator
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema_rs
@@ -37,42 +37,56 @@ class ConditionError(ValueError):
 
 
 class EventView:
-    """An event as conditions see it: envelope fields plus `data`, decoded at most once."""
+    """An event as conditions see it: envelope fields plus `data`, decoded once.
 
-    __slots__ = ("_data", "event")
+    Built only for events that have candidate rules, so the decode is paid where needed.
+    """
+
+    __slots__ = ("data", "event")
     MISSING = _MISSING  # what `get` returns for an absent field
 
     def __init__(self, event: Event) -> None:
         self.event = event
-        self._data: Any = _MISSING
-
-    @property
-    def data(self) -> Any:
-        if self._data is _MISSING:
-            self._data = msgspec.json.decode(self.event.data)
-        return self._data
+        self.data: Any = msgspec.json.decode(event.data)
 
     def get(self, path: tuple[str, ...]) -> Any:
-        head = path[0]
-        if head != "data":
-            value = getattr(self.event, head)
-            if isinstance(value, datetime):
-                return value.isoformat().replace("+00:00", "Z")
-            return _MISSING if value is None else value
-        node = self.data
-        for part in path[1:]:
-            if isinstance(node, Mapping):
-                node = node.get(part, _MISSING)
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                return _MISSING
-            if node is _MISSING:
-                return _MISSING
-        return node
+        return _accessor(path)(self)
 
 
 Predicate = Callable[[EventView], bool]
+Accessor = Callable[[EventView], Any]
+
+
+def _walk(node: Any, parts: tuple[str, ...]) -> Any:
+    for part in parts:
+        if type(node) is dict:
+            node = node.get(part, _MISSING)
+            if node is _MISSING:
+                return _MISSING
+        elif type(node) is list and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def _accessor(path: tuple[str, ...]) -> Accessor:
+    """A closure reading one field; the common shapes get a closure with no loop."""
+    head = path[0]
+    if head == "time":
+        return lambda e: e.event.time.isoformat().replace("+00:00", "Z")
+    if head != "data":
+
+        def envelope(e: EventView) -> Any:
+            value = getattr(e.event, head)
+            return _MISSING if value is None else value
+
+        return envelope
+    rest = path[1:]
+    if len(rest) == 1:
+        key = rest[0]
+        return lambda e: e.data.get(key, _MISSING) if type(e.data) is dict else _MISSING
+    return lambda e: _walk(e.data, rest)
 
 
 def _number(value: Any) -> bool:
@@ -82,10 +96,6 @@ def _number(value: Any) -> bool:
 def _same(a: Any, b: Any) -> bool:
     """JSON equality: `true` is not `1`, though `1` is `1.0`."""
     return bool(a == b) and (type(a) is bool) == (type(b) is bool)
-
-
-def _comparable(a: Any, b: Any) -> bool:
-    return (_number(a) and _number(b)) or (isinstance(a, str) and isinstance(b, str))
 
 
 def _regex(pattern: str, path: str) -> Callable[[str], bool]:
@@ -121,9 +131,12 @@ def _neq(value: Any, path: str) -> Test:
 
 def _ordering(compare: Callable[[Any, Any], bool], op: str) -> Callable[[Any, str], Test]:
     def build(value: Any, path: str) -> Test:
-        if not (_number(value) or isinstance(value, str)):
+        if isinstance(value, str):
+            return lambda v: type(v) is str and compare(v, value)
+        if not _number(value):
             raise ConditionError(f"{path}.value", f"{op} needs a number or a string")
-        return lambda v: _comparable(v, value) and compare(v, value)
+        # `type(...) is`, not isinstance: `true` is not a number here.
+        return lambda v: (type(v) is int or type(v) is float) and compare(v, value)
 
     return build
 
@@ -175,10 +188,10 @@ def _matches(value: Any, path: str) -> Test:
 _BUILDERS: dict[str, Callable[[Any, str], Test]] = {
     "eq": _eq,
     "neq": _neq,
-    "gt": _ordering(lambda a, b: a > b, "gt"),
-    "gte": _ordering(lambda a, b: a >= b, "gte"),
-    "lt": _ordering(lambda a, b: a < b, "lt"),
-    "lte": _ordering(lambda a, b: a <= b, "lte"),
+    "gt": _ordering(operator.gt, "gt"),
+    "gte": _ordering(operator.ge, "gte"),
+    "lt": _ordering(operator.lt, "lt"),
+    "lte": _ordering(operator.le, "lte"),
     "in": _in,
     "nin": _nin,
     "exists": _exists,
@@ -204,6 +217,28 @@ def _field_path(field: Any, path: str) -> tuple[str, ...]:
     return parts
 
 
+# Two children is the common case; a closure that calls both directly avoids a generator.
+def _all(parts: list[Predicate]) -> Predicate:
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        first, second = parts
+        return lambda e: first(e) and second(e)
+    return lambda e: all(p(e) for p in parts)
+
+
+def _any(parts: list[Predicate]) -> Predicate:
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        first, second = parts
+        return lambda e: first(e) or second(e)
+    if len(parts) == 3:
+        one, two, three = parts
+        return lambda e: one(e) or two(e) or three(e)
+    return lambda e: any(p(e) for p in parts)
+
+
 class _Compiler:
     def __init__(self) -> None:
         self.nodes = 0
@@ -224,9 +259,7 @@ class _Compiler:
             if not isinstance(children, list) or not children:
                 raise ConditionError(f"{path}.{key}", "a non-empty list of conditions")
             compiled = [self.compile(child, f"{path}.{key}.{i}", depth + 1) for i, child in enumerate(children)]
-            if key == "all":
-                return lambda e: all(p(e) for p in compiled)
-            return lambda e: any(p(e) for p in compiled)
+            return _all(compiled) if key == "all" else _any(compiled)
         if "not" in node:
             if set(node) != {"not"}:
                 raise ConditionError(path, "'not' stands alone in its object")
@@ -248,14 +281,16 @@ class _Compiler:
                 raise ConditionError(f"{path}.value", "exists takes true or false")
         elif "value" not in node:
             raise ConditionError(f"{path}.value", "required")
-        field = _field_path(node["field"], path)
-        if op == "exists" and node.get("value") is False:
-            return lambda e: e.get(field) is _MISSING
+        get = _accessor(_field_path(node["field"], path))
+        if op == "exists":
+            if node.get("value") is False:
+                return lambda e: get(e) is _MISSING
+            return lambda e: get(e) is not _MISSING
         test = _BUILDERS[op](node.get("value"), path)
         if op == "nin" or op == "neq":
             # An absent field is "not in" any list and "not equal" to any value.
-            return lambda e: (v := e.get(field)) is _MISSING or test(v)
-        return lambda e: (v := e.get(field)) is not _MISSING and test(v)
+            return lambda e: (v := get(e)) is _MISSING or test(v)
+        return lambda e: (v := get(e)) is not _MISSING and test(v)
 
 
 def compile_conditions(tree: Any, path: str = "conditions") -> Predicate:

@@ -1,8 +1,12 @@
-"""The trigger consumer: follows the log by offset, applies triggers, checkpoints.
+"""Consumers of the log: each follows it by offset, applies batches, and checkpoints.
 
-At-least-once: a batch and its checkpoint are written together, so a crash at any
-point either keeps both or neither; the next run re-reads from the checkpoint, and
-deterministic action ids make any repeat a no-op.
+At-least-once: a batch and its checkpoint are written together (`Store.process`), so a
+crash at any point either keeps both or neither; the next run re-reads from the
+checkpoint, and deterministic effect ids make any repeat a no-op.
+
+A consumer is a name plus two functions:
+- `prepare(events)` (async): whatever the batch needs loaded first, e.g. compiled rules;
+- `apply(state, events, prepared, now)` (sync, inside the write): the effects.
 """
 
 from __future__ import annotations
@@ -10,30 +14,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, Generic, TypeVar
 
 from headwater.clock import Clock, system_now
-from headwater.events import Mode
+from headwater.events import Event, Mode
 from headwater.processing.triggers import TriggerLoader, apply_triggers
 from headwater.storage.base import Store
-from headwater.storage.derived import ActionQuery, ActionRecord
+from headwater.storage.derived import ActionQuery, ActionRecord, ProcessingState
 
 logger = logging.getLogger("headwater.consumer")
+P = TypeVar("P")
+
+Prepare = Callable[[Sequence[Event]], Awaitable[P]]
+Apply = Callable[[ProcessingState, Sequence[Event], P, datetime], Any]
 
 
-class TriggerConsumer:
-    NAME = "triggers"
-
+class LogConsumer(Generic[P]):
     def __init__(
         self,
         store: Store,
-        loader: TriggerLoader,
+        name: str,
+        prepare: Prepare[P],
+        apply: Apply[P],
         clock: Clock = system_now,
         batch_size: int = 1000,
         poll_seconds: float = 0.25,
     ) -> None:
         self.store = store
-        self.loader = loader
+        self.name = name
+        self.prepare = prepare
+        self.apply = apply
         self.clock = clock
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
@@ -46,8 +58,18 @@ class TriggerConsumer:
         self._wake.set()
 
     async def _checkpoint(self) -> int:
-        position: int = await self.store.process(lambda state: state.checkpoint(self.NAME))
+        position: int = await self.store.process(lambda state: state.checkpoint(self.name))
         return position
+
+    def _apply_from(
+        self, state: ProcessingState, start: int, events: Sequence[Event], prepared: P, now: datetime
+    ) -> bool:
+        # Compare-and-set on the checkpoint: another process may have applied this range first.
+        if state.checkpoint(self.name) != start:
+            return False
+        self.apply(state, events, prepared, now)
+        state.set_checkpoint(self.name, events[-1].seq or start)
+        return True
 
     async def run_once(self) -> int:
         """Apply one batch; returns how many events it covered."""
@@ -58,11 +80,10 @@ class TriggerConsumer:
         if not events:
             return 0
         now = self.clock()
-        sets = await self.loader.sets_for({(e.tenant, e.mode) for e in events})
+        prepared = await self.prepare(events)
         applied = await self.store.process(
-            lambda state: apply_triggers(state, self.NAME, start, events, sets, now), size=len(events)
+            lambda state: self._apply_from(state, start, events, prepared, now), size=len(events)
         )
-        # Not applied: another process moved the checkpoint; continue from wherever it is.
         self.position = (events[-1].seq or start) if applied else await self._checkpoint()
         async with self._progress:
             self._progress.notify_all()
@@ -74,24 +95,10 @@ class TriggerConsumer:
                 if await self.run_once():
                     continue
             except Exception:  # the consumer must outlive any one bad batch
-                logger.exception("trigger consumer failed; retrying")
+                logger.exception("consumer %s failed; retrying", self.name)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
-
-    async def actions_for(
-        self, tenant: str, mode: Mode, event_ids: Sequence[str], up_to_seq: int, timeout: float
-    ) -> dict[str, list[ActionRecord]] | None:
-        """The actions each event fired, once the consumer has applied everything up to
-        `up_to_seq`; highest priority first. None when processing did not catch up in time."""
-        if not await self.wait_processed(up_to_seq, timeout):
-            return None
-        fired: dict[str, list[ActionRecord]] = {event_id: [] for event_id in event_ids}
-        for event_id in fired:
-            rows = await self.store.list_actions(ActionQuery(tenant, mode, event_id=event_id, limit=1000))
-            # Newest first from the store; evaluation order is priority, then trigger age.
-            fired[event_id] = sorted((a for _, a in reversed(rows)), key=lambda a: -a.priority)
-        return fired
 
     async def wait_processed(self, seq: int, timeout: float) -> bool:
         """Wait until every event up to `seq` has been applied; False on timeout."""
@@ -104,3 +111,29 @@ class TriggerConsumer:
             except TimeoutError:
                 return False
         return True
+
+
+class TriggerConsumer(LogConsumer[Any]):
+    """Applies trigger rules to every event, in log order."""
+
+    NAME = "triggers"
+
+    def __init__(self, store: Store, loader: TriggerLoader, clock: Clock = system_now, **kwargs: Any) -> None:
+        async def prepare(events: Sequence[Event]) -> Any:
+            return await loader.sets_for({(e.tenant, e.mode) for e in events})
+
+        super().__init__(store, self.NAME, prepare, apply_triggers, clock, **kwargs)
+
+    async def actions_for(
+        self, tenant: str, mode: Mode, event_ids: Sequence[str], up_to_seq: int, timeout: float
+    ) -> dict[str, list[ActionRecord]] | None:
+        """The actions each event fired, once everything up to `up_to_seq` is applied; highest
+        priority first. None when processing did not catch up in time."""
+        if not await self.wait_processed(up_to_seq, timeout):
+            return None
+        fired: dict[str, list[ActionRecord]] = {event_id: [] for event_id in event_ids}
+        for event_id in fired:
+            rows = await self.store.list_actions(ActionQuery(tenant, mode, event_id=event_id, limit=1000))
+            # Newest first from the store; evaluation order is priority, then trigger age.
+            fired[event_id] = sorted((a for _, a in reversed(rows)), key=lambda a: -a.priority)
+        return fired

@@ -105,13 +105,24 @@ def _cooling_down(state: ProcessingState, trigger: CompiledTrigger, event: Event
     return last is not None and at - last < trigger.cooldown_us
 
 
-def _dispatch(state: ProcessingState, trigger: CompiledTrigger, view: EventView, action: ActionRecord) -> None:
+def _subscribed(patterns: frozenset[str], topic: str) -> bool:
+    return any(topic_matches(pattern, topic) for pattern in patterns)
+
+
+def _message(topic: str, at: datetime, **data: Any) -> bytes:
+    return _encode(WebhookMessage(topic, at, data))
+
+
+def _dispatch(
+    state: ProcessingState, trigger: CompiledTrigger, view: EventView, action: ActionRecord, patterns: frozenset[str]
+) -> None:
     """Carry out a new action's effects and settle its status."""
     event = view.event
     config = trigger.action_config
     status, error, result = "dispatched", None, None
-    message = _encode(WebhookMessage(f"action.{action.type}", action.created_at, {"action": action, "event": event}))
+    topic = f"action.{action.type}"
     if action.type == "webhook":
+        message = _message(topic, action.created_at, action=action, event=event)
         try:
             ids = state.enqueue_deliveries(
                 event.tenant, event.mode, "action.webhook", action.id, message, action.created_at, config["endpoint_id"]
@@ -143,16 +154,18 @@ def _dispatch(state: ProcessingState, trigger: CompiledTrigger, view: EventView,
                 state.set_attribute(
                     event.tenant, event.mode, event.subject, config["attribute"], value, action.created_at
                 )
-        if status == "dispatched":
-            state.enqueue_deliveries(
-                event.tenant, event.mode, f"action.{action.type}", action.id, message, action.created_at
-            )
+        if status == "dispatched" and _subscribed(patterns, topic):
+            message = _message(topic, action.created_at, action=action, event=event)
+            state.enqueue_deliveries(event.tenant, event.mode, topic, action.id, message, action.created_at)
     if (status, error, result) != ("dispatched", None, None):
         state.settle_action(action.id, status, error, result)  # type: ignore[arg-type]
 
 
-def fire(state: ProcessingState, trigger_set: TriggerSet, event: Event, now: datetime) -> list[ActionRecord]:
-    """Evaluate one event against its tenant's triggers; returns the actions it newly fired."""
+def fire(
+    state: ProcessingState, trigger_set: TriggerSet, event: Event, now: datetime, patterns: frozenset[str]
+) -> list[ActionRecord]:
+    """Evaluate one event against its tenant's triggers; returns the actions it newly fired.
+    `patterns` are the webhook subscriptions of the event's tenant and mode."""
     triggers = trigger_set.for_event_type(event.type)
     if not triggers:
         return []
@@ -184,38 +197,24 @@ def fire(state: ProcessingState, trigger_set: TriggerSet, event: Event, now: dat
             created_at=now,
         )
         if state.record_action(action):
-            _dispatch(state, trigger, view, action)
+            _dispatch(state, trigger, view, action, patterns)
             fired.append(action)
     return fired
 
 
 def apply_triggers(
-    state: ProcessingState,
-    consumer: str,
-    start: int,
-    events: Sequence[Event],
-    sets: dict[Scope, TriggerSet],
-    now: datetime,
-) -> bool:
-    """Apply a batch read from the log after `start`, and advance the consumer's checkpoint.
-
-    Returns False, changing nothing, when the checkpoint is no longer `start` (another
-    process applied this range first).
-    """
-    if state.checkpoint(consumer) != start:
-        return False
-    subscriptions: dict[Scope, set[str]] = {}
+    state: ProcessingState, events: Sequence[Event], sets: dict[Scope, TriggerSet], now: datetime
+) -> None:
+    """Apply triggers (and event subscriptions) to a batch of events, in log order."""
+    subscriptions: dict[Scope, frozenset[str]] = {}
     for event in events:
         scope = (event.tenant, event.mode)
+        patterns = subscriptions.get(scope)
+        if patterns is None:
+            patterns = subscriptions[scope] = frozenset(state.subscriptions(*scope))
         trigger_set = sets.get(scope)
         if trigger_set:
-            fire(state, trigger_set, event, now)
-        if scope not in subscriptions:
-            subscriptions[scope] = state.subscriptions(*scope)
+            fire(state, trigger_set, event, now, patterns)
         topic = f"event.{event.type}"
-        if any(topic_matches(pattern, topic) for pattern in subscriptions[scope]):
-            message = _encode(WebhookMessage(topic, now, {"event": event}))
-            state.enqueue_deliveries(event.tenant, event.mode, topic, event.id, message, now)
-    if events:
-        state.set_checkpoint(consumer, events[-1].seq or start)
-    return True
+        if patterns and _subscribed(patterns, topic):
+            state.enqueue_deliveries(event.tenant, event.mode, topic, event.id, _message(topic, now, event=event), now)
