@@ -132,7 +132,7 @@ async def applied_us(rules: list[TriggerIn], events: list[Event], batch: int) ->
                 definition = msgspec.Raw(msgspec.json.encode(rule))
                 await store.put_trigger(TriggerRecord(f"trg_{i:06d}", "bench", "live", definition, now, now))
             compiled = [compile_trigger(f"trg_{i:06d}", r, i) for i, r in enumerate(rules)]
-            sets = {("bench", "live"): TriggerSet(compiled, DEFAULT_TYPE_MAPPINGS)}
+            sets = {("bench", "live"): Routing(TriggerSet(compiled, DEFAULT_TYPE_MAPPINGS), frozenset())}
             started = time.perf_counter()
             for offset in range(0, len(events), batch):
                 chunk = events[offset : offset + batch]

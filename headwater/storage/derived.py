@@ -117,9 +117,6 @@ class ProcessingState(Protocol):
 
     def set_attribute(self, tenant: str, mode: Mode, subject: str, name: str, value: Any, at: datetime) -> None: ...
 
-    def subscriptions(self, tenant: str, mode: Mode) -> set[str]:
-        """Every topic pattern the enabled webhook endpoints of the tenant and mode subscribe to."""
-
     def enqueue_deliveries(
         self,
         tenant: str,
@@ -260,6 +257,9 @@ class AttemptOutcome(msgspec.Struct, frozen=True):
 
 
 class WebhookStore(Protocol):
+    async def webhook_subscriptions(self, tenant: str, mode: Mode) -> set[str]:
+        """Every topic pattern the enabled endpoints of the tenant and mode subscribe to."""
+
     async def create_webhook(self, endpoint: WebhookEndpoint) -> None: ...
 
     async def get_webhook(self, tenant: str, mode: Mode, endpoint_id: str) -> WebhookEndpoint | None: ...

@@ -269,6 +269,10 @@ def _catalog_delta(
 def _append_events(tx: Transaction, events: Sequence[Event]) -> list[AppendOutcome]:
     outcomes: list[AppendOutcome] = []
     rows: list[tuple[Any, ...]] = []
+    # A batch shares one receive time, and events sent without a time share it too:
+    # convert each distinct datetime object once.
+    last_time: datetime | None = None
+    last_us = 0
     for event in events:
         key = event.idempotency_key
         if key is not None:
@@ -280,6 +284,12 @@ def _append_events(tx: Transaction, events: Sequence[Event]) -> list[AppendOutco
         seq = tx.next_seq()
         if key is not None:
             tx.new_keys[scope] = (event.id, seq)
+        received = event.received_at
+        if received is not last_time:
+            last_time, last_us = received, to_us(received)
+        received_us = last_us
+        when = event.time
+        time_us = received_us if when is received else to_us(when)
         rows.append(
             (
                 seq,
@@ -290,8 +300,8 @@ def _append_events(tx: Transaction, events: Sequence[Event]) -> list[AppendOutco
                 event.subject,
                 event.source,
                 event.channel,
-                to_us(event.time),
-                to_us(event.received_at),
+                time_us,
+                received_us,
                 key,
                 bytes(event.data).decode(),
                 None if event.violations is None else _encode(event.violations).decode(),

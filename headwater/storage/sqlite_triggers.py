@@ -262,14 +262,6 @@ class SqliteProcessingState:
             (tenant, mode, subject, name, _encode(value).decode(), to_us(at), name, _encode(value).decode()),
         )
 
-    def subscriptions(self, tenant: str, mode: Mode) -> set[str]:
-        rows = self.conn.execute(
-            "SELECT DISTINCT j.value FROM webhook_endpoints e, json_each(e.subscriptions) j"
-            " WHERE e.tenant = ? AND e.mode = ? AND e.enabled = 1",
-            (tenant, mode),
-        )
-        return {row[0] for row in rows}
-
     def enqueue_deliveries(
         self,
         tenant: str,

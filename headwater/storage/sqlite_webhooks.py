@@ -243,6 +243,13 @@ class WebhookTables(SqliteCore):
 
         return await self.read(run)
 
+    async def webhook_subscriptions(self, tenant: str, mode: Mode) -> set[str]:
+        sql = (
+            "SELECT DISTINCT j.value FROM webhook_endpoints e, json_each(e.subscriptions) j"
+            " WHERE e.tenant = ? AND e.mode = ? AND e.enabled = 1"
+        )
+        return await self.read(lambda conn: {row[0] for row in conn.execute(sql, (tenant, mode))})
+
     async def list_webhooks(self, tenant: str, mode: Mode) -> list[WebhookEndpoint]:
         sql = f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant = ? AND mode = ? ORDER BY created_at, id"
         return await self.read(lambda conn: [_row_to_endpoint(r) for r in conn.execute(sql, (tenant, mode))])

@@ -368,7 +368,7 @@ def test_applying_a_batch_twice_fires_once(api: Api) -> None:
         try:
             events = await store.read_log(0, 100)
             await store.process(lambda s: s.set_checkpoint("triggers", 0))
-            sets = await TriggerLoader(store).sets_for({("acme", "live")})
+            sets = await TriggerLoader(store).routes_for({("acme", "live")})
             await store.process(lambda s: apply_triggers(s, events, sets, system_now()))
         finally:
             await store.close()
