@@ -7,10 +7,11 @@ checkpoint, and deterministic effect ids make any repeat a no-op.
 A consumer is a name plus two functions:
 - `prepare(events)` (async): whatever the batch needs loaded first, e.g. compiled rules;
 - `apply(state, events, prepared, now)` (sync, inside the write): the effects;
-and optionally `needed(prepared)`: False when the batch can have no effect at all (no rules
-for any of its tenants). Such a batch costs no write: the position moves in memory and the
-stored checkpoint catches up at most every `checkpoint_seconds`. A crash in between only
-means those effect-free events are looked at again.
+and optionally `wanted(scopes)` (async): False when a range of the log, given only the
+tenants and modes in it, can have no effect at all (no rules for any of them). Such a range
+is never read in full and costs no write: the position moves in memory and the stored
+checkpoint catches up at most every `checkpoint_seconds`. A crash in between only means
+those effect-free events are looked at again.
 """
 
 from __future__ import annotations
@@ -46,14 +47,14 @@ class LogConsumer(Generic[P]):
         clock: Clock = system_now,
         batch_size: int = 1000,
         poll_seconds: float = 0.25,
-        needed: Callable[[P], bool] | None = None,
+        wanted: Callable[[set[tuple[str, Mode]]], Awaitable[bool]] | None = None,
         checkpoint_seconds: float = 1.0,
     ) -> None:
         self.store = store
         self.name = name
         self.prepare = prepare
         self.apply = apply
-        self.needed = needed
+        self.wanted = wanted
         self.clock = clock
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
@@ -95,24 +96,25 @@ class LogConsumer(Generic[P]):
         """Apply one batch; returns how many events it covered."""
         if self.position is None:
             self.position = self._stored = await self._checkpoint()
-        events = await self.store.read_log(self.position, self.batch_size)
-        if not events:
+        start = self.position
+        end, scopes = await self.store.log_range(start, self.batch_size)
+        if end == start:
             if self.position != self._stored:
                 await self._store(None, None, self.position)
             return 0
-        end = events[-1].seq or self.position
-        prepared = await self.prepare(events)
-        if self.needed is not None and not self.needed(prepared):
+        if self.wanted is not None and not await self.wanted(scopes):
             self.position = end
             if time.monotonic() - self._stored_at > self.checkpoint_seconds:
                 await self._store(None, None, end)
-        elif await self._store(events, prepared, end):
-            self.position = end
         else:
-            self.position = self._stored = await self._checkpoint()
+            events = [e for e in await self.store.read_log(start, self.batch_size) if (e.seq or 0) <= end]
+            if await self._store(events, await self.prepare(events), end):
+                self.position = end
+            else:
+                self.position = self._stored = await self._checkpoint()
         async with self._progress:
             self._progress.notify_all()
-        return len(events)
+        return end - start
 
     async def run_forever(self) -> None:
         while True:
@@ -147,10 +149,10 @@ class TriggerConsumer(LogConsumer[Any]):
         async def prepare(events: Sequence[Event]) -> Any:
             return await loader.routes_for({(e.tenant, e.mode) for e in events})
 
-        def needed(routes: Any) -> bool:
-            return any(routes.values())
+        async def wanted(scopes: set[tuple[str, Mode]]) -> bool:
+            return any((await loader.routes_for(scopes)).values())
 
-        super().__init__(store, self.NAME, prepare, apply_triggers, clock, needed=needed, **kwargs)
+        super().__init__(store, self.NAME, prepare, apply_triggers, clock, wanted=wanted, **kwargs)
 
     async def actions_for(
         self, tenant: str, mode: Mode, event_ids: Sequence[str], up_to_seq: int, timeout: float

@@ -139,6 +139,10 @@ class Store(TriggerStore, WebhookStore, Protocol):
     async def read_log(self, after_seq: int, limit: int) -> list[Event]:
         """Events of every tenant with `seq > after_seq`, in log order: what consumers follow."""
 
+    async def log_range(self, after_seq: int, limit: int) -> tuple[int, set[tuple[str, Mode]]]:
+        """For the same range `read_log` would return: its last seq (`after_seq` when empty) and
+        the tenants and modes in it. Cheap: lets a consumer skip ranges it has no rules for."""
+
     # Tenants and keys.
     async def ensure_tenant(self, tenant: str) -> bool:
         """Create the tenant if it is new; True when it was created."""

@@ -341,6 +341,15 @@ class SqliteStore(TriggerTables, WebhookTables, SqliteCore):
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
         return await self.read(lambda conn: [_row_to_event(r) for r in conn.execute(sql, (after_seq, limit))])
 
+    async def log_range(self, after_seq: int, limit: int) -> tuple[int, set[tuple[str, Mode]]]:
+        sql = "SELECT seq, tenant, mode FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+
+        def run(conn: sqlite3.Connection) -> tuple[int, set[tuple[str, Mode]]]:
+            rows = conn.execute(sql, (after_seq, limit)).fetchall()
+            return (rows[-1][0] if rows else after_seq), {(tenant, mode) for _, tenant, mode in rows}
+
+        return await self.read(run)
+
     # Tenants and keys
 
     async def ensure_tenant(self, tenant: str) -> bool:
