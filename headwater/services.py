@@ -35,7 +35,6 @@ class Services:
         triggers = TriggerLoader(store)
         consumer = TriggerConsumer(store, triggers)
         pipeline = Pipeline(store, schemas)
-        pipeline.listeners.append(consumer.wake)
         return cls(
             settings=settings,
             store=store,

@@ -66,7 +66,7 @@ class LogConsumer(Generic[P]):
         self._progress = asyncio.Condition()
 
     def wake(self) -> None:
-        """New events were appended in this process: look now rather than at the next poll."""
+        """Someone waits for this consumer: look now rather than at the next poll."""
         self._wake.set()
 
     async def _checkpoint(self) -> int:
@@ -119,7 +119,9 @@ class LogConsumer(Generic[P]):
     async def run_forever(self) -> None:
         while True:
             try:
-                if await self.run_once():
+                # A full batch means a backlog: keep going. Otherwise wait for the next poll, so
+                # that a steady trickle of events is taken in batches rather than one by one.
+                if await self.run_once() >= self.batch_size:
                     continue
             except Exception:  # the consumer must outlive any one bad batch
                 logger.exception("consumer %s failed; retrying", self.name)
