@@ -173,21 +173,34 @@ class SqliteCore:
                 with contextlib.suppress(RuntimeError):  # that loop closed: nobody is waiting
                     loop.call_soon_threadsafe(_settle, loop_jobs)
 
+    @staticmethod
+    def _run_isolated(conn: sqlite3.Connection, tx: Transaction, job: _Job) -> None:
+        """A savepoint per job in a group: one failing job rolls back alone."""
+        conn.execute("SAVEPOINT job")
+        try:
+            job.result = job.fn(tx)
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting request
+            conn.execute("ROLLBACK TO job")
+            # Keys the failed job noted are gone with it; the rest are still found by query.
+            tx.new_keys.clear()
+            job.error = exc
+        conn.execute("RELEASE job")
+
     def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             tx = Transaction(conn)
-            for job in jobs:
-                # A savepoint per job: one failing job rolls back alone.
-                conn.execute("SAVEPOINT job")
+            if len(jobs) == 1:
+                # Alone in its transaction, a job needs no savepoint: a failure rolls back all.
                 try:
-                    job.result = job.fn(tx)
+                    jobs[0].result = jobs[0].fn(tx)
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting request
-                    conn.execute("ROLLBACK TO job")
-                    # Keys the failed job noted are gone with it; the rest are still found by query.
-                    tx.new_keys.clear()
-                    job.error = exc
-                conn.execute("RELEASE job")
+                    conn.execute("ROLLBACK")
+                    jobs[0].error = exc
+                    return
+            else:
+                for job in jobs:
+                    self._run_isolated(conn, tx, job)
             conn.execute("COMMIT")
             self._writer_error = None
         except sqlite3.Error as exc:
