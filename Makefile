@@ -23,9 +23,12 @@ test: $(VENV)/.installed
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-## Run the benchmark (needs wrk: apt-get install wrk).
+## Run the benchmarks: ingest (wrk, installed with apt when missing) and trigger rules.
 bench: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/rules.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
