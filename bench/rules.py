@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from headwater.events import Event
 from headwater.processing.conditions import EventView
 from headwater.processing.rules import DEFAULT_TYPE_MAPPINGS, TriggerIn, TriggerSet, compile_trigger
-from headwater.processing.triggers import apply_triggers, fire
+from headwater.processing.triggers import Routing, apply_triggers, fire
 from headwater.storage.derived import TriggerRecord
 from headwater.storage.sqlite import SqliteStore
 
