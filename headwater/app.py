@@ -12,10 +12,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
 
-from headwater import dialects
-from headwater.api import catalog, events, health, keys, quarantine, schemas, triggers, webhooks
+from headwater import dialects, openapi, operations
+from headwater.api import catalog, events, gamification, health, keys, quarantine, schemas, triggers, webhooks
 from headwater.api.common import json_response
 from headwater.config import Settings
 from headwater.errors import ApiError
@@ -54,9 +55,25 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return Response(exc.body(), exc.status, exc.headers, media_type="application/json")
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return json_response({"error": exc.detail, "details": []}, exc.status_code, exc.headers)
+def _http_error(routes: list[BaseRoute], hot: dict[tuple[str, str], ASGIApp]) -> ExceptionHandler:
+    """Starlette's HTTP errors in Headwater's error shape. A 405's `Allow` lists every method
+    the path has (Starlette's names only those of the first route that matched the path); a
+    path spelled out literally (`/v1/triggers/test`) is its own resource, not a template's."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            path = request.scope["path"]
+            matching = [r for r in routes if isinstance(r, Route) and r.path_regex.match(path)]
+            literal = [r for r in matching if r.path == path]
+            methods = {method for method, hot_path in hot if hot_path == path}
+            for route in literal or matching:
+                methods |= route.methods or set()
+            headers["Allow"] = ", ".join(sorted(methods))
+        return json_response({"error": exc.detail, "details": []}, exc.status_code, headers)
+
+    return handle
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:
@@ -95,6 +112,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         *catalog.routes(services),
         *triggers.routes(services),
         *webhooks.routes(services),
+        *gamification.routes(services),
     ]
     for dialect in dialects.ALL:
         routes += dialect.routes(services)
@@ -106,6 +124,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         tasks = [
             asyncio.create_task(keep_catalog_current(store, settings.catalog_interval)),
             asyncio.create_task(services.consumer.run_forever()),
+            asyncio.create_task(services.facts.run_forever()),
         ]
         delivery = DeliveryWorker(store, settings) if settings.webhook_worker else None
         if delivery is not None:
@@ -122,16 +141,18 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                     await task
             await store.close()
 
+    hot: dict[tuple[str, str], ASGIApp] = {("POST", "/v1/events"): events.IngestEndpoint(services)}
+    routes += openapi.routes(lambda: operations.document(starlette.routes, hot))
+
     starlette = Starlette(
         routes=routes,
         exception_handlers={
             ApiError: _api_error,
-            HTTPException: _http_error,
+            HTTPException: _http_error(routes, hot),
             StoreError: _store_error,
             Exception: _internal_error,
         },
         lifespan=lifespan,
     )
     starlette.state.services = services
-    hot: dict[tuple[str, str], ASGIApp] = {("POST", "/v1/events"): events.IngestEndpoint(services)}
     return BodyLimitMiddleware(HotPathDispatcher(starlette, hot), settings.max_body_bytes)

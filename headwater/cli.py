@@ -14,7 +14,14 @@ from typing import IO, Any, TypeVar
 import click
 import msgspec
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from headwater.api.events import draft_from_line
@@ -320,3 +327,30 @@ def events_import(file: IO[bytes], tenant: str, mode: str, batch_size: int, data
     )
     if totals["rejected"]:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
+@data_dir_option
+def replay(batch_size: int, data_dir: Path) -> None:
+    """Rebuild facts, gamification and trigger state from the log, then swap it in.
+
+    Works while a server ingests on the same data dir: the rebuild catches up with the log,
+    then replaces the derived tables in one transaction. The webhook outbox is kept.
+    """
+    from headwater.replay import Replay
+
+    async def rebuild(store: Store) -> Any:
+        with _progress(count=MofNCompleteColumn()) as progress:
+            task = progress.add_task("replaying", total=None)
+            return await Replay(store, batch_size).run(
+                lambda done, total: progress.update(task, completed=done, total=total)
+            )
+
+    started = time.monotonic()
+    result = _run_with_store(data_dir, rebuild)
+    rows = ", ".join(f"{table} {count:,}" for table, count in result.rows.items())
+    click.echo(
+        f"replayed {result.events:,} events up to offset {result.position:,} in {time.monotonic() - started:.1f}s; "
+        f"{result.appended:,} new award events; {rows}"
+    )

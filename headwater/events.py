@@ -61,7 +61,7 @@ class EventDraft(msgspec.Struct):
     channel: str | None = None
     time: datetime | None = None
     idempotency_key: str | None = None
-    data: msgspec.Raw = EMPTY_OBJECT
+    data: msgspec.Raw = msgspec.field(default_factory=lambda: EMPTY_OBJECT)
     raw: bytes | None = None
 
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
 
 import msgspec
 
 from headwater.events import FieldError
 
 MAX_TIME_LENGTH = 64
+# What `parse_range_bound` reads, as JSON Schema (for documentation: it does the checking).
+RANGE_BOUND_SCHEMA: dict[str, Any] = {"maxLength": 64, "anyOf": [{"format": "date"}, {"format": "date-time"}]}
+T = TypeVar("T")
+_FLOAT_FOR_INT = re.compile(r"Expected `int\b[^`]*`, got `float`")
 
 _STRING = re.compile(rb'"[^"]*"')
 # Objects and arrays nest alike: `{}` become `[]`, and everything but brackets and quotes goes.
@@ -67,15 +72,28 @@ def parse_time(value: str) -> datetime:
 
 def parse_range_bound(value: str, *, upper: bool) -> datetime:
     """A query bound: a date or a datetime. A date as an upper bound covers that whole day,
-    so the exclusive bound it returns is the next midnight."""
+    so the exclusive bound it returns is the next midnight. A bound past either end of the
+    datetime range (`9999-12-31` as an upper bound, `0001-01-01T00:00+01:00`) is that end."""
     if len(value) == 10:
         try:
             day = date.fromisoformat(value)
         except ValueError:
             raise ValueError(f"not an ISO 8601 date or timestamp: {value!r}") from None
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        return start + timedelta(days=1) if upper else start
-    return parse_time(value)
+        if not upper:
+            return start
+        return start + timedelta(days=1) if day < date.max else datetime.max.replace(tzinfo=UTC)
+    try:
+        return parse_time(value)
+    except ValueError:
+        # Still a valid timestamp when only its UTC time is before year 1 or after year 9999.
+        try:
+            parsed = datetime.fromisoformat(value) if len(value) <= MAX_TIME_LENGTH else None
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            raise
+    return (datetime.min if parsed.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 _REQUIRED = re.compile(r"Object missing required field `([^`]*)`")
@@ -108,3 +126,28 @@ def field_error(exc: msgspec.ValidationError, prefix: str = "") -> FieldError:
     if prefix:
         parts.insert(0, prefix)
     return FieldError(field=".".join(parts), code=code, message=message)
+
+
+def _integral(value: Any) -> Any:
+    if type(value) is float and value.is_integer():
+        return int(value)
+    if type(value) is dict:
+        return {key: _integral(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_integral(item) for item in value]
+    return value
+
+
+def decode_json(body: bytes, type_: type[T] | Any) -> T:
+    """`msgspec.json.decode(body, type=type_)`, except that an integral number written as a float
+    (`3.0`, `1e3`) is read as the integer it is wherever an integer is expected, as JSON (and JSON
+    Schema's `integer`) has it. Only a body that fails on exactly that is decoded a second time."""
+    try:
+        result: T = msgspec.json.decode(body, type=type_)
+        return result
+    except msgspec.ValidationError as exc:
+        if not _FLOAT_FOR_INT.match(str(exc)):
+            raise
+    normalized = msgspec.json.encode(_integral(msgspec.json.decode(body)))
+    result = msgspec.json.decode(normalized, type=type_)
+    return result

@@ -10,6 +10,8 @@ from headwater.config import Settings
 from headwater.events import EventDraft, Rejection
 from headwater.pipeline import Pipeline
 from headwater.processing.consumer import TriggerConsumer
+from headwater.processing.facts import FactsConsumer
+from headwater.processing.gamification import GamificationLoader
 from headwater.processing.triggers import TriggerLoader
 from headwater.schemas import SchemaRegistry
 from headwater.storage.base import Store
@@ -26,6 +28,8 @@ class Services:
     schemas: SchemaRegistry
     triggers: TriggerLoader
     consumer: TriggerConsumer
+    gamification: GamificationLoader
+    facts: FactsConsumer
     # Each dialect's reader of one raw item, by dialect name: how a quarantined item is re-read on replay.
     readers: dict[str, ItemReader] = field(default_factory=dict)
 
@@ -34,6 +38,7 @@ class Services:
         schemas = SchemaRegistry(store)
         triggers = TriggerLoader(store)
         consumer = TriggerConsumer(store, triggers)
+        gamification = GamificationLoader(store)
         pipeline = Pipeline(store, schemas)
         return cls(
             settings=settings,
@@ -43,4 +48,6 @@ class Services:
             schemas=schemas,
             triggers=triggers,
             consumer=consumer,
+            gamification=gamification,
+            facts=FactsConsumer(store, gamification),
         )

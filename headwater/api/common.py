@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from headwater.auth import Permission, Principal
 from headwater.errors import ApiError, bad_request
-from headwater.parsing import field_error
+from headwater.parsing import decode_json, field_error
 from headwater.services import Services
 
 _encoder = msgspec.json.Encoder()
@@ -30,7 +30,7 @@ async def read_json(request: Request, type_: type[Any]) -> Any:
     if not body:
         raise bad_request("request body is empty: send a JSON object", code="required")
     try:
-        return msgspec.json.decode(body, type=type_)
+        return decode_json(body, type_)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "request body is not valid", [field_error(exc)]) from None
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:

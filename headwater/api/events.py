@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated
+from urllib.parse import parse_qsl
 
 import msgspec
 from starlette.requests import Request
@@ -35,9 +35,12 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     subject: ShortText | None = None
     source: ShortText | None = None
     channel: ShortText | None = None
-    time: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    time: Annotated[str, msgspec.Meta(max_length=64, extra_json_schema={"format": "date-time"})] | None = None
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
-    data: msgspec.Raw = EMPTY_OBJECT
+    # A JSON object (null reads as {}); the schema says so, since Raw itself is any JSON.
+    data: Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema={"type": ["object", "null"]})] = msgspec.field(
+        default_factory=lambda: EMPTY_OBJECT
+    )
 
 
 class MatchedTrigger(msgspec.Struct):
@@ -167,6 +170,16 @@ def draft_from_line(line: bytes) -> EventDraft | Rejection:
     return draft_from(line)
 
 
+def _wait_processed(query: bytes) -> bool:
+    """Whether the query asks for `wait=processed`; any other `wait` is a 400, not ignored."""
+    if not query:
+        return False
+    values = [value for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if name == "wait"]
+    if any(value != "processed" for value in values):
+        raise bad_request("wait must be processed (or absent)", "wait", "invalid")
+    return bool(values)
+
+
 class IngestEndpoint:
     """POST /v1/events as a plain ASGI callable: no Request object, no routing on the hot path."""
 
@@ -177,10 +190,11 @@ class IngestEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             principal = await self.services.auth.authenticate(scope["headers"], "ingest")
+            wait = _wait_processed(scope.get("query_string", b""))
             body = await read_body(receive)
             items = read_native_body(body, self.settings.max_batch_events, self.settings.max_json_depth)
             ingested = await self.services.pipeline.ingest(principal, items)
-            if b"wait=processed" in scope.get("query_string", b""):
+            if wait:
                 await send_json(send, 200, _encoder.encode(await self._processed(principal, ingested)))
                 return
         except ApiError as exc:
@@ -201,9 +215,12 @@ class IngestEndpoint:
         result = ingested.result
         ids = [r.id for r in result.results if r.id is not None]
         seqs = [s for s in ingested.seqs if s is not None]
-        fired = await self.services.consumer.actions_for(
-            principal.tenant, principal.mode, ids, max(seqs, default=0), self.settings.sync_timeout
-        )
+        fired = None
+        # Facts first: what the events award is then in the store too.
+        if await self.services.facts.wait_processed(max(seqs, default=0), self.settings.sync_timeout):
+            fired = await self.services.consumer.actions_for(
+                principal.tenant, principal.mode, ids, max(seqs, default=0), self.settings.sync_timeout
+            )
         if fired is None:
             raise ApiError(
                 503, "events are stored, but processing did not finish in time", headers={"Retry-After": "1"}
@@ -216,18 +233,24 @@ class IngestEndpoint:
         return ProcessedIngestResult(result.accepted, result.duplicates, result.rejected, results)
 
 
+# A position in the (time, seq) order: `<time in µs since the epoch>_<seq>`. Times outside the
+# datetime range are clamped (a position before or after every event), so every cursor that
+# matches the pattern is a valid one.
+CURSOR_PATTERN = r"^-?[0-9]{1,18}_[0-9]{1,18}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+_MIN_US = to_us(datetime.min.replace(tzinfo=UTC))
+_MAX_US = to_us(datetime.max.replace(tzinfo=UTC))
+
+
 def encode_cursor(event: Event) -> str:
-    raw = f"{to_us(event.time)}:{event.seq}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return f"{to_us(event.time)}_{event.seq}"
 
 
 def decode_cursor(cursor: str) -> tuple[int, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        time_us, seq = raw.split(":")
-        return int(time_us), int(seq)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise bad_request("cursor is not one this API returned", "cursor", "invalid") from None
+    if not _CURSOR.fullmatch(cursor):
+        raise bad_request("cursor is not one this API returned", "cursor", "invalid")
+    time_us, seq = cursor.split("_")
+    return min(max(int(time_us), _MIN_US), _MAX_US), int(seq)
 
 
 def _bound(request: Request, name: str, *, upper: bool) -> datetime | None:

@@ -14,7 +14,7 @@ from headwater.api.common import authorize, int_param, json_response, read_json
 from headwater.auth import Principal
 from headwater.errors import bad_request
 from headwater.events import EventDraft, FieldError, QuarantinedEvent, Rejection
-from headwater.parsing import parse_range_bound
+from headwater.parsing import RANGE_BOUND_SCHEMA, parse_range_bound
 from headwater.services import Services
 from headwater.storage.base import QuarantineQuery
 
@@ -26,10 +26,13 @@ class QuarantinePage(msgspec.Struct):
     next_cursor: str | None
 
 
+RangeBound = Annotated[str, msgspec.Meta(extra_json_schema=RANGE_BOUND_SCHEMA)]
+
+
 class ReplayFilter(msgspec.Struct, forbid_unknown_fields=True):
     type: str | None = None
-    received_from: str | None = msgspec.field(default=None, name="from")
-    received_to: str | None = msgspec.field(default=None, name="to")
+    received_from: RangeBound | None = msgspec.field(default=None, name="from")
+    received_to: RangeBound | None = msgspec.field(default=None, name="to")
 
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -16,7 +16,7 @@ from headwater.auth import Principal
 from headwater.errors import ApiError, bad_request
 from headwater.events import FieldError, Rejection
 from headwater.ids import new_prefixed_id
-from headwater.parsing import field_error
+from headwater.parsing import decode_json, field_error
 from headwater.processing.conditions import ConditionError, EventView, explain
 from headwater.processing.rules import (
     DEFAULT_TYPE_MAPPINGS,
@@ -60,7 +60,7 @@ class ActionPage(msgspec.Struct):
 class DryRun(msgspec.Struct, forbid_unknown_fields=True):
     event: msgspec.Raw
     # msgspec.Raw cannot sit in a union with None: an absent trigger reads as `null`.
-    trigger: msgspec.Raw = msgspec.Raw(b"null")
+    trigger: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
     trigger_id: str | None = None
 
 
@@ -98,7 +98,7 @@ def _out(record: TriggerRecord) -> TriggerOut:
 def _validated(body: bytes) -> TriggerIn:
     """Decode and compile a definition; every problem is a 400 naming the bad node."""
     try:
-        rule = _rule.decode(body)
+        rule: TriggerIn = decode_json(body, TriggerIn)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "invalid trigger", [field_error(exc)]) from None
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
@@ -210,7 +210,7 @@ class TriggerRoutes:
         if status is not None and status not in ("dispatched", "skipped", "failed"):
             raise bad_request("status must be dispatched, skipped or failed", "status", "invalid")
         cursor = params.get("cursor")
-        if cursor is not None and not cursor.isdigit():
+        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
             raise bad_request("cursor is not one this API returned", "cursor", "invalid")
         limit = int_param(request, "limit", 100, 1, 1000)
         query = ActionQuery(

@@ -145,7 +145,7 @@ def _cursor(request: Request) -> int | None:
     raw = request.query_params.get("cursor")
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise bad_request("cursor is not one this API returned", "cursor", "invalid")
     return int(raw)
 

@@ -25,6 +25,9 @@ Choices where the document is silent:
 
 from __future__ import annotations
 
+from typing import Literal
+
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -83,6 +86,15 @@ SPECS = (
     Spec("experiments", "strings"),
     Spec("extras", "object"),
 )
+
+
+class Success(msgspec.Struct):
+    """The answer to an accepted (or re-sent) event: the client's own event_id."""
+
+    status: Literal["success"]
+    eventId: str
+
+
 MAPPED = frozenset({"event_id", "event_type", "event_time", "user_id", "platform"})
 
 
@@ -115,7 +127,7 @@ def routes(services: Services) -> list[BaseRoute]:
         result = (await services.pipeline.ingest(principal, [item], dialect=NAME)).result.results[0]
         if result.status == "rejected":
             raise ApiError(400, ERROR, data_as(result.errors, ""))
-        assert isinstance(item, EventDraft)
-        return json_response({"status": "success", "eventId": item.idempotency_key})
+        assert isinstance(item, EventDraft) and item.idempotency_key is not None
+        return json_response(Success("success", item.idempotency_key))
 
     return [Route(PATH, ingest, methods=["POST"])]

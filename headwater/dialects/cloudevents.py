@@ -49,7 +49,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
 import msgspec
@@ -97,9 +97,10 @@ _fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _items = msgspec.json.Decoder(list[msgspec.Raw])
 _attributes = msgspec.json.Decoder(_Attributes)
 _specversion = msgspec.json.Decoder(str)
-_extension = msgspec.json.Decoder(str | int | bool | None)
+_extension = msgspec.json.Decoder(str | int | float | bool | None)
 _any_json = msgspec.json.Decoder(msgspec.Raw)
 _encoder = msgspec.json.Encoder()
+_NOT_AN_ATTRIBUTE: Any = object()
 
 
 def _media(content_type: str | None) -> str | None:
@@ -164,8 +165,11 @@ def _extensions(fields: dict[str, msgspec.Raw]) -> dict[str, msgspec.Raw] | Fiel
         try:
             decoded = _extension.decode(value)
         except msgspec.ValidationError:
+            decoded = _NOT_AN_ATTRIBUTE
+        # JSON has one kind of number: 3.0 is the integer 3, 3.5 is no integer at all.
+        if decoded is _NOT_AN_ATTRIBUTE or (isinstance(decoded, float) and not decoded.is_integer()):
             return FieldError(name, "invalid_type", "extension attributes are strings, integers or booleans")
-        if isinstance(decoded, int) and not isinstance(decoded, bool) and not INT32[0] <= decoded <= INT32[1]:
+        if isinstance(decoded, int | float) and not isinstance(decoded, bool) and not INT32[0] <= decoded <= INT32[1]:
             return FieldError(name, "out_of_range", "integer attributes are 32-bit signed integers")
         if decoded is not None:
             found[name] = value

@@ -28,13 +28,15 @@ Choices where the document is silent:
   `gamification`). Unknown fields are refused rather than silently dropped; event names
   are not restricted (soft validation; the catalog discovers them). A tenant's strict schema
   for an event name checks `properties` and reports its problems as `properties.<path>`.
-- Sync: the fact is `custom.<event_name>` with `fact_id` = "fact_" + the event id's hex, made
-  at most once per event; a re-sent idempotency_key answers with the original event's fact.
+- Sync: waits until the facts consumer (and the triggers) have processed the event, then
+  answers with its fact: `custom.<event_name>`, `fact_id` = "fact_" + the event id's hex, one
+  per event, and `processed_at` its receive time. `progress` lists the challenge progress it
+  changed (`challenge_id`, `period`, `before`, `after`, `target`, `completed`), `awards` what it
+  awarded (`challenge.completed`, `badge.awarded`, `points.awarded`). A re-sent
+  idempotency_key answers with the original event's fact and effects.
 """
 
 from __future__ import annotations
-
-from datetime import datetime
 
 import msgspec
 from starlette.requests import Request
@@ -42,7 +44,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from headwater.api.common import authorize, json_response
-from headwater.clock import system_now
+from headwater.api.gamification import Processed as Processed  # the /sync response (documented from here)
+from headwater.api.gamification import processed
 from headwater.dialects.common import (
     MAX_TEXT,
     MAX_TYPE,
@@ -59,7 +62,6 @@ from headwater.errors import ApiError
 from headwater.events import EMPTY_OBJECT, EventDraft, EventResult, Rejection
 from headwater.pipeline import Ingested
 from headwater.services import Services
-from headwater.storage.base import Fact, StoreError
 
 NAME = "gamification"
 PREFIXES = ("/api/v1", "")
@@ -92,13 +94,6 @@ class BatchAccepted(msgspec.Struct, omit_defaults=True):
     rejected: int
     message_ids: list[str]
     errors: list[BatchError] | None = None
-
-
-class Processed(msgspec.Struct):
-    event_id: str
-    fact_id: str
-    fact_type: str
-    processed_at: datetime
 
 
 def _draft(checked: Checked, raw: bytes) -> EventDraft:
@@ -163,26 +158,10 @@ def routes(services: Services) -> list[BaseRoute]:
     async def ingest_sync(request: Request) -> Response:
         principal = await authorize(services, request, "ingest")
         item = await read_one(request)
-        result, _ = _accepted_one(await services.pipeline.ingest(principal, [item], dialect=NAME))
-        assert result.id is not None
-        # For a duplicate this is the original event, whose fact (made now if it came in async) is the answer.
-        event = await services.store.get_event(principal.tenant, principal.mode, result.id)
-        if event is None:
-            raise StoreError(f"event {result.id} is not readable yet")
-        fact = await services.store.put_fact(
-            Fact(
-                fact_id="fact_" + event.id.removeprefix("evt_"),
-                fact_type="custom." + event.type,
-                participant_id=event.subject,
-                event_id=event.id,
-                tenant=event.tenant,
-                mode=event.mode,
-                data=event.data,
-                occurred_at=event.time,
-                processed_at=system_now(),
-            )
-        )
-        return json_response(Processed(fact.event_id, fact.fact_id, fact.fact_type, fact.processed_at))
+        result, seq = _accepted_one(await services.pipeline.ingest(principal, [item], dialect=NAME))
+        assert result.id is not None and seq is not None
+        # For a duplicate these are the original event and its offset: its fact is the answer.
+        return json_response(await processed(services, principal, result.id, seq))
 
     routes: list[BaseRoute] = []
     for prefix in PREFIXES:

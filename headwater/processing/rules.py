@@ -16,7 +16,7 @@ import msgspec
 from headwater.processing.conditions import ConditionError, Predicate, compile_conditions
 
 TypeName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-ActionType = Literal["webhook", "recommend", "journey_enroll", "update_attribute"]
+ActionType = Literal["webhook", "recommend", "journey_enroll", "update_attribute", "award_badge", "award_points"]
 JOURNEY_MODES = ("skip_if_active", "restart", "allow_multiple")
 DEFAULT_TYPE_MAPPINGS: dict[str, list[str]] = {
     "purchase": ["outcome.recorded"],
@@ -27,6 +27,7 @@ DEFAULT_TYPE_MAPPINGS: dict[str, list[str]] = {
 _DURATION = re.compile(r"^([1-9][0-9]{0,8})(s|m|h|d|w)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_DURATION_SECONDS = 366 * 86400
+MAX_AWARD_POINTS = 1_000_000_000
 
 
 class SumThreshold(msgspec.Struct, forbid_unknown_fields=True):
@@ -99,6 +100,22 @@ def check_action(action: Action, path: str = "action") -> None:
             raise RuleError(f"{path}.config", "exactly one of value or value_from")
         if "value_from" in config:
             compile_conditions({"field": config["value_from"], "op": "exists"}, f"{path}.config.value_from")
+    elif action.type in ("award_badge", "award_points"):
+        _check_award(action.type, config, f"{path}.config")
+
+
+def _check_award(type_: str, config: dict[str, Any], path: str) -> None:
+    if type_ == "award_badge":
+        _require_str(config, "badge", path)
+        return
+    points = config.get("points")
+    if type(points) is float and points.is_integer():  # JSON has one kind of number: 5.0 is 5
+        points = int(points)
+    if type(points) is not int or not 1 <= abs(points) <= MAX_AWARD_POINTS:
+        message = f"required: a whole number other than 0, at most {MAX_AWARD_POINTS:,} either way"
+        raise RuleError(f"{path}.points", message)
+    if "reason" in config:
+        _require_str(config, "reason", path)
 
 
 @dataclass(frozen=True)

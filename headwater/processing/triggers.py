@@ -19,6 +19,7 @@ import msgspec
 
 from headwater.clock import to_us
 from headwater.events import Event, Mode
+from headwater.processing.awards import dispatch_award
 from headwater.processing.conditions import EventView
 from headwater.processing.rules import (
     DEFAULT_TYPE_MAPPINGS,
@@ -182,6 +183,10 @@ def _dispatch(
             result = _encode({"enrollment": outcome})
             if outcome == "skipped":
                 status = "skipped"
+        elif action.type in ("award_badge", "award_points"):
+            status, error, result = dispatch_award(
+                state, event, action.type, config, action.id, trigger.id, action.created_at
+            )
         elif action.type == "update_attribute":
             value = config["value"] if "value" in config else view.get(tuple(config["value_from"].split(".")))
             if value is EventView.MISSING:

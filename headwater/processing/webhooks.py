@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import math
 import random
+import re
 import socket
 import ssl
 import time
@@ -112,6 +113,10 @@ def forbidden_reason(address: IPAddress) -> str | None:
         (not address.is_global, "non-public"),
     )
     return next((reason for hit, reason in checks if hit), None)
+
+
+# A DNS name as `urlsplit` gives it (lower-cased): labels of up to 63 characters, an optional final dot.
+_HOST_NAME = re.compile(r"([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.?")
 
 
 def _literal_ip(host: str) -> IPAddress | None:
@@ -209,6 +214,8 @@ def check_url(url: str, allow_private: bool = False) -> str | None:
     host = parts.hostname
     if not host:
         return "url has no host"
+    if _literal_ip(host) is None and (len(host) > 254 or not _HOST_NAME.fullmatch(host)):
+        return "url's host is neither a host name (letters, digits, '-', '_' in dot-separated labels) nor an IP address"
     if port == 0:
         return "url has an invalid port"
     if not allow_private:

@@ -22,6 +22,7 @@ import msgspec
 
 from headwater.events import Event, FieldError, Mode, QuarantinedEvent
 from headwater.storage.derived import TriggerStore, WebhookStore
+from headwater.storage.gamification import GamificationStore
 
 Role = Literal["admin", "editor", "ingest", "viewer"]
 Enforcement = Literal["off", "soft", "strict"]
@@ -106,8 +107,9 @@ class CatalogEntry(msgspec.Struct, frozen=True):
 
 
 class Fact(msgspec.Struct, frozen=True):
-    """What one event established, derived from the log (a minimal record until the fact
-    engine arrives). `fact_id` derives from the event id, so re-deriving it changes nothing."""
+    """What one event established, made by the facts consumer (`processing/facts.py`) as it
+    follows the log. `fact_id` derives from the event id, so re-deriving it changes nothing.
+    Facts and everything they drive are read and listed through `GamificationStore`."""
 
     fact_id: str
     fact_type: str
@@ -120,7 +122,7 @@ class Fact(msgspec.Struct, frozen=True):
     processed_at: datetime
 
 
-class Store(TriggerStore, WebhookStore, Protocol):
+class Store(TriggerStore, WebhookStore, GamificationStore, Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -182,7 +184,3 @@ class Store(TriggerStore, WebhookStore, Protocol):
         """Fold up to `max_events` events not yet counted into the catalog; returns how many."""
 
     async def list_catalog(self, tenant: str, mode: Mode) -> list[CatalogEntry]: ...
-
-    # Facts, derived from the log.
-    async def put_fact(self, fact: Fact) -> Fact:
-        """Keep `fact` durably unless one for its (event_id, fact_type) exists; returns the kept one."""

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import msgspec
 
 from headwater.events import Mode
+from headwater.storage.gamification import GamificationState
 
 T = TypeVar("T")
 ActionStatus = Literal["dispatched", "skipped", "failed"]
@@ -86,8 +87,9 @@ class SubjectProfile(msgspec.Struct, frozen=True):
     updated_at: datetime | None
 
 
-class ProcessingState(Protocol):
-    """Synchronous operations on derived state, all inside one atomic write."""
+class ProcessingState(GamificationState, Protocol):
+    """Synchronous operations on derived state, all inside one atomic write (the facts and
+    gamification ones are in `headwater.storage.gamification`)."""
 
     def checkpoint(self, consumer: str) -> int: ...
 

@@ -29,6 +29,11 @@ PointsPeriod = Literal["all_time", "daily", "weekly", "monthly"]
 BoardKind = Literal["sum", "distinct", "streak"]
 
 
+def fact_id_for(event_id: str) -> str:
+    """The one fact of an event: "fact_" + the event id's hex."""
+    return "fact_" + event_id.removeprefix("evt_")
+
+
 class BadgeRecord(msgspec.Struct, frozen=True):
     key: str
     name: str
@@ -96,8 +101,9 @@ class PointsEntry(msgspec.Struct, frozen=True):
 
 
 class FactQuery(msgspec.Struct, frozen=True):
-    """Facts of one tenant and mode, newest `occurred_at` first; `before` is the
-    (occurred_at, fact_id) of the last row of the previous page."""
+    """Facts of one tenant and mode, newest `occurred_at` first (as the events API lists
+    events); `time_from`/`time_to` bound `occurred_at` (from inclusive, to exclusive);
+    `before` is the (occurred_at µs, log offset) of the last row of the previous page."""
 
     tenant: str
     mode: Mode
@@ -105,7 +111,7 @@ class FactQuery(msgspec.Struct, frozen=True):
     fact_type: str | None = None
     time_from: datetime | None = None
     time_to: datetime | None = None
-    before: tuple[datetime, str] | None = None
+    before: tuple[int, int] | None = None
     limit: int = 100
 
 
@@ -130,38 +136,41 @@ class ParticipantRecord(msgspec.Struct, frozen=True):
     challenges: list[str]
 
 
+# (challenge_id, participant, low bucket, high bucket)
+ProgressRange = tuple[str, str, int, int]
+# (challenge_id, participant, bucket, value, reached_at µs)
+ProgressValue = tuple[str, str, int, float, int]
+
+
 class GamificationState(Protocol):
-    """Synchronous writes and reads on derived state, inside the consumer's atomic write."""
+    """Synchronous writes and reads on derived state, inside the consumer's atomic write.
+
+    Progress is read and written in bulk, once per batch: `load_*` take (challenge_id,
+    participant, low bucket, high bucket) ranges; `save_*` write rows back."""
 
     def append_events(self, events: Sequence[Event]) -> list[bool]:
         """Append events to the log in this write (dedup applies); True for each one appended."""
 
-    def put_fact(self, fact: Fact) -> bool:
-        """Keep the fact unless one with its id exists; True when it is new."""
+    def existing_facts(self, fact_ids: Sequence[str]) -> set[str]:
+        """Which of these facts exist already."""
 
-    def put_fact_effects(self, fact_id: str, effects: bytes) -> None:
-        """What processing the fact changed (progress, awards), as JSON, for `/sync`."""
+    def put_facts(self, facts: Sequence[Fact]) -> None:
+        """Keep the facts (any that exist already are left as they are)."""
 
-    def add_progress(self, challenge_id: str, participant: str, bucket: int, delta: float, at_us: int) -> float:
-        """Add `delta` to a bucket's value (reached_at: the latest contributing time); the new value."""
+    def put_fact_effects(self, effects: Sequence[tuple[str, bytes]]) -> None:
+        """What processing each fact changed (progress, awards), as JSON, for `/sync`."""
 
-    def mark_period(self, challenge_id: str, participant: str, bucket: int, at_us: int) -> bool:
-        """Count a fact in a streak period (reached_at: the earliest); True when the period is new."""
+    def load_progress(self, ranges: Sequence[ProgressRange]) -> list[ProgressValue]:
+        """The progress rows in the ranges."""
 
-    def run_around(self, challenge_id: str, participant: str, bucket: int) -> tuple[int, int]:
-        """(first, last) bucket of the run of consecutive buckets that holds `bucket`."""
+    def save_progress(self, rows: Sequence[ProgressValue]) -> None:
+        """Create or overwrite progress rows."""
 
-    def add_distinct(self, challenge_id: str, participant: str, bucket: int, value: str) -> bool:
-        """Note a value in a bucket; True when it is new there."""
+    def load_values(self, ranges: Sequence[ProgressRange]) -> list[tuple[str, str, int, str]]:
+        """(challenge_id, participant, bucket, value) of the distinct values seen in the ranges."""
 
-    def distinct_days(self, challenge_id: str, participant: str, value: str, low: int, high: int) -> list[int]:
-        """The buckets in [low, high] holding `value`."""
-
-    def distinct_count(self, challenge_id: str, participant: str, low: int, high: int) -> int:
-        """Distinct values over the buckets in [low, high]."""
-
-    def progress_range(self, challenge_id: str, participant: str, low: int, high: int) -> dict[int, float]:
-        """Bucket values in [low, high]."""
+    def save_values(self, rows: Sequence[tuple[str, str, int, str, int]]) -> None:
+        """New distinct values: (challenge_id, participant, bucket, value, first seen at µs)."""
 
     def record_completion(self, completion: Completion) -> bool:
         """True when this (challenge, participant, occurrence) was not completed before."""
@@ -170,6 +179,8 @@ class GamificationState(Protocol):
         """Whether a completion with its period in [low, high] exists."""
 
     def badge_defined(self, tenant: str, mode: Mode, key: str) -> bool: ...
+
+    def gamification_settings(self, tenant: str, mode: Mode) -> GamificationSettings | None: ...
 
     def award_badge(self, award: BadgeAward) -> bool:
         """True when the participant did not hold the badge before."""
@@ -207,7 +218,8 @@ class GamificationStore(Protocol):
 
     async def put_settings(self, tenant: str, mode: Mode, settings: GamificationSettings, at: datetime) -> None: ...
 
-    async def list_facts(self, query: FactQuery) -> list[Fact]: ...
+    async def list_facts(self, query: FactQuery) -> list[tuple[Fact, int]]:
+        """Each with its event's log offset, for paging."""
 
     async def fact_for_event(self, tenant: str, mode: Mode, event_id: str) -> tuple[Fact, bytes | None] | None:
         """The event's fact and its effects (JSON), once the facts consumer has made it."""

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import heapq
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -21,14 +21,14 @@ from headwater.storage.base import (
     CatalogEntry,
     Enforcement,
     EventQuery,
-    Fact,
     KeyRecord,
     QuarantineQuery,
     SchemaVersion,
-    StoreError,
 )
+from headwater.storage.derived import ProcessingState
 from headwater.storage.sqlite_core import SqliteCore, Transaction
-from headwater.storage.sqlite_triggers import TriggerTables
+from headwater.storage.sqlite_gamification import GamificationStateMixin, GamificationTables
+from headwater.storage.sqlite_triggers import SqliteProcessingState, TriggerTables
 from headwater.storage.sqlite_webhooks import WebhookTables
 
 EVENTS_SCHEMA = """
@@ -124,20 +124,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     consumer TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
-
-CREATE TABLE IF NOT EXISTS facts (
-    fact_id TEXT PRIMARY KEY,
-    fact_type TEXT NOT NULL,
-    participant_id TEXT,
-    event_id TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    data TEXT NOT NULL,
-    occurred_at INTEGER NOT NULL,
-    processed_at INTEGER NOT NULL,
-    UNIQUE (event_id, fact_type)
-);
 """
+# The facts table is in sqlite_gamification.py, with the rest of what the facts consumer derives.
 
 EVENT_COLUMNS = (
     "seq, id, tenant, mode, type, subject, source, channel, time, received_at, idempotency_key, data, violations"
@@ -312,8 +300,25 @@ def _append_events(tx: Transaction, events: Sequence[Event]) -> list[AppendOutco
     return outcomes
 
 
-class SqliteStore(TriggerTables, WebhookTables, SqliteCore):
+class SqliteState(GamificationStateMixin, SqliteProcessingState):
+    """Every `ProcessingState` operation on the writer's connection, inside the group transaction."""
+
+    def __init__(self, tx: Transaction) -> None:
+        super().__init__(tx)
+        self.tx = tx
+
+    def append_events(self, events: Sequence[Event]) -> list[bool]:
+        return [outcome.status == "accepted" for outcome in _append_events(tx=self.tx, events=events)]
+
+
+T = TypeVar("T")
+
+
+class SqliteStore(GamificationTables, TriggerTables, WebhookTables, SqliteCore):
     SCHEMA = EVENTS_SCHEMA
+
+    async def process(self, fn: Callable[[ProcessingState], T], size: int = 1) -> T:
+        return await self.write(lambda tx: fn(SqliteState(tx)), size=size)
 
     # The event log
 
@@ -524,53 +529,6 @@ class SqliteStore(TriggerTables, WebhookTables, SqliteCore):
             ]
 
         return await self.read(run)
-
-    # Facts
-
-    async def put_fact(self, fact: Fact) -> Fact:
-        row = (
-            fact.fact_id,
-            fact.fact_type,
-            fact.participant_id,
-            fact.event_id,
-            fact.tenant,
-            fact.mode,
-            bytes(fact.data).decode(),
-            to_us(fact.occurred_at),
-            to_us(fact.processed_at),
-        )
-
-        def run(tx: Transaction) -> Fact:
-            tx.conn.execute(
-                f"INSERT INTO facts ({FACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", row
-            )
-            kept = tx.conn.execute(
-                f"SELECT {FACT_COLUMNS} FROM facts WHERE event_id = ? AND fact_type = ?",
-                (fact.event_id, fact.fact_type),
-            ).fetchone()
-            if kept is None:
-                raise StoreError(f"fact id {fact.fact_id} is taken by another fact")
-            return _row_to_fact(kept)
-
-        return await self.write(run)
-
-
-FACT_COLUMNS = "fact_id, fact_type, participant_id, event_id, tenant, mode, data, occurred_at, processed_at"
-
-
-def _row_to_fact(row: tuple[Any, ...]) -> Fact:
-    fact_id, fact_type, participant, event_id, tenant, mode, data, occurred, processed = row
-    return Fact(
-        fact_id,
-        fact_type,
-        participant,
-        event_id,
-        tenant,
-        mode,
-        msgspec.Raw(data.encode()),
-        from_us(occurred),
-        from_us(processed),
-    )
 
 
 def _query_events(conn: sqlite3.Connection, query: EventQuery) -> list[Event]:

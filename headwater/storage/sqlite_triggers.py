@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
 from headwater.clock import from_us, to_us
 from headwater.events import Mode
-from headwater.ids import new_prefixed_id
 from headwater.storage.derived import (
     ActionQuery,
     ActionRecord,
     ActionStatus,
     Enrollment,
-    ProcessingState,
     SubjectProfile,
     TriggerRecord,
 )
 from headwater.storage.sqlite_core import SqliteCore, Transaction
 from headwater.storage.sqlite_webhooks import enqueue_deliveries
-
-T = TypeVar("T")
 
 TRIGGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS triggers (
@@ -173,8 +169,15 @@ def _touch(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO trigger_changes VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET version = version + 1")
 
 
+def enrollment_id(action_id: str) -> str:
+    """Derived from the action that enrolled (one enrolment per action), so a replay of the
+    log rebuilds the same ids."""
+    return "enr_" + hashlib.sha256(action_id.encode()).hexdigest()[:32]
+
+
 class SqliteProcessingState:
-    """`ProcessingState` on the writer's connection, inside the group transaction."""
+    """The trigger part of `ProcessingState` on the writer's connection, inside the group
+    transaction; `sqlite.SqliteState` adds the rest and is what `Store.process` passes."""
 
     def __init__(self, tx: Transaction) -> None:
         self.conn = tx.conn
@@ -250,7 +253,7 @@ class SqliteProcessingState:
             outcome = "restarted"
         self.conn.execute(
             "INSERT OR IGNORE INTO enrollments VALUES (?, ?, ?, ?, ?, 'active', ?, ?)",
-            (new_prefixed_id("enr"), tenant, mode, journey_id, subject, action_id, to_us(at)),
+            (enrollment_id(action_id), tenant, mode, journey_id, subject, action_id, to_us(at)),
         )
         return outcome
 
@@ -277,9 +280,6 @@ class SqliteProcessingState:
 
 class TriggerTables(SqliteCore):
     SCHEMA = TRIGGER_SCHEMA
-
-    async def process(self, fn: Callable[[ProcessingState], T], size: int = 1) -> T:
-        return await self.write(lambda tx: fn(SqliteProcessingState(tx)), size=size)
 
     async def put_trigger(self, record: TriggerRecord) -> None:
         def run(tx: Transaction) -> None:
@@ -369,7 +369,7 @@ class TriggerTables(SqliteCore):
     async def list_enrollments(self, tenant: str, mode: Mode, journey_id: str) -> list[Enrollment]:
         sql = (
             "SELECT id, journey_id, subject, status, action_id, enrolled_at FROM enrollments"
-            " WHERE tenant = ? AND mode = ? AND journey_id = ? ORDER BY enrolled_at, id"
+            " WHERE tenant = ? AND mode = ? AND journey_id = ? ORDER BY enrolled_at, rowid"
         )
         return await self.read(
             lambda conn: [

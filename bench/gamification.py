@@ -1,0 +1,233 @@
+"""Facts and gamification throughput: can the facts consumer keep up with batch ingest?
+
+Workload (defaults): 100,000 events over 10,000 participants and 30 days, 50 event types,
+200 challenges spread over those types (4 per fact type: count, daily sum, weekly distinct,
+daily streak, rolling 7-day count, some with conditions, rewards of points and badges), in
+1,000-event batches, on a real SQLite store (WAL, synchronous=FULL) in a temp dir.
+
+Three phases, each on a fresh store:
+1. ingest: `Store.append` of the batches, durable: the batch-ingest rate of the log itself,
+   the ceiling of what the consumer has to keep up with (no HTTP, so above the served rate);
+2. facts: the facts consumer (`FactsConsumer.run_once`, the server's code) over the same
+   events already in the log: fact + progress + awards, one write per batch;
+3. both at once, as a server runs them: ingest at full speed while the consumer follows;
+   reports the largest lag seen and how long the consumer needed after the last batch.
+
+Per-event cost is proportional to the challenges on the event's fact type: the `--challenges`
+figure spreads over `--types`, so doubling both keeps the per-event cost flat.
+
+    .venv/bin/python bench/gamification.py [--events 100000] [--participants 10000] [--challenges 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from headwater.events import Event
+from headwater.ids import new_event_ids
+from headwater.processing.facts import FactsConsumer
+from headwater.processing.gamification import ChallengeIn, GamificationLoader, compile_challenge
+from headwater.storage.gamification import BadgeRecord, ChallengeRecord
+from headwater.storage.sqlite import SqliteStore
+
+TENANT = "bench"
+BATCH = 1000
+START = datetime(2026, 4, 1, tzinfo=UTC)
+
+
+def challenges(count: int, types: int, rng: random.Random) -> list[dict[str, Any]]:
+    shapes: list[dict[str, Any]] = [
+        {"metric": {"count": True}, "target": 5, "period": "all_time"},
+        {"metric": {"sum": "data.amount"}, "target": 300, "period": "daily", "repeatable": True},
+        {"metric": {"distinct": "data.sku"}, "target": 3, "period": "weekly"},
+        {"metric": {"streak": "daily"}, "target": 3, "period": "all_time"},
+        {"metric": {"count": True}, "target": 4, "period": "rolling:7d"},
+    ]
+    out = []
+    for i in range(count):
+        shape = dict(shapes[i % len(shapes)])
+        if i % 3 == 0:
+            shape["conditions"] = {"field": "data.amount", "op": "gt", "value": rng.choice([10, 50, 100])}
+        shape["reward"] = {"points": 10} if i % 2 else {"points": 5, "badge": f"badge_{i % 20}"}
+        out.append({"name": f"challenge {i}", "fact_type": f"custom.type_{i % types}", **shape})
+    return out
+
+
+def events(count: int, participants: int, types: int, rng: random.Random) -> list[list[Event]]:
+    received = datetime.now(UTC)
+    batches = []
+    for start in range(0, count, BATCH):
+        size = min(BATCH, count - start)
+        ids = new_event_ids(size)
+        batch = []
+        for i in range(size):
+            data = {"amount": rng.randint(1, 200), "sku": f"SKU-{rng.randint(1, 20)}"}
+            batch.append(
+                Event(
+                    id=ids[i],
+                    type=f"type_{rng.randrange(types)}",
+                    subject=f"user_{rng.randrange(participants)}",
+                    source="bench",
+                    channel="web",
+                    time=START + timedelta(seconds=rng.randrange(30 * 86400)),
+                    received_at=received,
+                    idempotency_key=None,
+                    data=msgspec.Raw(msgspec.json.encode(data)),
+                    tenant=TENANT,
+                    mode="live",
+                )
+            )
+        batches.append(batch)
+    return batches
+
+
+async def open_store(directory: Path, definitions: list[dict[str, Any]]) -> SqliteStore:
+    store = SqliteStore(directory / "headwater.db")
+    await store.start()
+    now = datetime.now(UTC)
+    for i in range(20):
+        await store.create_badge(TENANT, "live", BadgeRecord(f"badge_{i}", f"Badge {i}", None, None, now, now))
+    for i, definition in enumerate(definitions):
+        rule = msgspec.convert(definition, ChallengeIn)
+        compile_challenge("check", rule)
+        record = ChallengeRecord(f"chl_{i:05d}", TENANT, "live", msgspec.Raw(msgspec.json.encode(rule)), now, now)
+        await store.put_challenge(record)
+    return store
+
+
+async def ingest(store: SqliteStore, batches: list[list[Event]]) -> float:
+    started = time.perf_counter()
+    for batch in batches:
+        await store.append(batch)
+    return time.perf_counter() - started
+
+
+async def drain(consumer: FactsConsumer) -> None:
+    while await consumer.run_once():
+        pass
+
+
+@dataclass
+class Counts:
+    facts: int
+    progress: int
+    completions: int
+    badges: int
+    points: int
+    award_events: int
+
+
+async def counts(store: SqliteStore) -> Counts:
+    def run(conn: sqlite3.Connection) -> Counts:
+        def one(sql: str) -> int:
+            return int(conn.execute(sql).fetchone()[0])
+
+        return Counts(
+            one("SELECT count(*) FROM facts"),
+            one("SELECT count(*) FROM challenge_progress"),
+            one("SELECT count(*) FROM challenge_completions"),
+            one("SELECT count(*) FROM badge_awards"),
+            one("SELECT count(*) FROM points_ledger"),
+            one("SELECT count(*) FROM events WHERE source = 'headwater'"),
+        )
+
+    result: Counts = await store.read(run)
+    return result
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--participants", type=int, default=10_000)
+    parser.add_argument("--challenges", type=int, default=200)
+    parser.add_argument("--types", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    definitions = challenges(args.challenges, args.types, rng)
+    batches = events(args.events, args.participants, args.types, rng)
+    total = sum(len(b) for b in batches)
+    print(
+        f"{total:,} events, {args.participants:,} participants, {args.challenges} challenges over "
+        f"{args.types} fact types ({args.challenges / args.types:.1f} per type), batches of {BATCH:,};"
+        f" {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # 1. Ingest alone.
+        store = await open_store(Path(tmp) / "ingest", definitions)
+        ingest_s = await ingest(store, batches)
+        ingest_rate = total / ingest_s
+        print(f"ingest  (Store.append, durable):        {ingest_rate:>10,.0f} events/s  ({ingest_s:.2f} s)")
+
+        # 2. The facts consumer over the log just written.
+        consumer = FactsConsumer(store, GamificationLoader(store), batch_size=BATCH)
+        started = time.perf_counter()
+        await drain(consumer)
+        facts_s = time.perf_counter() - started
+        made = await counts(store)
+        # Award events are in the log too and were processed in the same run.
+        applied = total + made.award_events
+        facts_rate = applied / facts_s
+        print(f"facts   (fact + progress + awards):     {facts_rate:>10,.0f} events/s  ({facts_s:.2f} s)")
+        print(
+            f"        made {made.facts:,} facts, {made.progress:,} progress rows, {made.completions:,} completions,"
+            f" {made.badges:,} badges, {made.points:,} ledger entries, {made.award_events:,} award events"
+        )
+        print(f"        {facts_s / applied * 1e6:.1f} µs per event; facts/ingest = {facts_rate / ingest_rate:.0%}")
+        await store.close()
+
+        # 3. Both at once, as a server runs them.
+        store = await open_store(Path(tmp) / "both", definitions)
+        consumer = FactsConsumer(store, GamificationLoader(store), batch_size=BATCH)
+        lags: list[int] = []
+        done = asyncio.Event()
+
+        async def follow() -> None:
+            while True:
+                if not await consumer.run_once():
+                    if done.is_set():
+                        return
+                    await asyncio.sleep(0.01)  # caught up: poll, as the server's consumer does
+
+        async def watch() -> None:
+            while not done.is_set():
+                head = await store.read(lambda c: c.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+                lags.append(head - (consumer.position or 0))
+                await asyncio.sleep(0.05)
+
+        follower = asyncio.create_task(follow())
+        watcher = asyncio.create_task(watch())
+        started = time.perf_counter()
+        await ingest(store, batches)
+        ingest_both_s = time.perf_counter() - started
+        done.set()
+        await watcher
+        await follower
+        await drain(consumer)
+        both_s = time.perf_counter() - started
+        print(
+            f"both    ingest {total / ingest_both_s:,.0f} events/s while the consumer follows; largest lag "
+            f"{max(lags, default=0):,} events; all processed {both_s - ingest_both_s:.2f} s after the last batch"
+        )
+        await store.close()
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (other work on the machine lowers every figure)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

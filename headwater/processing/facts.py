@@ -1,0 +1,549 @@
+"""The facts consumer: every event in the log becomes a fact, and facts drive challenges.
+
+`apply_facts` runs inside one store write with the consumer's checkpoint (`Store.process`):
+facts, challenge progress, completions, badges, points and the award events they append
+are all committed together or not at all. A fact's id derives from its event's id, and
+progress is counted only for facts that are new, so a batch applied twice counts once.
+
+Per batch: one look-up of which facts exist, then a plan (which challenges each new fact
+counts for: the ones on its own fact type whose conditions match), one bulk read of the
+progress those need, the facts applied in log order in memory, and one bulk write back.
+Completions and awards, which are rare, are written as they happen, each under its own
+unique key. So the per-event cost is the challenges on the event's fact type, whatever
+the number of challenges elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import msgspec
+
+from headwater.clock import Clock, system_now, to_us
+from headwater.events import Event
+from headwater.processing.awards import (
+    MAX_AWARD_DEPTH,
+    award_depth,
+    award_event,
+    completion_key,
+    fact_type_of,
+    grant_badge,
+    grant_points,
+)
+from headwater.processing.conditions import EventView
+from headwater.processing.consumer import LogConsumer
+from headwater.processing.gamification import (
+    ChallengeSet,
+    CompiledChallenge,
+    GamificationLoader,
+    Scope,
+    bucket_label,
+    bucket_of,
+    local_day,
+    number,
+    plain,
+)
+from headwater.storage.base import Fact, Store
+from headwater.storage.derived import ProcessingState
+from headwater.storage.gamification import Completion, fact_id_for
+
+MAX_COMPLETIONS_PER_FACT = 100
+MAX_DISTINCT_VALUE = 200
+# Streak periods read around a new one in the first bulk read; a longer run reads on, in
+# steps of STREAK_READ_ON.
+STREAK_LOOKAROUND = 40
+STREAK_READ_ON = 400
+_encode = msgspec.json.encode
+
+Pair = tuple[str, str]  # (challenge_id, participant)
+
+__all__ = ["Award", "FactsConsumer", "ProgressChange", "apply_facts", "fact_id_for", "make_fact", "read_effects"]
+
+
+class ProgressChange(msgspec.Struct):
+    challenge_id: str
+    period: str
+    before: int | float
+    after: int | float
+    target: int | float
+    completed: bool = False
+
+
+class Award(msgspec.Struct, omit_defaults=True):
+    type: str
+    challenge_id: str | None = None
+    occurrence: str | None = None
+    badge: str | None = None
+    points: int | None = None
+    reason: str | None = None
+
+
+# A progress change as kept: [challenge_id, period kind, bucket, before, after, target, completed].
+Change = list[Any]
+
+
+class Effects(msgspec.Struct, array_like=True):
+    """What processing one fact changed, kept with the fact (compactly: this is written for
+    every fact that counts for a challenge) and answered by `/sync`."""
+
+    progress: list[Change] = msgspec.field(default_factory=list)
+    awards: list[Award] = msgspec.field(default_factory=list)
+
+
+_effects = msgspec.json.Decoder(Effects)
+
+
+def read_effects(raw: bytes | None) -> tuple[list[ProgressChange], list[Award]]:
+    """The stored effects of a fact as `/sync` shows them."""
+    if raw is None:
+        return [], []
+    effects = _effects.decode(raw)
+    changes = [
+        ProgressChange(cid, bucket_label(kind, bucket), plain(before), plain(after), plain(target), completed)
+        for cid, kind, bucket, before, after, target, completed in effects.progress
+    ]
+    return changes, effects.awards
+
+
+def make_fact(event: Event) -> Fact:
+    """The fact an event establishes. `processed_at` is the event's receive time, not the
+    clock, so replaying the log reproduces every fact exactly."""
+    return Fact(
+        fact_id=fact_id_for(event.id),
+        fact_type=fact_type_of(event),
+        participant_id=event.subject,
+        event_id=event.id,
+        tenant=event.tenant,
+        mode=event.mode,
+        data=event.data,
+        occurred_at=event.time,
+        processed_at=event.received_at,
+    )
+
+
+def _distinct_value(value: Any) -> str:
+    text = _encode(value, order="sorted").decode()
+    if len(text) > MAX_DISTINCT_VALUE:
+        text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return text
+
+
+class _Progress:
+    """A batch's challenge progress: read in bulk, changed in memory in log order, written
+    back in bulk. Each (challenge, participant) pair holds the buckets of the range it was
+    read for; the plan makes sure that covers every bucket the batch looks at."""
+
+    def __init__(self, state: ProcessingState) -> None:
+        self.state = state
+        self.ranges: dict[Pair, list[int]] = {}
+        self.value_ranges: dict[Pair, list[int]] = {}
+        self.cells: dict[Pair, dict[int, list[float]]] = {}  # bucket -> [value, reached_at µs]
+        self.values: dict[Pair, dict[int, set[str]]] = {}
+        self.dirty: dict[tuple[str, str, int], list[float]] = {}
+        self.new_values: list[tuple[str, str, int, str, int]] = []
+
+    @staticmethod
+    def _want(ranges: dict[Pair, list[int]], pair: Pair, low: int, high: int) -> None:
+        known = ranges.get(pair)
+        if known is None:
+            ranges[pair] = [low, high]
+        else:
+            known[0] = min(known[0], low)
+            known[1] = max(known[1], high)
+
+    def want(self, pair: Pair, low: int, high: int) -> None:
+        self._want(self.ranges, pair, low, high)
+
+    def want_values(self, pair: Pair, low: int, high: int) -> None:
+        self._want(self.value_ranges, pair, low, high)
+
+    def load(self) -> None:
+        if self.ranges:
+            for c, p, bucket, value, reached in self.state.load_progress(
+                [(*k, lo, hi) for k, (lo, hi) in self.ranges.items()]
+            ):
+                self.cells.setdefault((c, p), {})[bucket] = [value, reached]
+        if self.value_ranges:
+            ranges = [(*k, lo, hi) for k, (lo, hi) in self.value_ranges.items()]
+            for c, p, bucket, seen in self.state.load_values(ranges):
+                self.values.setdefault((c, p), {}).setdefault(bucket, set()).add(seen)
+
+    def _cells(self, pair: Pair) -> dict[int, list[float]]:
+        cells = self.cells.get(pair)
+        if cells is None:
+            cells = self.cells[pair] = {}
+        return cells
+
+    def add(self, pair: Pair, bucket: int, delta: float, at_us: int) -> float:
+        """Add to a bucket's value (reached_at: the latest contributing time); the new value."""
+        cells = self._cells(pair)
+        cell = cells.get(bucket)
+        if cell is None:
+            cell = cells[bucket] = [delta, at_us]
+        else:
+            cell[0] += delta
+            if at_us > cell[1]:
+                cell[1] = at_us
+        self.dirty[(*pair, bucket)] = cell
+        return cell[0]
+
+    def mark(self, pair: Pair, bucket: int, at_us: int) -> bool:
+        """Count a fact in a streak period (reached_at: the earliest); True when the period is new."""
+        cells = self._cells(pair)
+        cell = cells.get(bucket)
+        new = cell is None
+        if cell is None:
+            cell = cells[bucket] = [1.0, at_us]
+        else:
+            cell[0] += 1
+            if at_us < cell[1]:
+                cell[1] = at_us
+        self.dirty[(*pair, bucket)] = cell
+        return new
+
+    def _extend(self, pair: Pair, low: int, high: int) -> None:
+        """Read buckets beyond the range first read (a streak longer than the look-around)."""
+        cells = self._cells(pair)
+        for _, _, bucket, value, reached in self.state.load_progress([(*pair, low, high)]):
+            cells.setdefault(bucket, [value, reached])
+        known = self.ranges[pair]
+        known[0], known[1] = min(known[0], low), max(known[1], high)
+
+    def run_around(self, pair: Pair, bucket: int) -> tuple[int, int]:
+        """(first, last) of the run of consecutive buckets holding `bucket`."""
+        cells = self._cells(pair)
+        first = last = bucket
+        while True:
+            while first - 1 in cells:
+                first -= 1
+            low = self.ranges[pair][0]
+            if first - 1 >= low:
+                break
+            self._extend(pair, low - STREAK_READ_ON, low - 1)
+        while True:
+            while last + 1 in cells:
+                last += 1
+            high = self.ranges[pair][1]
+            if last + 1 <= high:
+                break
+            self._extend(pair, high + 1, high + STREAK_READ_ON)
+        return first, last
+
+    def totals(self, pair: Pair, low: int, high: int) -> dict[int, float]:
+        return {b: cell[0] for b, cell in self._cells(pair).items() if low <= b <= high}
+
+    def add_value(self, pair: Pair, bucket: int, value: str, at_us: int) -> bool:
+        """Note a distinct value in a bucket; True when it is new there."""
+        buckets = self.values.setdefault(pair, {})
+        seen = buckets.get(bucket)
+        if seen is None:
+            seen = buckets[bucket] = set()
+        if value in seen:
+            return False
+        seen.add(value)
+        self.new_values.append((*pair, bucket, value, at_us))
+        return True
+
+    def value_buckets(self, pair: Pair, value: str, low: int, high: int) -> list[int]:
+        return [b for b, seen in self.values.get(pair, {}).items() if low <= b <= high and value in seen]
+
+    def distinct(self, pair: Pair, low: int, high: int) -> int:
+        found: set[str] = set()
+        for b, seen in self.values.get(pair, {}).items():
+            if low <= b <= high:
+                found |= seen
+        return len(found)
+
+    def flush(self) -> None:
+        if self.dirty:
+            self.state.save_progress([(c, p, b, cell[0], int(cell[1])) for (c, p, b), cell in self.dirty.items()])
+        if self.new_values:
+            self.state.save_values(self.new_values)
+
+
+@dataclass(slots=True)
+class _Step:
+    """One challenge a fact counts for: what it adds, and where."""
+
+    challenge: CompiledChallenge
+    pair: Pair
+    bucket: int  # the period bucket (the day for rolling periods, the streak unit for streaks)
+    delta: float = 1.0
+    value: str = ""  # distinct
+
+
+class _FactRun:
+    """One new fact: its plan, then its progress and awards."""
+
+    def __init__(
+        self,
+        challenges: ChallengeSet,
+        event: Event,
+        participant: str,
+        depth: int,
+        candidates: tuple[CompiledChallenge, ...],
+    ) -> None:
+        self.event = event
+        self.participant = participant
+        self.depth = depth
+        self.at_us = to_us(event.time)
+        self.steps: list[_Step] = []
+        self.effects = Effects()
+        view = EventView(event)
+        day: date | None = None
+        for c in candidates:
+            if c.starts_us is not None and self.at_us < c.starts_us:
+                continue
+            if c.ends_us is not None and self.at_us >= c.ends_us:
+                continue
+            if not c.matches(view):
+                continue
+            step = _Step(c, (c.id, participant), 0)
+            if c.metric == "sum":
+                assert c.field is not None
+                raw = c.field(view)
+                if not number(raw):
+                    continue
+                step.delta = float(raw)
+            elif c.metric == "distinct":
+                assert c.field is not None
+                raw = c.field(view)
+                if raw is EventView.MISSING or raw is None:
+                    continue
+                step.value = _distinct_value(raw)
+            if day is None:
+                day = local_day(event.time, challenges.tz)
+            if c.metric == "streak":
+                assert c.streak_unit is not None
+                step.bucket = bucket_of(c.streak_unit, day)
+            elif c.period.kind == "rolling":
+                step.bucket = day.toordinal()
+            else:
+                step.bucket = c.period.bucket(day)
+            self.steps.append(step)
+
+    def plan(self, progress: _Progress) -> None:
+        for step in self.steps:
+            c, pair, b = step.challenge, step.pair, step.bucket
+            if c.metric == "streak":
+                progress.want(pair, b - STREAK_LOOKAROUND, b + STREAK_LOOKAROUND)
+            elif c.period.kind == "rolling":
+                days = c.period.days
+                if c.metric == "distinct":
+                    progress.want(pair, b, b + days - 1)
+                    progress.want_values(pair, b - days + 1, b + days - 1)
+                else:
+                    progress.want(pair, b - days + 1, b + days - 1)
+            else:
+                progress.want(pair, b, b)
+                if c.metric == "distinct":
+                    progress.want_values(pair, b, b)
+
+    def apply(self, state: ProcessingState, progress: _Progress, now: datetime) -> None:
+        self.state, self.progress, self.now = state, progress, now
+        self.effects = Effects()  # a plan whose write failed may be applied again
+        for step in self.steps:
+            c = step.challenge
+            if c.metric == "streak":
+                self._streak(step)
+            elif c.period.kind == "rolling":
+                if c.metric == "distinct":
+                    self._rolling_distinct(step)
+                else:
+                    self._rolling_sum(step)
+            else:
+                if c.metric == "distinct" and not progress.add_value(step.pair, step.bucket, step.value, self.at_us):
+                    continue
+                after = progress.add(step.pair, step.bucket, step.delta, self.at_us)
+                before = after - step.delta
+                change = self._change(c, c.period.kind, step.bucket, before, after)
+                self._crossings(c, change, step.bucket, before, after)
+
+    def _change(self, c: CompiledChallenge, kind: str, bucket: int, before: float, after: float) -> Change:
+        change = [c.id, kind, bucket, before, after, c.target, False]
+        self.effects.progress.append(change)
+        return change
+
+    def _crossings(self, c: CompiledChallenge, change: Change, bucket: int, before: float, after: float) -> None:
+        target = c.target
+        if not c.repeatable:
+            if before < target <= after:
+                self._complete(c, change, "once", bucket)
+        elif c.period.kind == "all_time":
+            # Every multiple of the target reached completes once more.
+            first = max(1, math.floor(before / target) + 1)
+            last = min(math.floor(after / target), first + MAX_COMPLETIONS_PER_FACT - 1)
+            for k in range(first, last + 1):
+                self._complete(c, change, str(k), bucket)
+        elif before < target <= after:  # once per calendar period
+            self._complete(c, change, c.period.label(bucket), bucket)
+
+    def _rolling_sum(self, step: _Step) -> None:
+        c, pair, d, delta = step.challenge, step.pair, step.bucket, step.delta
+        days = c.period.days
+        self.progress.add(pair, d, delta, self.at_us)
+        rows = self.progress.totals(pair, d - days + 1, d + days - 1)
+
+        def window(end: int) -> float:
+            return sum(v for b, v in rows.items() if end - days < b <= end)
+
+        after = window(d)
+        change = self._change(c, "daily", d, after - delta, after)
+        # A late fact also counts in the windows ending on the later days it falls in.
+        for end in [d, *sorted(b for b in rows if d < b <= d + days - 1)]:
+            total = window(end)
+            if total - delta < c.target <= total:
+                self._complete_rolling(c, change, end)
+
+    def _rolling_distinct(self, step: _Step) -> None:
+        c, pair, d = step.challenge, step.pair, step.bucket
+        days = c.period.days
+        if not self.progress.add_value(pair, d, step.value, self.at_us):
+            return
+        self.progress.add(pair, d, 1.0, self.at_us)  # the day's distinct values, for its row
+        others = [b for b in self.progress.value_buckets(pair, step.value, d - days + 1, d + days - 1) if b != d]
+        later = self.progress.totals(pair, d + 1, d + days - 1)
+        change: Change | None = None
+        for end in [d, *sorted(later)]:
+            total = float(self.progress.distinct(pair, end - days + 1, end))
+            before = total if any(end - days < b <= end for b in others) else total - 1
+            if change is None:
+                change = self._change(c, "daily", d, before, total)
+            if before < c.target <= total:
+                self._complete_rolling(c, change, end)
+
+    def _complete_rolling(self, c: CompiledChallenge, change: Change, end: int) -> None:
+        if not c.repeatable:
+            self._complete(c, change, "once", end)
+            return
+        # Repeatable: once per window; the windows of two completions never overlap.
+        days = c.period.days
+        if self.state.completion_between(c.id, self.participant, end - days + 1, end + days - 1):
+            return
+        self._complete(c, change, bucket_label("daily", end), end)
+
+    def _streak(self, step: _Step) -> None:
+        c, pair, bucket = step.challenge, step.pair, step.bucket
+        assert c.streak_unit is not None
+        if not self.progress.mark(pair, bucket, self.at_us):
+            return  # the period already had a fact: the streak is unchanged
+        first, last = self.progress.run_around(pair, bucket)
+        after = float(last - first + 1)
+        before = float(max(bucket - first, last - bucket))  # the longer of the runs it joined
+        change = self._change(c, c.streak_unit, bucket, before, after)
+        target = c.target
+        if not c.repeatable:
+            if before < target <= after:
+                self._complete(c, change, "once", bucket)
+            return
+        lowest = max(1, math.floor(before / target) + 1)
+        for k in range(lowest, min(math.floor(after / target), lowest + MAX_COMPLETIONS_PER_FACT - 1) + 1):
+            self._complete(c, change, f"{bucket_label(c.streak_unit, first)}#{k}", first + int(target) * k - 1)
+
+    def _complete(self, c: CompiledChallenge, change: Change, occurrence: str, period: int) -> None:
+        event, participant, state = self.event, self.participant, self.state
+        completion = Completion(event.tenant, event.mode, c.id, participant, occurrence, period, event.time, event.id)
+        if not state.record_completion(completion):
+            return
+        change[6] = True
+        depth = self.depth + 1
+        self.effects.awards.append(Award("challenge.completed", challenge_id=c.id, occurrence=occurrence))
+        data = {
+            "challenge_id": c.id,
+            "challenge_name": c.name,
+            "occurrence": occurrence,
+            "progress": plain(change[4]),
+            "target": plain(c.target),
+            "cause_event_id": event.id,
+            "depth": depth,
+        }
+        key = completion_key(c.id, participant, occurrence)
+        state.append_events([award_event(event, "challenge.completed", participant, key, data, self.now)])
+        reason = f"challenge:{c.id}"
+        badge = c.reward_badge
+        if (
+            badge is not None
+            and state.badge_defined(event.tenant, event.mode, badge)
+            and grant_badge(state, event, participant, badge, reason, depth, self.now)
+        ):
+            self.effects.awards.append(Award("badge.awarded", badge=badge, reason=reason))
+        points = c.reward_points
+        if points is not None:
+            cause = f"challenge:{c.id}:{occurrence}"
+            if grant_points(state, event, participant, points, reason, cause, depth, self.now):
+                self.effects.awards.append(Award("points.awarded", points=points, reason=reason))
+
+
+Plan = list[tuple[Fact, "_FactRun | None"]]
+
+
+def plan_facts(events: Sequence[Event], sets: dict[Scope, ChallengeSet]) -> Plan:
+    """Each event's fact and the challenge steps it would take: everything that needs no
+    state, worked out before the write (the consumer does this in `prepare`)."""
+    plan: Plan = []
+    for event in events:
+        fact = make_fact(event)
+        run = None
+        participant = event.subject
+        challenges = sets.get((event.tenant, event.mode)) if participant is not None else None
+        if challenges and participant is not None:
+            candidates = challenges.for_fact_type(fact.fact_type)
+            depth = award_depth(event) if candidates else 0
+            if candidates and depth < MAX_AWARD_DEPTH:
+                run = _FactRun(challenges, event, participant, depth, candidates)
+        plan.append((fact, run if run is not None and run.steps else None))
+    return plan
+
+
+def apply_plan(state: ProcessingState, plan: Plan, now: datetime) -> None:
+    """Keep the new facts and apply their steps, in log order, inside the write."""
+    existing = state.existing_facts([fact.fact_id for fact, _ in plan])
+    progress = _Progress(state)
+    runs: list[_FactRun] = []
+    new_facts = []
+    for fact, run in plan:
+        if fact.fact_id in existing:
+            continue  # applied before: nothing counts twice
+        new_facts.append(fact)
+        if run is not None:
+            run.plan(progress)
+            runs.append(run)
+    state.put_facts(new_facts)
+    if not runs:
+        return
+    progress.load()
+    for run in runs:
+        run.apply(state, progress, now)
+    progress.flush()
+    effects = [(fact_id_for(run.event.id), _encode(run.effects)) for run in runs if run.effects.progress]
+    if effects:
+        state.put_fact_effects(effects)
+
+
+def apply_facts(
+    state: ProcessingState, events: Sequence[Event], sets: dict[Scope, ChallengeSet], now: datetime
+) -> None:
+    """Make each event's fact and apply it to its tenant's challenges, in log order."""
+    apply_plan(state, plan_facts(events, sets), now)
+
+
+class FactsConsumer(LogConsumer[Plan]):
+    """Applies every event to facts and gamification, in log order. The plan (facts, matching
+    challenges, buckets) is made before the write, so the writer holds only the state work."""
+
+    NAME = "facts"
+
+    def __init__(self, store: Store, loader: GamificationLoader, clock: Clock = system_now, **kwargs: Any) -> None:
+        async def prepare(events: Sequence[Event]) -> Plan:
+            sets = await loader.sets_for({(e.tenant, e.mode) for e in events if e.subject is not None})
+            return plan_facts(events, sets)
+
+        def apply(state: ProcessingState, events: Sequence[Event], plan: Plan, now: datetime) -> None:
+            apply_plan(state, plan, now)
+
+        super().__init__(store, self.NAME, prepare, apply, clock, **kwargs)
