@@ -456,6 +456,7 @@ def refine(components: dict[str, Any]) -> None:
         props = components[name]["properties"]
         props["url"] = WEBHOOK_URL
         props["subscriptions"]["items"] = TOPIC
+    gamification_docs.refine(components)
     components["SchemaPut"]["properties"]["schema"] = {
         "type": ["object", "boolean"],
         "description": "A JSON Schema (draft 2020-12) for the type's `data`, at most 64 KiB.",

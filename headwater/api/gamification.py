@@ -38,7 +38,7 @@ from headwater.processing.gamification import (
     Reward,
     bucket_label,
     bucket_of,
-    check_settings,
+    checked_settings,
     compile_challenge,
     level_for,
     local_day,
@@ -92,21 +92,6 @@ class ChallengeOut(msgspec.Struct):
     reward: Reward | None
     created_at: datetime
     updated_at: datetime
-
-
-class ChallengePatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """What a PATCH may change: any field of a challenge (merged, then validated whole)."""
-
-    name: str | None = None
-    fact_type: str | None = None
-    metric: Metric | None = None
-    target: int | float | None = None
-    period: str | None = None
-    conditions: dict[str, Any] | None = None
-    starts_at: datetime | None = None
-    ends_at: datetime | None = None
-    repeatable: bool | None = None
-    reward: Reward | None = None
 
 
 class ChallengeList(msgspec.Struct):
@@ -236,8 +221,6 @@ def _at(request: Request) -> datetime:
         at = parse_range_bound(raw, upper=False)
     except ValueError as exc:
         raise bad_request(str(exc), "at", "invalid_format") from None
-    if not 1000 <= at.year <= 9000:
-        raise bad_request("at must be between the years 1000 and 9000", "at", "out_of_range")
     return at
 
 
@@ -324,7 +307,7 @@ class GamificationRoutes:
         record = await self.found_badge(principal, request.path_params["key"])
         for challenge in await self.store.list_challenges(principal.tenant, principal.mode):
             rule = _challenge.decode(challenge.definition)
-            if rule.reward is not None and rule.reward.badge == record.key:
+            if rule.reward is not None and rule.reward.badge == record.key:  # UNSET is never a key
                 raise ApiError(
                     409,
                     f"challenge {challenge.id} rewards this badge: change or delete it first",
@@ -350,8 +333,10 @@ class GamificationRoutes:
         except (DefinitionError, ConditionError) as exc:
             raise _invalid("challenge", exc.path, exc.message) from None
         badge = None if rule.reward is None else rule.reward.badge
-        if badge is not None and await self.store.get_badge(principal.tenant, principal.mode, badge) is None:
-            raise _invalid("challenge", "reward.badge", f"no badge {badge!r}: create it first")
+        if isinstance(badge, str) and await self.store.get_badge(principal.tenant, principal.mode, badge) is None:
+            # A reference to what does not exist (yet) conflicts with the tenant's badges: 409.
+            message = f"no badge {badge!r}: create it first"
+            raise ApiError(409, message, [FieldError("reward.badge", "not_found", message)])
         return normalized(rule)
 
     async def save(self, principal: Principal, rule: ChallengeIn, existing: ChallengeRecord | None) -> ChallengeRecord:
@@ -408,7 +393,7 @@ class GamificationRoutes:
         principal = await authorize(self.services, request, "configure")
         settings: GamificationSettings = _decode(await _body(request), GamificationSettings, "settings")
         try:
-            check_settings(settings)
+            settings = checked_settings(settings)
         except DefinitionError as exc:
             raise _invalid("settings", exc.path, exc.message) from None
         await self.store.put_settings(principal.tenant, principal.mode, settings, system_now())
@@ -511,7 +496,7 @@ class GamificationRoutes:
             high = day.toordinal()
             low = high - c.period.days + 1
             kind = "distinct" if c.metric == "distinct" else "sum"
-            label = f"{bucket_label('daily', low)}..{bucket_label('daily', high)}"
+            label = f"{bucket_label('daily', max(low, 1))}..{bucket_label('daily', high)}"
         else:
             low = high = bucket_of(c.period.kind, day)
             label = bucket_label(c.period.kind, low)

@@ -1,14 +1,31 @@
-"""The OpenAPI documentation of the gamification routes, merged into `headwater.operations.DOCS`."""
+"""The OpenAPI documentation of the gamification routes, merged into `headwater.operations.DOCS`
+(`docs()`), and what their Structs cannot say (`refine`, called from `operations.refine`):
+exactly one metric, a whole target unless summing, streaks over all time, the time zones."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from headwater.api import gamification as g
 from headwater.openapi import AUTH_ERRORS, BODY_ERRORS, Body, Doc, Param
-from headwater.processing.gamification import BadgeIn, BadgePatch, ChallengeIn
+from headwater.processing.gamification import (
+    FACT_TYPE_PATTERN,
+    FIELD_PATTERN,
+    KEY_PATTERN,
+    MAX_LEVELS,
+    PERIOD_PATTERN,
+    BadgeIn,
+    BadgePatch,
+    ChallengeIn,
+    Metric,
+    Reward,
+    Target,
+    available_timezones,
+)
 from headwater.storage.gamification import GamificationSettings
 
 TAGS = ("gamification",)
@@ -21,6 +38,84 @@ Bound = Annotated[
 AT = Param("at", Bound, description="The instant whose period (in the tenant's time zone) is answered; default now.")
 BOARD_LIMIT = Param("limit", Annotated[int, msgspec.Meta(ge=1, le=1000)], description="1-1000 (default 10).")
 PAGE_LIMIT = Param("limit", Annotated[int, msgspec.Meta(ge=1, le=1000)], description="Page size, 1-1000 (default 100).")
+
+
+class ChallengePatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Any fields of a challenge: merged into its definition, which is then validated whole."""
+
+    name: str | UnsetType = UNSET
+    fact_type: str | UnsetType = UNSET
+    metric: Metric | UnsetType = UNSET
+    target: Target | UnsetType = UNSET
+    period: str | UnsetType = UNSET
+    conditions: dict[str, Any] | UnsetType | None = UNSET
+    starts_at: datetime | UnsetType | None = UNSET
+    ends_at: datetime | UnsetType | None = UNSET
+    repeatable: bool | UnsetType = UNSET
+    reward: Reward | UnsetType | None = UNSET
+
+
+FIELD = {
+    "type": "string",
+    "pattern": FIELD_PATTERN,
+    "description": "A path into data (`data.amount`) or subject, source, channel, type.",
+}
+METRIC = {
+    "type": "object",
+    "description": "Exactly one of count (true), sum, distinct (a field) or streak (a period unit).",
+    "oneOf": [
+        {"properties": {"count": {"const": True}}, "required": ["count"], "additionalProperties": False},
+        {"properties": {"sum": FIELD}, "required": ["sum"], "additionalProperties": False},
+        {"properties": {"distinct": FIELD}, "required": ["distinct"], "additionalProperties": False},
+        {
+            "properties": {"streak": {"enum": ["daily", "weekly", "monthly"]}},
+            "required": ["streak"],
+            "additionalProperties": False,
+        },
+    ],
+}
+REWARD = {
+    "type": "object",
+    "properties": {
+        "badge": {"type": "string", "pattern": KEY_PATTERN},
+        "points": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
+    },
+    "minProperties": 1,
+    "additionalProperties": False,
+}
+_HAS = {"required": ["metric"], "properties": {"metric": {"required": ["streak"]}}}
+_SUMS = {"required": ["metric"], "properties": {"metric": {"required": ["sum"]}}}
+CROSS_FIELD = [
+    # A streak counts consecutive periods itself: over all time.
+    {"if": _HAS, "then": {"properties": {"period": {"const": "all_time"}}}},
+    # Counts, distinct values and streaks reach whole targets.
+    {"if": {"not": _SUMS}, "then": {"properties": {"target": {"type": "integer"}}}},
+]
+
+
+def refine(components: dict[str, Any]) -> None:
+    condition = {"anyOf": [{"$ref": "#/components/schemas/Condition"}, {"type": "null"}]}
+    challenge = components["ChallengeIn"]
+    props = challenge["properties"]
+    props["fact_type"] = {"type": "string", "maxLength": 160, "pattern": FACT_TYPE_PATTERN}
+    props["period"] = {"type": "string", "pattern": PERIOD_PATTERN, "default": "all_time"}
+    props["metric"] = METRIC
+    props["conditions"] = condition
+    props["reward"] = {"anyOf": [REWARD, {"type": "null"}]}
+    for name in ("starts_at", "ends_at"):
+        props[name] = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}], "default": None}
+    challenge["allOf"] = CROSS_FIELD
+    patch = components["ChallengePatch"]
+    patch["properties"] = dict(props)
+    patch["allOf"] = CROSS_FIELD
+    settings = components["GamificationSettings"]["properties"]
+    settings["timezone"] = {"enum": sorted(available_timezones()), "default": "UTC"}
+    settings["levels"] = {
+        "type": "array",
+        "maxItems": MAX_LEVELS,
+        "items": {"type": "integer", "minimum": 0},
+        "description": "Point thresholds; kept in ascending order, repeats dropped.",
+    }
 
 
 def docs() -> dict[tuple[str, str], Doc]:
@@ -44,9 +139,10 @@ def docs() -> dict[tuple[str, str], Doc]:
             "Create a challenge",
             TAGS,
             {201: g.ChallengeOut},
-            description="An invalid definition is refused with 400, naming the field and the reason.",
+            description="An invalid definition is refused with 400, naming the field and the reason; a reward "
+            "badge that does not exist with 409.",
             body=(Body(ChallengeIn),),
-            errors=WRITE,
+            errors=(*WRITE, 409),
         ),
         ("GET", "/v1/challenges"): Doc("The challenges", TAGS, {200: g.ChallengeList}, errors=READ),
         ("GET", "/v1/challenges/{challenge_id}"): Doc(
@@ -57,8 +153,8 @@ def docs() -> dict[tuple[str, str], Doc]:
             TAGS,
             {200: g.ChallengeOut},
             description="The changes are merged into the definition, which is validated whole.",
-            body=(Body(g.ChallengePatch),),
-            errors=(*WRITE, 404),
+            body=(Body(ChallengePatch),),
+            errors=(*WRITE, 404, 409),
         ),
         ("DELETE", "/v1/challenges/{challenge_id}"): Doc(
             "Delete a challenge", TAGS, {200: g.ChallengeOut}, errors=(404, *READ)

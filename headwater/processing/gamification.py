@@ -23,7 +23,6 @@ N-1 days before it.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import zoneinfo
 from collections.abc import Iterable
@@ -32,6 +31,7 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from headwater.clock import to_us
 from headwater.events import Mode
@@ -52,6 +52,12 @@ Text = Annotated[str, msgspec.Meta(max_length=2000)]
 Url = Annotated[str, msgspec.Meta(max_length=2048, pattern=r"^https?://")]
 BadgeKey = Annotated[str, msgspec.Meta(pattern=KEY_PATTERN)]
 Target = Annotated[int, msgspec.Meta(ge=1, le=10**12)] | Annotated[float, msgspec.Meta(gt=0, le=1e12)]
+FACT_TYPE_PATTERN = r"^(custom\..+|challenge\.completed|badge\.awarded|points\.awarded)$"
+# rolling:1d .. rolling:366d
+PERIOD_PATTERN = r"^(all_time|daily|weekly|monthly|rolling:([1-9]|[1-9][0-9]|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d)$"
+# What a sum or distinct metric reads: a path into data, or an envelope field.
+FIELD_PATTERN = r"^(data(\.[^.]+){1,31}|subject|source|channel|type)$"
+FieldPath = Annotated[str, msgspec.Meta(pattern=FIELD_PATTERN)]
 
 
 class DefinitionError(ValueError):
@@ -80,23 +86,25 @@ class BadgePatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
 
 
 class Metric(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    count: bool | None = None
-    sum: str | None = None
-    distinct: str | None = None
-    streak: str | None = None
+    """Exactly one of: `{"count": true}`, `{"sum": field}`, `{"distinct": field}`, `{"streak": unit}`."""
+
+    count: bool | UnsetType = UNSET
+    sum: FieldPath | UnsetType = UNSET
+    distinct: FieldPath | UnsetType = UNSET
+    streak: Literal["daily", "weekly", "monthly"] | UnsetType = UNSET
 
 
 class Reward(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    badge: BadgeKey | None = None
-    points: Annotated[int, msgspec.Meta(ge=1, le=10**9)] | None = None
+    badge: BadgeKey | UnsetType = UNSET
+    points: Annotated[int, msgspec.Meta(ge=1, le=10**9)] | UnsetType = UNSET
 
 
 class ChallengeIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     name: Name
-    fact_type: Annotated[str, msgspec.Meta(min_length=1, max_length=160)]
+    fact_type: Annotated[str, msgspec.Meta(max_length=160, pattern=FACT_TYPE_PATTERN)]
     metric: Metric
     target: Target
-    period: str = "all_time"
+    period: Annotated[str, msgspec.Meta(pattern=PERIOD_PATTERN)] = "all_time"
     conditions: dict[str, Any] | None = None
     starts_at: datetime | None = None
     ends_at: datetime | None = None
@@ -183,14 +191,16 @@ def level_for(points: int, levels: list[int]) -> int | None:
     return sum(1 for threshold in levels if points >= threshold)
 
 
-def check_settings(settings: GamificationSettings) -> None:
+def checked_settings(settings: GamificationSettings) -> GamificationSettings:
+    """Valid settings, with the level thresholds in ascending order (repeats dropped)."""
     if settings.timezone not in available_timezones():
         raise DefinitionError("timezone", "an IANA time zone such as UTC or Europe/Berlin")
     levels = settings.levels
     if len(levels) > MAX_LEVELS:
         raise DefinitionError("levels", f"at most {MAX_LEVELS} levels")
-    if any(v < 0 for v in levels) or any(b <= a for a, b in itertools.pairwise(levels)):
-        raise DefinitionError("levels", "point thresholds in strictly ascending order, none negative")
+    if any(v < 0 for v in levels):
+        raise DefinitionError("levels", "point thresholds of 0 or more")
+    return msgspec.structs.replace(settings, levels=sorted(set(levels)))
 
 
 # Challenges, compiled.
@@ -242,7 +252,7 @@ def compile_challenge(challenge_id: str, rule: ChallengeIn, order: int = 0) -> C
     if not (rule.fact_type.startswith("custom.") and len(rule.fact_type) > 7) and rule.fact_type not in AWARD_TYPES:
         raise DefinitionError("fact_type", f"custom.<event type>, or one of {', '.join(AWARD_TYPES)}")
     m = rule.metric
-    given = [name for name in ("count", "sum", "distinct", "streak") if getattr(m, name) is not None]
+    given = [name for name in ("count", "sum", "distinct", "streak") if getattr(m, name) is not UNSET]
     if len(given) != 1:
         raise DefinitionError("metric", "exactly one of count, sum, distinct or streak")
     metric = given[0]
@@ -251,22 +261,20 @@ def compile_challenge(challenge_id: str, rule: ChallengeIn, order: int = 0) -> C
     if metric == "count" and m.count is not True:
         raise DefinitionError("metric.count", "must be true")
     if metric == "sum":
-        field = _field(m.sum or "", "metric.sum")
+        field = _field(str(m.sum), "metric.sum")
     if metric == "distinct":
-        field = _field(m.distinct or "", "metric.distinct")
+        field = _field(str(m.distinct), "metric.distinct")
     period = parse_period(rule.period)
     if metric == "streak":
-        if m.streak not in CALENDAR:
-            raise DefinitionError("metric.streak", "one of daily, weekly or monthly")
-        streak_unit = m.streak
+        streak_unit = str(m.streak)
         if period.kind != "all_time":
             raise DefinitionError("period", "a streak counts consecutive periods itself: use all_time")
     if metric != "sum" and not float(rule.target).is_integer():
         raise DefinitionError("target", f"a whole number for {metric}")
+    # An `ends_at` at or before `starts_at` is an empty window: nothing counts.
     starts, ends = _utc(rule.starts_at), _utc(rule.ends_at)
-    if starts is not None and ends is not None and ends <= starts:
-        raise DefinitionError("ends_at", "after starts_at")
-    if rule.reward is not None and rule.reward.badge is None and rule.reward.points is None:
+    reward = rule.reward
+    if reward is not None and reward.badge is UNSET and reward.points is UNSET:
         raise DefinitionError("reward", "a badge, points or both")
     return CompiledChallenge(
         id=challenge_id,
@@ -281,8 +289,8 @@ def compile_challenge(challenge_id: str, rule: ChallengeIn, order: int = 0) -> C
         starts_us=None if starts is None else to_us(starts),
         ends_us=None if ends is None else to_us(ends),
         repeatable=rule.repeatable,
-        reward_badge=None if rule.reward is None else rule.reward.badge,
-        reward_points=None if rule.reward is None else rule.reward.points,
+        reward_badge=None if reward is None or reward.badge is UNSET else reward.badge,
+        reward_points=None if reward is None or reward.points is UNSET else reward.points,
         order=order,
     )
 

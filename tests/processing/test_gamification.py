@@ -177,23 +177,23 @@ def test_challenge_crud_and_scope(api: Api) -> None:
         ({"metric": {}}, "metric", "exactly one of count, sum, distinct or streak"),
         ({"metric": {"count": True, "sum": "data.x"}}, "metric", "exactly one of count, sum, distinct or streak"),
         ({"metric": {"count": False}}, "metric.count", "must be true"),
-        ({"metric": {"sum": "amount"}}, "metric.sum", "a field such as data.amount"),
-        ({"metric": {"distinct": "data..sku"}}, "metric.distinct", "bad data path 'data..sku'"),
-        ({"metric": {"streak": "hourly"}}, "metric.streak", "one of daily, weekly or monthly"),
+        ({"metric": {"sum": "amount"}}, "metric.sum", None),
+        ({"metric": {"distinct": "data..sku"}}, "metric.distinct", None),
+        ({"metric": {"streak": "hourly"}}, "metric.streak", None),
         (
             {"metric": {"streak": "daily"}, "period": "daily"},
             "period",
             "a streak counts consecutive periods itself: use all_time",
         ),
-        ({"period": "yearly"}, "period", "one of all_time, daily, weekly, monthly or rolling:<N>d"),
-        ({"period": "rolling:0d"}, "period", "a rolling period is 1-366 days"),
-        ({"period": "rolling:400d"}, "period", "a rolling period is 1-366 days"),
+        ({"period": "yearly"}, "period", None),
+        ({"period": "rolling:0d"}, "period", None),
+        ({"period": "rolling:400d"}, "period", None),
         ({"target": 2.5}, "target", "a whole number for count"),
         ({"target": 0}, "target", None),
-        ({"starts_at": "2026-05-01T00:00:00Z", "ends_at": "2026-04-01T00:00:00Z"}, "ends_at", "after starts_at"),
+        ({"ends_at": "2026-04-31T00:00:00Z"}, "ends_at", None),
         ({"reward": {}}, "reward", "a badge, points or both"),
-        ({"reward": {"badge": "nope"}}, "reward.badge", "no badge 'nope': create it first"),
         ({"reward": {"points": 0}}, "reward.points", None),
+        ({"reward": {"points": None}}, "reward.points", None),
         ({"fact_type": "purchase"}, "fact_type", None),
         ({"conditions": {"field": "data.x", "op": "between", "value": 1}}, "conditions.op", None),
         ({"colour": "red"}, "colour", None),
@@ -213,6 +213,19 @@ def test_invalid_challenges_are_400_with_the_reason(
     assert get(api, key, "/v1/challenges") == {"data": []}
 
 
+def test_a_reward_badge_must_exist(api: Api) -> None:
+    key = api.key()
+    response = api.client.post("/v1/challenges", json={**PURCHASES, "reward": {"badge": "nope"}}, headers=api.as_(key))
+    assert (response.status_code, response.json()) == (
+        409,
+        {
+            "error": "no badge 'nope': create it first",
+            "details": [{"field": "reward.badge", "code": "not_found", "message": "no badge 'nope': create it first"}],
+        },
+    )
+    assert get(api, key, "/v1/challenges") == {"data": []}
+
+
 def test_settings(api: Api) -> None:
     key = api.key()
     assert get(api, key, "/v1/settings") == {"timezone": "UTC", "levels": []}
@@ -220,10 +233,12 @@ def test_settings(api: Api) -> None:
     assert api.client.put("/v1/settings", json=body, headers=api.as_(key)).json() == body
     assert get(api, key, "/v1/settings") == body
     assert get(api, key, "/v1/settings", status=200) != get(api, api.key("other"), "/v1/settings")
+    shuffled = api.client.put("/v1/settings", json={"levels": [100, 0, 100]}, headers=api.as_(key))
+    assert shuffled.json() == {"timezone": "UTC", "levels": [0, 100]}  # thresholds, in order, once each
     for bad, field in (
         ({"timezone": "Mars/Base"}, "timezone"),
-        ({"levels": [10, 10]}, "levels"),
         ({"levels": [-1]}, "levels"),
+        ({"levels": 5}, "levels"),
     ):
         response = api.client.put("/v1/settings", json=bad, headers=api.as_(key))
         assert (response.status_code, [d["field"] for d in response.json()["details"]]) == (400, [field])
