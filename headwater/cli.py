@@ -74,7 +74,9 @@ def _run_with_store(data_dir: Path, fn: Callable[[Store], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-@click.group()
+# Options without an explicit variable read HEADWATER_<COMMAND>_<OPTION>, e.g.
+# HEADWATER_EVENTS_TAIL_COUNT; the common ones name theirs (HEADWATER_DATA_DIR, HEADWATER_PORT).
+@click.group(context_settings={"auto_envvar_prefix": "HEADWATER", "show_default": True})
 @click.version_option(package_name="headwater")
 def main() -> None:
     """Headwater: durable, multi-tenant event ingestion."""

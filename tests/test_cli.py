@@ -468,3 +468,18 @@ def test_events_tail_from_start(api: Api) -> None:
     ids.append(post(api, key, {"type": "new"}))
     printed = finish(proc)
     assert printed == [fetch(api, key, i) for i in ids]
+
+
+def test_every_option_reads_a_headwater_variable(tmp_path: Path) -> None:
+    """Options without a named variable read HEADWATER_<COMMAND>_<OPTION>."""
+    data_dir = tmp_path / "data"
+    source = tmp_path / "in.ndjson"
+    source.write_text("\n".join(json.dumps({"type": "t", "idempotency_key": f"k{i}"}) for i in range(3)) + "\n")
+    env = {"HEADWATER_DATA_DIR": str(data_dir), "HEADWATER_TENANT": "envt"}
+    run_cli("events", "import", str(source), env={**env, "HEADWATER_EVENTS_IMPORT_BATCH_SIZE": "2"})
+    target = tmp_path / "out.ndjson"
+    run_cli("events", "export", env={**env, "HEADWATER_EVENTS_EXPORT_OUTPUT": str(target)})
+    exported = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [(e["tenant"], e["idempotency_key"]) for e in exported] == [("envt", "k0"), ("envt", "k1"), ("envt", "k2")]
+    tail = run_cli("events", "tail", "--from-start", env={**env, "HEADWATER_EVENTS_TAIL_COUNT": "2"})
+    assert [json.loads(line)["idempotency_key"] for line in tail.stdout.splitlines()] == ["k0", "k1"]
