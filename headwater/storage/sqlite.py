@@ -26,7 +26,7 @@ from headwater.storage.base import (
     SchemaVersion,
 )
 from headwater.storage.derived import ProcessingState
-from headwater.storage.sqlite_core import SqliteCore, Transaction
+from headwater.storage.sqlite_core import SqliteCore, Transaction, where
 from headwater.storage.sqlite_gamification import GamificationStateMixin, GamificationTables
 from headwater.storage.sqlite_triggers import SqliteProcessingState, TriggerTables
 from headwater.storage.sqlite_webhooks import WebhookTables
@@ -448,22 +448,19 @@ class SqliteStore(GamificationTables, TriggerTables, WebhookTables, SqliteCore):
     # Quarantine
 
     async def list_quarantine(self, query: QuarantineQuery) -> list[QuarantinedEvent]:
-        where = ["tenant = ?", "mode = ?"]
-        args: list[Any] = [query.tenant, query.mode]
+        clause, args = where(
+            ("tenant = ?", query.tenant),
+            ("mode = ?", query.mode),
+            ("status = ?", query.status),
+            ("type = ?", query.type),
+            ("id < ?", query.before),
+            ("received_at >= ?", None if query.received_from is None else to_us(query.received_from)),
+            ("received_at < ?", None if query.received_to is None else to_us(query.received_to)),
+        )
         if query.ids:
-            where.append(f"id IN ({','.join('?' * len(query.ids))})")
+            clause += f" AND id IN ({','.join('?' * len(query.ids))})"
             args.extend(query.ids)
-        for condition, value in (("status = ?", query.status), ("type = ?", query.type), ("id < ?", query.before)):
-            if value is not None:
-                where.append(condition)
-                args.append(value)
-        if query.received_from is not None:
-            where.append("received_at >= ?")
-            args.append(to_us(query.received_from))
-        if query.received_to is not None:
-            where.append("received_at < ?")
-            args.append(to_us(query.received_to))
-        sql = f"SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        sql = f"SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE {clause} ORDER BY id DESC LIMIT ?"
         args.append(query.limit)
         return await self.read(lambda conn: [_row_to_quarantined(r) for r in conn.execute(sql, args)])
 

@@ -23,6 +23,13 @@ from headwater.storage.base import Backpressure, StoreError
 T = TypeVar("T")
 
 
+def where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """A WHERE clause of the `(condition, value)` pairs whose value is not None, ANDed, with
+    its arguments: how every list query applies its optional filters."""
+    kept = [(condition, value) for condition, value in conditions if value is not None]
+    return " AND ".join(c for c, _ in kept), [v for _, v in kept]
+
+
 class Transaction:
     """What a write job sees: the writer's connection inside the group's transaction."""
 

@@ -19,7 +19,7 @@ from headwater.storage.derived import (
     SubjectProfile,
     TriggerRecord,
 )
-from headwater.storage.sqlite_core import SqliteCore, Transaction
+from headwater.storage.sqlite_core import SqliteCore, Transaction, where
 from headwater.storage.sqlite_webhooks import enqueue_deliveries
 
 TRIGGER_SCHEMA = """
@@ -347,23 +347,18 @@ class TriggerTables(SqliteCore):
         await self.write(run)
 
     async def list_actions(self, query: ActionQuery) -> list[tuple[int, ActionRecord]]:
-        where = ["tenant = ?", "mode = ?"]
-        args: list[Any] = [query.tenant, query.mode]
-        for condition, value in (
+        clause, args = where(
+            ("tenant = ?", query.tenant),
+            ("mode = ?", query.mode),
             ("type = ?", query.type),
             ("subject = ?", query.subject),
             ("trigger_id = ?", query.trigger_id),
             ("event_id = ?", query.event_id),
             ("status = ?", query.status),
             ("position < ?", query.before),
-        ):
-            if value is not None:
-                where.append(condition)
-                args.append(value)
-        args.append(query.limit)
-        sql = (
-            f"SELECT position, {ACTION_COLUMNS} FROM actions WHERE {' AND '.join(where)} ORDER BY position DESC LIMIT ?"
         )
+        args.append(query.limit)
+        sql = f"SELECT position, {ACTION_COLUMNS} FROM actions WHERE {clause} ORDER BY position DESC LIMIT ?"
         return await self.read(lambda conn: [(r[0], _row_to_action(r[1:])) for r in conn.execute(sql, args)])
 
     async def list_enrollments(self, tenant: str, mode: Mode, journey_id: str) -> list[Enrollment]:

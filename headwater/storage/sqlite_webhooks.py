@@ -26,7 +26,7 @@ from headwater.storage.derived import (
     WebhookEndpoint,
     topic_matches,
 )
-from headwater.storage.sqlite_core import SqliteCore, Transaction
+from headwater.storage.sqlite_core import SqliteCore, Transaction, where
 
 WEBHOOK_SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_endpoints (
@@ -328,20 +328,16 @@ class WebhookTables(SqliteCore):
         return await self.read(run)
 
     async def list_deliveries(self, query: DeliveryQuery) -> list[tuple[int, Delivery]]:
-        where = ["tenant = ?", "mode = ?"]
-        args: list[Any] = [query.tenant, query.mode]
-        for condition, value in (
+        clause, args = where(
+            ("tenant = ?", query.tenant),
+            ("mode = ?", query.mode),
             ("status = ?", query.status),
             ("endpoint_id = ?", query.endpoint_id),
             ("position < ?", query.before),
-        ):
-            if value is not None:
-                where.append(condition)
-                args.append(value)
+        )
         args.append(query.limit)
         sql = (
-            f"SELECT position, {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE {' AND '.join(where)}"
-            " ORDER BY position DESC LIMIT ?"
+            f"SELECT position, {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE {clause} ORDER BY position DESC LIMIT ?"
         )
         return await self.read(lambda conn: [(r[0], _row_to_delivery(r[1:])) for r in conn.execute(sql, args)])
 
