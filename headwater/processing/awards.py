@@ -22,11 +22,10 @@ import msgspec
 
 from headwater.events import Event
 from headwater.ids import new_event_id
-from headwater.processing.gamification import AWARD_TYPES, bucket_of, local_day, timezone
+from headwater.processing.gamification import bucket_of, local_day, timezone
 from headwater.storage.derived import ActionStatus, ProcessingState
-from headwater.storage.gamification import BadgeAward, PointsEntry
+from headwater.storage.gamification import AWARD_SOURCE, AWARD_TYPES, BadgeAward, PointsEntry
 
-AWARD_SOURCE = "headwater"
 MAX_AWARD_DEPTH = 4
 _encode = msgspec.json.encode
 

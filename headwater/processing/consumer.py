@@ -9,9 +9,9 @@ A consumer is a name plus two functions:
 - `apply(state, events, prepared, now)` (sync, inside the write): the effects;
 and optionally `wanted(scopes)` (async): False when a range of the log, given only the
 tenants and modes in it, can have no effect at all (no rules for any of them). Such a range
-is never read in full and costs no write: the position moves in memory and the stored
-checkpoint catches up at most every `checkpoint_seconds`. A crash in between only means
-those effect-free events are looked at again.
+is never read in full; under load (full batches) its checkpoint is written at most every
+`checkpoint_seconds`, and once caught up at once (so what the checkpoint says is current for
+anyone who waited). A crash in between only means those effect-free events are looked at again.
 """
 
 from __future__ import annotations
@@ -103,9 +103,10 @@ class LogConsumer(Generic[P]):
                 await self._store(None, None, self.position)
             return 0
         if self.wanted is not None and not await self.wanted(scopes):
-            self.position = end
-            if time.monotonic() - self._stored_at > self.checkpoint_seconds:
+            caught_up = end - start < self.batch_size
+            if caught_up or time.monotonic() - self._stored_at > self.checkpoint_seconds:
                 await self._store(None, None, end)
+            self.position = end
         else:
             events = [e for e in await self.store.read_log(start, self.batch_size) if (e.seq or 0) <= end]
             if await self._store(events, await self.prepare(events), end):

@@ -546,4 +546,9 @@ class FactsConsumer(LogConsumer[Plan]):
         def apply(state: ProcessingState, events: Sequence[Event], plan: Plan, now: datetime) -> None:
             apply_plan(state, plan, now)
 
-        super().__init__(store, self.NAME, prepare, apply, clock, **kwargs)
+        async def wanted(scopes: set[Scope]) -> bool:
+            # Facts are read from the log itself; only challenges make the consumer write.
+            sets = await loader.sets_for(scopes)
+            return any(sets.get(scope) for scope in scopes)
+
+        super().__init__(store, self.NAME, prepare, apply, clock, wanted=wanted, **kwargs)

@@ -37,12 +37,11 @@ from headwater.clock import to_us
 from headwater.events import Mode
 from headwater.processing.conditions import Accessor, ConditionError, Predicate, _accessor, compile_conditions
 from headwater.storage.base import Store
-from headwater.storage.gamification import GamificationSettings
+from headwater.storage.gamification import AWARD_TYPES, GamificationSettings
 
 Scope = tuple[str, Mode]
 PeriodKind = Literal["all_time", "daily", "weekly", "monthly", "rolling"]
 CALENDAR = ("daily", "weekly", "monthly")
-AWARD_TYPES = ("challenge.completed", "badge.awarded", "points.awarded")
 MAX_ROLLING_DAYS = 366
 MAX_LEVELS = 100
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"

@@ -22,6 +22,11 @@ import msgspec
 
 from headwater.events import Event, Mode
 
+# Award events: appended to the log by Headwater itself, with this source. Their facts keep the
+# event type as the fact type; every other event's fact type is `custom.<type>`.
+AWARD_SOURCE = "headwater"
+AWARD_TYPES = ("challenge.completed", "badge.awarded", "points.awarded")
+
 if TYPE_CHECKING:
     from headwater.storage.base import Fact
 

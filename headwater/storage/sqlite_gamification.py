@@ -19,6 +19,8 @@ from headwater.clock import from_us, to_us
 from headwater.events import Mode
 from headwater.storage.base import Fact
 from headwater.storage.gamification import (
+    AWARD_SOURCE,
+    AWARD_TYPES,
     BadgeAward,
     BadgeRecord,
     BoardKind,
@@ -33,7 +35,6 @@ from headwater.storage.gamification import (
     ProgressRange,
     ProgressRow,
     ProgressValue,
-    fact_id_for,
 )
 from headwater.storage.sqlite_core import SqliteCore, Transaction
 
@@ -186,6 +187,19 @@ BADGE_COLUMNS = "key, name, description, image_url, created_at, updated_at"
 COMPLETION_COLUMNS = "tenant, mode, challenge_id, participant_id, occurrence, period, completed_at, event_id"
 _encode = msgspec.json.encode
 _settings = msgspec.json.Decoder(GamificationSettings)
+
+
+# A fact is a pure function of its event (see `processing.facts.make_fact`), so facts are
+# read straight from the log: every event the facts consumer has passed is a fact, whether or
+# not its tenant had challenges that made the consumer write anything for it.
+FACT_TYPE_SQL = (
+    f"CASE WHEN e.source = '{AWARD_SOURCE}' AND e.type IN ({', '.join(repr(t) for t in AWARD_TYPES)})"
+    " THEN e.type ELSE 'custom.' || e.type END"
+)
+FACT_FROM_EVENT_SQL = (
+    f"'fact_' || substr(e.id, 5), {FACT_TYPE_SQL}, e.subject, e.id, e.tenant, e.mode, e.data, e.time, e.received_at"
+)
+PROCESSED_SQL = "e.seq <= coalesce((SELECT seq FROM checkpoints WHERE consumer = 'facts'), 0)"
 
 
 def _row_to_fact(row: tuple[Any, ...]) -> Fact:
@@ -530,7 +544,7 @@ class GamificationTables(SqliteCore):
         if query.fact_type is not None:
             # The event type narrows through the log's index; the fact type is exact.
             event_type = query.fact_type.removeprefix("custom.")
-            where.append("e.type = ? AND f.fact_type = ?")
+            where.append(f"e.type = ? AND {FACT_TYPE_SQL} = ?")
             args.extend((event_type, query.fact_type))
         if query.time_from is not None:
             where.append("e.time >= ?")
@@ -542,21 +556,22 @@ class GamificationTables(SqliteCore):
             where.append("(e.time, e.seq) < (?, ?)")
             args.extend(query.before)
         args.append(query.limit)
-        columns = ", ".join("f." + c for c in FACT_COLUMNS.split(", "))
+        where.append(PROCESSED_SQL)
         sql = (
-            f"SELECT {columns}, e.seq FROM events e JOIN facts f ON f.fact_id = 'fact_' || substr(e.id, 5)"
+            f"SELECT {FACT_FROM_EVENT_SQL}, e.seq FROM events e"
             f" WHERE {' AND '.join(where)} ORDER BY e.time DESC, e.seq DESC LIMIT ?"
         )
         return await self.read(lambda conn: [(_row_to_fact(r[:-1]), int(r[-1])) for r in conn.execute(sql, args)])
 
     async def fact_for_event(self, tenant: str, mode: Mode, event_id: str) -> tuple[Fact, bytes | None] | None:
         sql = (
-            f"SELECT {', '.join('f.' + c for c in FACT_COLUMNS.split(', '))}, x.effects FROM facts f"
-            " LEFT JOIN fact_effects x ON x.fact_id = f.fact_id WHERE f.fact_id = ? AND f.tenant = ? AND f.mode = ?"
+            f"SELECT {FACT_FROM_EVENT_SQL}, x.effects FROM events e"
+            " LEFT JOIN fact_effects x ON x.fact_id = 'fact_' || substr(e.id, 5)"
+            f" WHERE e.id = ? AND e.tenant = ? AND e.mode = ? AND {PROCESSED_SQL}"
         )
 
         def run(conn: sqlite3.Connection) -> tuple[Fact, bytes | None] | None:
-            row = conn.execute(sql, (fact_id_for(event_id), tenant, mode)).fetchone()
+            row = conn.execute(sql, (event_id, tenant, mode)).fetchone()
             if row is None:
                 return None
             return _row_to_fact(row[:-1]), None if row[-1] is None else row[-1].encode()
@@ -593,8 +608,8 @@ class GamificationTables(SqliteCore):
             ]
             if points is None and not badges and not challenges:
                 seen = conn.execute(
-                    "SELECT 1 FROM events e JOIN facts f ON f.fact_id = 'fact_' || substr(e.id, 5)"
-                    " WHERE e.tenant = ? AND e.mode = ? AND e.subject = ? LIMIT 1",
+                    f"SELECT 1 FROM events e WHERE e.tenant = ? AND e.mode = ? AND e.subject = ? AND {PROCESSED_SQL}"
+                    " LIMIT 1",
                     scope,
                 ).fetchone()
                 if seen is None:
