@@ -232,6 +232,9 @@ def _row_to_quarantined(row: tuple[Any, ...]) -> QuarantinedEvent:
     )
 
 
+CATALOG_PROPERTY_SAMPLE = 16
+
+
 def _catalog_delta(
     conn: sqlite3.Connection, max_events: int
 ) -> tuple[int, int, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -246,9 +249,13 @@ def _catalog_delta(
         " FROM events WHERE seq > ? AND seq <= ? GROUP BY tenant, mode, type",
         (start, end),
     ).fetchall()
+    # Walking every event's JSON cost a fifth of the ingest CPU, so properties are discovered
+    # from every event of a type the catalog has not seen yet and from a sample of the rest.
     properties = conn.execute(
         f"SELECT DISTINCT e.tenant, e.mode, e.type, j.key, {JSON_TYPE_NAMES}"
-        " FROM events e, json_each(e.data) j WHERE e.seq > ? AND e.seq <= ?",
+        " FROM events e, json_each(e.data) j WHERE e.seq > ? AND e.seq <= ?"
+        f" AND (e.seq % {CATALOG_PROPERTY_SAMPLE} = 0 OR NOT EXISTS (SELECT 1 FROM catalog c"
+        " WHERE c.tenant = e.tenant AND c.mode = e.mode AND c.type = e.type))",
         (start, end),
     ).fetchall()
     return start, end, counts, properties
