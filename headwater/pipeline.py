@@ -7,7 +7,7 @@ in order, and shape their own response from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -45,8 +45,6 @@ class Pipeline:
     def __init__(self, store: Store, schemas: SchemaRegistry) -> None:
         self.store = store
         self.schemas = schemas
-        # Called after every append that stored events, e.g. to wake the trigger consumer.
-        self.listeners: list[Callable[[], None]] = []
 
     def stamp(
         self, principal: Principal, draft: EventDraft, received_at: datetime, event_id: str | None = None
@@ -133,8 +131,6 @@ class Pipeline:
         duplicates = 0
         if events or quarantined:
             outcomes = await self.store.append(events, quarantined)
-            for listener in self.listeners:
-                listener()
             for index, outcome in zip(positions, outcomes, strict=True):
                 seqs[index] = outcome.seq
                 if outcome.status == "duplicate":
