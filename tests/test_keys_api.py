@@ -308,3 +308,23 @@ def test_key_endpoints_need_an_admin(api: Api) -> None:
             assert response.status_code == 403
             assert response.json() == {"error": f"the {role} role may not admin", "details": []}
     assert api.client.get("/v1/events", headers=api.as_(target["key"])).status_code == 200
+
+
+def test_a_test_admin_manages_only_test_keys(api: Api) -> None:
+    """A test key must not be a way to a live one: it cannot create, see or revoke live keys."""
+    live_admin, test_admin = api.key("acme"), api.key("acme", mode="test")
+    refused = api.client.post("/v1/keys", json={"role": "ingest", "mode": "live"}, headers=api.as_(test_admin))
+    assert (refused.status_code, refused.json()) == (
+        403,
+        {"error": "a test-mode key may only manage test-mode keys", "details": []},
+    )
+    test_key = api.client.post("/v1/keys", json={"role": "ingest"}, headers=api.as_(test_admin)).json()
+    live_key = api.client.post("/v1/keys", json={"role": "ingest"}, headers=api.as_(live_admin)).json()
+    seen_by_test = {k["id"]: k["mode"] for k in api.client.get("/v1/keys", headers=api.as_(test_admin)).json()["data"]}
+    seen_by_live = {k["id"]: k["mode"] for k in api.client.get("/v1/keys", headers=api.as_(live_admin)).json()["data"]}
+    assert set(seen_by_test.values()) == {"test"} and test_key["id"] in seen_by_test
+    assert {test_key["id"], live_key["id"]} <= set(seen_by_live)
+    hidden = api.client.delete(f"/v1/keys/{live_key['id']}", headers=api.as_(test_admin))
+    assert (hidden.status_code, hidden.json()) == (404, {"error": "no such active key", "details": []})
+    assert api.client.post("/v1/events", json={"type": "t"}, headers=api.as_(live_key["key"])).status_code == 200
+    assert api.client.delete(f"/v1/keys/{test_key['id']}", headers=api.as_(live_admin)).status_code == 200
