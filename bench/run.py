@@ -152,12 +152,10 @@ def running(server: Server) -> Iterator[Server]:
         server.stop()
 
 
-def headwater_command(placeholder: bool) -> list[str]:
-    if placeholder:
-        return [PYTHON, str(BENCH_DIR / "placeholder.py")]
+def headwater_command() -> list[str]:
     executable = Path(PYTHON).parent / "headwater"
     if not executable.exists():
-        raise PhaseError(f"{executable} not found (is headwater installed? try --placeholder)")
+        raise PhaseError(f"{executable} not found (is headwater installed? run `make bench`)")
     return [str(executable)]
 
 
@@ -298,7 +296,6 @@ def openloop(url: str, body_file: Path, key: str, rate: float, seconds: int, war
 class Run:
     seconds: int
     warmup: int
-    placeholder: bool
     subjects: int
     work: Path
     single_file: Path = field(init=False)
@@ -334,7 +331,7 @@ class Run:
         return load
 
     def headwater(self) -> None:
-        command = headwater_command(self.placeholder)
+        command = headwater_command()
         data_dir = self.work / "headwater"
         data_dir.mkdir()
         key = create_key(command, data_dir)
@@ -447,7 +444,7 @@ def verdict(value: float | None, target: float, higher_is_better: bool = True) -
 def report(run: Run, machine_info: str) -> None:
     loads = run.loads
     print()
-    print("Headwater benchmark" + (" -- PLACEHOLDER SERVER, NOT HEADWATER" if run.placeholder else ""))
+    print("Headwater benchmark")
     print(f"machine: {machine_info}")
     print(
         f"phases: {run.warmup}s warm-up + {run.seconds}s measured; single = 1 event/request "
@@ -568,9 +565,6 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2s phases instead of 6s")
     parser.add_argument("--seconds", type=int, help="measured seconds per phase")
     parser.add_argument(
-        "--placeholder", action="store_true", help="benchmark bench/placeholder.py instead of headwater"
-    )
-    parser.add_argument(
         "--subjects", type=int, default=BATCH_SUBJECTS, help="distinct subjects per batch (default: %(default)s)"
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
@@ -583,7 +577,7 @@ def main() -> int:
     started = time.monotonic()
     machine_info = machine()
     with tempfile.TemporaryDirectory(prefix="hw-bench-") as work:
-        run = Run(seconds=seconds, warmup=1, placeholder=args.placeholder, subjects=args.subjects, work=Path(work))
+        run = Run(seconds=seconds, warmup=1, subjects=args.subjects, work=Path(work))
         run.phase("headwater", run.headwater)
         run.phase("bare ASGI", run.bare)
         run.phase("FastAPI", run.fastapi)
