@@ -61,6 +61,7 @@ class LogConsumer(Generic[P]):
         self.checkpoint_seconds = checkpoint_seconds
         self.position: int | None = None
         self._stored: int = 0  # the checkpoint as last written
+        self._waiters = 0
         self._stored_at = 0.0
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
@@ -103,8 +104,10 @@ class LogConsumer(Generic[P]):
                 await self._store(None, None, self.position)
             return 0
         if self.wanted is not None and not await self.wanted(scopes):
-            caught_up = end - start < self.batch_size
-            if caught_up or time.monotonic() - self._stored_at > self.checkpoint_seconds:
+            # Readers go by the stored checkpoint (facts are "the events before it"): store it now when
+            # caught up or when someone waits for this range, else at most every checkpoint_seconds.
+            urgent = end - start < self.batch_size or self._waiters > 0
+            if urgent or time.monotonic() - self._stored_at > self.checkpoint_seconds:
                 await self._store(None, None, end)
             self.position = end
         else:
@@ -132,14 +135,17 @@ class LogConsumer(Generic[P]):
 
     async def wait_processed(self, seq: int, timeout: float) -> bool:
         """Wait until every event up to `seq` has been applied; False on timeout."""
+        self._waiters += 1
         self.wake()
-        async with self._progress:
-            try:
+        try:
+            async with self._progress:
                 await asyncio.wait_for(
                     self._progress.wait_for(lambda: self.position is not None and self.position >= seq), timeout
                 )
-            except TimeoutError:
-                return False
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters -= 1
         return True
 
 
