@@ -37,6 +37,7 @@ from headwater.storage.gamification import (
     ProgressValue,
 )
 from headwater.storage.sqlite_core import SqliteCore, Transaction
+from headwater.storage.sqlite_definitions import DefinitionTable, bump_version
 
 GAMIFICATION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS badges (
@@ -182,7 +183,7 @@ DERIVED_TABLES = (
 )
 
 FACT_COLUMNS = "fact_id, fact_type, participant_id, event_id, tenant, mode, data, occurred_at, processed_at"
-CHALLENGE_COLUMNS = "id, tenant, mode, definition, created_at, updated_at"
+CHALLENGES = DefinitionTable("challenges", "gamification_changes", ChallengeRecord)
 BADGE_COLUMNS = "key, name, description, image_url, created_at, updated_at"
 COMPLETION_COLUMNS = "tenant, mode, challenge_id, participant_id, occurrence, period, completed_at, event_id"
 _encode = msgspec.json.encode
@@ -217,11 +218,6 @@ def _row_to_fact(row: tuple[Any, ...]) -> Fact:
     )
 
 
-def _row_to_challenge(row: tuple[Any, ...]) -> ChallengeRecord:
-    id_, tenant, mode, definition, created, updated = row
-    return ChallengeRecord(id_, tenant, mode, msgspec.Raw(definition.encode()), from_us(created), from_us(updated))
-
-
 def _row_to_badge(row: tuple[Any, ...]) -> BadgeRecord:
     key, name, description, image_url, created, updated = row
     return BadgeRecord(key, name, description, image_url, from_us(created), from_us(updated))
@@ -230,10 +226,6 @@ def _row_to_badge(row: tuple[Any, ...]) -> BadgeRecord:
 def _row_to_completion(row: tuple[Any, ...]) -> Completion:
     tenant, mode, challenge_id, participant, occurrence, period, completed, event_id = row
     return Completion(tenant, mode, challenge_id, participant, occurrence, period, from_us(completed), event_id)
-
-
-def _touch(conn: sqlite3.Connection) -> None:
-    conn.execute("INSERT INTO gamification_changes VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET version = version + 1")
 
 
 T = TypeVar("T")
@@ -428,7 +420,7 @@ class GamificationTables(SqliteCore):
                 ),
             )
             if cur.rowcount == 1:
-                _touch(tx.conn)
+                bump_version(tx.conn, "gamification_changes")
             return cur.rowcount == 1
 
         return await self.write(run)
@@ -441,7 +433,7 @@ class GamificationTables(SqliteCore):
                 (badge.name, badge.description, badge.image_url, to_us(badge.updated_at), tenant, mode, badge.key),
             )
             if cur.rowcount == 1:
-                _touch(tx.conn)
+                bump_version(tx.conn, "gamification_changes")
             return cur.rowcount == 1
 
         return await self.write(run)
@@ -463,7 +455,7 @@ class GamificationTables(SqliteCore):
         def run(tx: Transaction) -> bool:
             cur = tx.conn.execute("DELETE FROM badges WHERE tenant = ? AND mode = ? AND key = ?", (tenant, mode, key))
             if cur.rowcount:
-                _touch(tx.conn)
+                bump_version(tx.conn, "gamification_changes")
             return cur.rowcount == 1
 
         return await self.write(run)
@@ -471,46 +463,16 @@ class GamificationTables(SqliteCore):
     # Challenges
 
     async def put_challenge(self, record: ChallengeRecord) -> None:
-        def run(tx: Transaction) -> None:
-            tx.conn.execute(
-                f"INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET"
-                " definition = excluded.definition, updated_at = excluded.updated_at",
-                (
-                    record.id,
-                    record.tenant,
-                    record.mode,
-                    bytes(record.definition).decode(),
-                    to_us(record.created_at),
-                    to_us(record.updated_at),
-                ),
-            )
-            _touch(tx.conn)
-
-        await self.write(run)
+        await self.write(lambda tx: CHALLENGES.put(tx.conn, record))
 
     async def get_challenge(self, tenant: str, mode: Mode, challenge_id: str) -> ChallengeRecord | None:
-        sql = f"SELECT {CHALLENGE_COLUMNS} FROM challenges WHERE id = ? AND tenant = ? AND mode = ?"
-
-        def run(conn: sqlite3.Connection) -> ChallengeRecord | None:
-            row = conn.execute(sql, (challenge_id, tenant, mode)).fetchone()
-            return None if row is None else _row_to_challenge(row)
-
-        return await self.read(run)
+        return await self.read(lambda conn: CHALLENGES.get(conn, tenant, mode, challenge_id))
 
     async def list_challenges(self, tenant: str, mode: Mode) -> list[ChallengeRecord]:
-        sql = f"SELECT {CHALLENGE_COLUMNS} FROM challenges WHERE tenant = ? AND mode = ? ORDER BY created_at, id"
-        return await self.read(lambda conn: [_row_to_challenge(r) for r in conn.execute(sql, (tenant, mode))])
+        return await self.read(lambda conn: CHALLENGES.list(conn, tenant, mode))
 
     async def delete_challenge(self, tenant: str, mode: Mode, challenge_id: str) -> bool:
-        def run(tx: Transaction) -> bool:
-            cur = tx.conn.execute(
-                "DELETE FROM challenges WHERE id = ? AND tenant = ? AND mode = ?", (challenge_id, tenant, mode)
-            )
-            if cur.rowcount:
-                _touch(tx.conn)
-            return cur.rowcount == 1
-
-        return await self.write(run)
+        return await self.write(lambda tx: CHALLENGES.delete(tx.conn, tenant, mode, challenge_id))
 
     # Settings
 
@@ -529,7 +491,7 @@ class GamificationTables(SqliteCore):
                 " settings = excluded.settings, updated_at = excluded.updated_at",
                 (tenant, mode, _encode(settings).decode(), to_us(at)),
             )
-            _touch(tx.conn)
+            bump_version(tx.conn, "gamification_changes")
 
         await self.write(run)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +19,7 @@ from headwater.storage.derived import (
     TriggerRecord,
 )
 from headwater.storage.sqlite_core import SqliteCore, Transaction, where
+from headwater.storage.sqlite_definitions import DefinitionTable, bump_version
 from headwater.storage.sqlite_webhooks import enqueue_deliveries
 
 TRIGGER_SCHEMA = """
@@ -112,7 +112,7 @@ ACTION_COLUMNS = (
     "id, tenant, mode, trigger_id, trigger_name, event_id, event_type, subject, type, config, status,"
     " priority, event_time, created_at, error, result"
 )
-TRIGGER_COLUMNS = "id, tenant, mode, definition, created_at, updated_at"
+TRIGGERS = DefinitionTable("triggers", "trigger_changes", TriggerRecord)
 _encode = msgspec.json.encode
 
 
@@ -158,15 +158,6 @@ def _row_to_action(row: tuple[Any, ...]) -> ActionRecord:
         error=error,
         result=None if result is None else msgspec.Raw(result.encode()),
     )
-
-
-def _row_to_trigger(row: tuple[Any, ...]) -> TriggerRecord:
-    id_, tenant, mode, definition, created, updated = row
-    return TriggerRecord(id_, tenant, mode, msgspec.Raw(definition.encode()), from_us(created), from_us(updated))
-
-
-def _touch(conn: sqlite3.Connection) -> None:
-    conn.execute("INSERT INTO trigger_changes VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET version = version + 1")
 
 
 def enrollment_id(action_id: str) -> str:
@@ -282,46 +273,16 @@ class TriggerTables(SqliteCore):
     SCHEMA = TRIGGER_SCHEMA
 
     async def put_trigger(self, record: TriggerRecord) -> None:
-        def run(tx: Transaction) -> None:
-            tx.conn.execute(
-                f"INSERT INTO triggers ({TRIGGER_COLUMNS}) VALUES (?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET"
-                " definition = excluded.definition, updated_at = excluded.updated_at",
-                (
-                    record.id,
-                    record.tenant,
-                    record.mode,
-                    bytes(record.definition).decode(),
-                    to_us(record.created_at),
-                    to_us(record.updated_at),
-                ),
-            )
-            _touch(tx.conn)
-
-        await self.write(run)
+        await self.write(lambda tx: TRIGGERS.put(tx.conn, record))
 
     async def get_trigger(self, tenant: str, mode: Mode, trigger_id: str) -> TriggerRecord | None:
-        sql = f"SELECT {TRIGGER_COLUMNS} FROM triggers WHERE id = ? AND tenant = ? AND mode = ?"
-
-        def run(conn: sqlite3.Connection) -> TriggerRecord | None:
-            row = conn.execute(sql, (trigger_id, tenant, mode)).fetchone()
-            return None if row is None else _row_to_trigger(row)
-
-        return await self.read(run)
+        return await self.read(lambda conn: TRIGGERS.get(conn, tenant, mode, trigger_id))
 
     async def list_triggers(self, tenant: str, mode: Mode) -> list[TriggerRecord]:
-        sql = f"SELECT {TRIGGER_COLUMNS} FROM triggers WHERE tenant = ? AND mode = ? ORDER BY created_at, id"
-        return await self.read(lambda conn: [_row_to_trigger(r) for r in conn.execute(sql, (tenant, mode))])
+        return await self.read(lambda conn: TRIGGERS.list(conn, tenant, mode))
 
     async def delete_trigger(self, tenant: str, mode: Mode, trigger_id: str) -> bool:
-        def run(tx: Transaction) -> bool:
-            cur = tx.conn.execute(
-                "DELETE FROM triggers WHERE id = ? AND tenant = ? AND mode = ?", (trigger_id, tenant, mode)
-            )
-            if cur.rowcount:
-                _touch(tx.conn)
-            return cur.rowcount == 1
-
-        return await self.write(run)
+        return await self.write(lambda tx: TRIGGERS.delete(tx.conn, tenant, mode, trigger_id))
 
     async def triggers_version(self) -> int:
         row = await self.read(lambda conn: conn.execute("SELECT version FROM trigger_changes").fetchone())
@@ -342,7 +303,7 @@ class TriggerTables(SqliteCore):
                 " mappings = excluded.mappings, updated_at = excluded.updated_at",
                 (tenant, mode, _encode(mappings).decode(), to_us(at)),
             )
-            _touch(tx.conn)
+            bump_version(tx.conn, "trigger_changes")
 
         await self.write(run)
 
