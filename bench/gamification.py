@@ -39,9 +39,10 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from headwater.events import Event
-from headwater.ids import new_event_ids
+from headwater.ids import new_event_ids, new_prefixed_id
 from headwater.processing.facts import FactsConsumer
 from headwater.processing.gamification import ChallengeIn, GamificationLoader, compile_challenge
+from headwater.runtime import tune_gc
 from headwater.storage.gamification import BadgeRecord, ChallengeRecord
 from headwater.storage.sqlite import SqliteStore
 
@@ -102,10 +103,11 @@ async def open_store(directory: Path, definitions: list[dict[str, Any]]) -> Sqli
     now = datetime.now(UTC)
     for i in range(20):
         await store.create_badge(TENANT, "live", BadgeRecord(f"badge_{i}", f"Badge {i}", None, None, now, now))
-    for i, definition in enumerate(definitions):
+    for definition in definitions:
         rule = msgspec.convert(definition, ChallengeIn)
         compile_challenge("check", rule)
-        record = ChallengeRecord(f"chl_{i:05d}", TENANT, "live", msgspec.Raw(msgspec.json.encode(rule)), now, now)
+        definition_json = msgspec.Raw(msgspec.json.encode(rule))
+        record = ChallengeRecord(new_prefixed_id("chl"), TENANT, "live", definition_json, now, now)
         await store.put_challenge(record)
     return store
 
@@ -138,7 +140,7 @@ async def counts(store: SqliteStore) -> Counts:
             return int(conn.execute(sql).fetchone()[0])
 
         return Counts(
-            one("SELECT count(*) FROM facts"),
+            one("SELECT count(*) FROM fact_effects"),
             one("SELECT count(*) FROM challenge_progress"),
             one("SELECT count(*) FROM challenge_completions"),
             one("SELECT count(*) FROM badge_awards"),
@@ -158,6 +160,7 @@ async def main() -> None:
     parser.add_argument("--types", type=int, default=50)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    tune_gc()  # as `headwater serve` does
     rng = random.Random(args.seed)
     definitions = challenges(args.challenges, args.types, rng)
     batches = events(args.events, args.participants, args.types, rng)
@@ -176,7 +179,7 @@ async def main() -> None:
         print(f"ingest  (Store.append, durable):        {ingest_rate:>10,.0f} events/s  ({ingest_s:.2f} s)")
 
         # 2. The facts consumer over the log just written.
-        consumer = FactsConsumer(store, GamificationLoader(store), batch_size=BATCH)
+        consumer = FactsConsumer(store, GamificationLoader(store))
         started = time.perf_counter()
         await drain(consumer)
         facts_s = time.perf_counter() - started
@@ -194,7 +197,7 @@ async def main() -> None:
 
         # 3. Both at once, as a server runs them.
         store = await open_store(Path(tmp) / "both", definitions)
-        consumer = FactsConsumer(store, GamificationLoader(store), batch_size=BATCH)
+        consumer = FactsConsumer(store, GamificationLoader(store))
         lags: list[int] = []
         done = asyncio.Event()
 

@@ -92,6 +92,7 @@ def serve(host: str, port: int, data_dir: Path, log_level: str) -> None:
     import uvicorn
 
     from headwater.app import create_app
+    from headwater.runtime import tune_gc
 
     async def bootstrap(store: Store) -> str | None:
         if await store.count_tenants():
@@ -104,6 +105,7 @@ def serve(host: str, port: int, data_dir: Path, log_level: str) -> None:
         click.echo("Created tenant 'default' with an admin key. It is shown only this once:")
         click.echo(f"  {key}")
     click.echo(f"Headwater listening on http://{host}:{port} (data in {data_dir})", err=True)
+    tune_gc()
     uvicorn.run(
         create_app(_settings(data_dir)),
         host=host,

@@ -27,7 +27,7 @@ class FieldError(msgspec.Struct, frozen=True):
     message: str
 
 
-class Event(msgspec.Struct, frozen=True, omit_defaults=True):
+class Event(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """An event as the log holds it. `data` is the client's JSON object, kept verbatim.
 
     `violations` lists what a `soft` schema found wrong with `data`; absent when nothing was.

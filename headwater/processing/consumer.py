@@ -12,6 +12,12 @@ tenants and modes in it, can have no effect at all (no rules for any of them). S
 is never read in full; under load (full batches) its checkpoint is written at most every
 `checkpoint_seconds`, and once caught up at once (so what the checkpoint says is current for
 anyone who waited). A crash in between only means those effect-free events are looked at again.
+
+Behind the log (a full batch read), a consumer doubles its next batch, up to
+`max_batch_size`: one write then covers more events, and its costs per write (the commit,
+the reads of state, the pages of an index that many events touch) are shared by more. Back
+with the head of the log, or when someone waits for it, it returns to `batch_size`, so a
+waiter never waits behind a large batch.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class LogConsumer(Generic[P]):
         apply: Apply[P],
         clock: Clock = system_now,
         batch_size: int = 1000,
+        max_batch_size: int = 16_000,
         poll_seconds: float = 0.25,
         wanted: Callable[[set[tuple[str, Mode]]], Awaitable[bool]] | None = None,
         checkpoint_seconds: float = 1.0,
@@ -57,6 +64,8 @@ class LogConsumer(Generic[P]):
         self.wanted = wanted
         self.clock = clock
         self.batch_size = batch_size
+        self.max_batch_size = max(batch_size, max_batch_size)
+        self._limit = batch_size  # the next batch's size
         self.poll_seconds = poll_seconds
         self.checkpoint_seconds = checkpoint_seconds
         self.position: int | None = None
@@ -98,7 +107,10 @@ class LogConsumer(Generic[P]):
         if self.position is None:
             self.position = self._stored = await self._checkpoint()
         start = self.position
-        end, scopes = await self.store.log_range(start, self.batch_size)
+        limit = self.batch_size if self._waiters else self._limit
+        end, scopes = await self.store.log_range(start, limit)
+        full = end - start >= limit
+        self._limit = min(limit * 2, self.max_batch_size) if full else self.batch_size
         if end == start:
             if self.position != self._stored:
                 await self._store(None, None, self.position)
@@ -106,12 +118,12 @@ class LogConsumer(Generic[P]):
         if self.wanted is not None and not await self.wanted(scopes):
             # Readers go by the stored checkpoint (facts are "the events before it"): store it now when
             # caught up or when someone waits for this range, else at most every checkpoint_seconds.
-            urgent = end - start < self.batch_size or self._waiters > 0
+            urgent = not full or self._waiters > 0
             if urgent or time.monotonic() - self._stored_at > self.checkpoint_seconds:
                 await self._store(None, None, end)
             self.position = end
         else:
-            events = [e for e in await self.store.read_log(start, self.batch_size) if (e.seq or 0) <= end]
+            events = [e for e in await self.store.read_log(start, limit) if (e.seq or 0) <= end]
             if await self._store(events, await self.prepare(events), end):
                 self.position = end
             else:

@@ -1,16 +1,19 @@
-"""The facts consumer: every event in the log becomes a fact, and facts drive challenges.
+"""The facts consumer: every event in the log is a fact, and facts drive challenges.
 
-`apply_facts` runs inside one store write with the consumer's checkpoint (`Store.process`):
-facts, challenge progress, completions, badges, points and the award events they append
-are all committed together or not at all. A fact's id derives from its event's id, and
-progress is counted only for facts that are new, so a batch applied twice counts once.
+A fact is a pure function of its event (`make_fact`), so facts are not written anywhere:
+they are read from the log, up to this consumer's checkpoint. What the consumer writes is
+what facts change: challenge progress, completions, badges, points, the award events they
+append, and each counting fact's effects (for `/sync`). `apply_facts` runs inside one store
+write with the consumer's checkpoint (`Store.process`), so all of it is committed together
+or not at all, and the checkpoint's compare-and-set applies each range of the log once.
+Should a checkpoint ever go back, each progress row's log offset (its last fact) still
+keeps any fact from counting twice.
 
-Per batch: one look-up of which facts exist, then a plan (which challenges each new fact
-counts for: the ones on its own fact type whose conditions match), one bulk read of the
-progress those need, the facts applied in log order in memory, and one bulk write back.
-Completions and awards, which are rare, are written as they happen, each under its own
-unique key. So the per-event cost is the challenges on the event's fact type, whatever
-the number of challenges elsewhere.
+Per batch: a plan (which challenges each fact counts for: the ones on its own fact type
+whose conditions match), one bulk read of the progress those need, the facts applied in
+log order in memory, and one bulk write back. Completions and awards, which are rare, are
+written as they happen, each under its own unique key. So the per-event cost is the
+challenges on the event's fact type, whatever the number of challenges elsewhere.
 """
 
 from __future__ import annotations
@@ -142,7 +145,7 @@ class _Progress:
         self.state = state
         self.ranges: dict[Pair, list[int]] = {}
         self.value_ranges: dict[Pair, list[int]] = {}
-        self.cells: dict[Pair, dict[int, list[float]]] = {}  # bucket -> [value, reached_at µs]
+        self.cells: dict[Pair, dict[int, list[float]]] = {}  # bucket -> [value, reached_at µs, seq]
         self.values: dict[Pair, dict[int, set[str]]] = {}
         self.dirty: dict[tuple[str, str, int], list[float]] = {}
         self.new_values: list[tuple[str, str, int, str, int]] = []
@@ -164,10 +167,10 @@ class _Progress:
 
     def load(self) -> None:
         if self.ranges:
-            for c, p, bucket, value, reached in self.state.load_progress(
+            for c, p, bucket, value, reached, seq in self.state.load_progress(
                 [(*k, lo, hi) for k, (lo, hi) in self.ranges.items()]
             ):
-                self.cells.setdefault((c, p), {})[bucket] = [value, reached]
+                self.cells.setdefault((c, p), {})[bucket] = [value, reached, seq]
         if self.value_ranges:
             ranges = [(*k, lo, hi) for k, (lo, hi) in self.value_ranges.items()]
             for c, p, bucket, seen in self.state.load_values(ranges):
@@ -179,38 +182,47 @@ class _Progress:
             cells = self.cells[pair] = {}
         return cells
 
-    def add(self, pair: Pair, bucket: int, delta: float, at_us: int) -> float:
+    def counted(self, pair: Pair, bucket: int, seq: int) -> bool:
+        """Whether the fact at log offset `seq` was counted in this bucket already: facts are
+        applied in log order, so a bucket's last offset says which ones it has seen."""
+        cells = self.cells.get(pair)
+        cell = None if cells is None else cells.get(bucket)
+        return cell is not None and cell[2] >= seq
+
+    def add(self, pair: Pair, bucket: int, delta: float, at_us: int, seq: int) -> float:
         """Add to a bucket's value (reached_at: the latest contributing time); the new value."""
         cells = self._cells(pair)
         cell = cells.get(bucket)
         if cell is None:
-            cell = cells[bucket] = [delta, at_us]
+            cell = cells[bucket] = [delta, at_us, seq]
         else:
             cell[0] += delta
             if at_us > cell[1]:
                 cell[1] = at_us
+            cell[2] = seq
         self.dirty[(*pair, bucket)] = cell
         return cell[0]
 
-    def mark(self, pair: Pair, bucket: int, at_us: int) -> bool:
+    def mark(self, pair: Pair, bucket: int, at_us: int, seq: int) -> bool:
         """Count a fact in a streak period (reached_at: the earliest); True when the period is new."""
         cells = self._cells(pair)
         cell = cells.get(bucket)
         new = cell is None
         if cell is None:
-            cell = cells[bucket] = [1.0, at_us]
+            cell = cells[bucket] = [1.0, at_us, seq]
         else:
             cell[0] += 1
             if at_us < cell[1]:
                 cell[1] = at_us
+            cell[2] = seq
         self.dirty[(*pair, bucket)] = cell
         return new
 
     def _extend(self, pair: Pair, low: int, high: int) -> None:
         """Read buckets beyond the range first read (a streak longer than the look-around)."""
         cells = self._cells(pair)
-        for _, _, bucket, value, reached in self.state.load_progress([(*pair, low, high)]):
-            cells.setdefault(bucket, [value, reached])
+        for _, _, bucket, value, reached, seq in self.state.load_progress([(*pair, low, high)]):
+            cells.setdefault(bucket, [value, reached, seq])
         known = self.ranges[pair]
         known[0], known[1] = min(known[0], low), max(known[1], high)
 
@@ -261,7 +273,9 @@ class _Progress:
 
     def flush(self) -> None:
         if self.dirty:
-            self.state.save_progress([(c, p, b, cell[0], int(cell[1])) for (c, p, b), cell in self.dirty.items()])
+            self.state.save_progress(
+                [(c, p, b, cell[0], int(cell[1]), int(cell[2])) for (c, p, b), cell in self.dirty.items()]
+            )
         if self.new_values:
             self.state.save_values(self.new_values)
 
@@ -288,7 +302,9 @@ class _FactRun:
         depth: int,
         candidates: tuple[CompiledChallenge, ...],
     ) -> None:
+        assert event.seq is not None, "facts are made from events in the log"
         self.event = event
+        self.seq = event.seq
         self.participant = participant
         self.depth = depth
         self.at_us = to_us(event.time)
@@ -348,6 +364,8 @@ class _FactRun:
         self.state, self.progress, self.now = state, progress, now
         self.effects = Effects()  # a plan whose write failed may be applied again
         for step in self.steps:
+            if progress.counted(step.pair, step.bucket, self.seq):
+                continue  # applied before (a checkpoint that went back): nothing counts twice
             c = step.challenge
             if c.metric == "streak":
                 self._streak(step)
@@ -359,7 +377,7 @@ class _FactRun:
             else:
                 if c.metric == "distinct" and not progress.add_value(step.pair, step.bucket, step.value, self.at_us):
                     continue
-                after = progress.add(step.pair, step.bucket, step.delta, self.at_us)
+                after = progress.add(step.pair, step.bucket, step.delta, self.at_us, self.seq)
                 before = after - step.delta
                 change = self._change(c, c.period.kind, step.bucket, before, after)
                 self._crossings(c, change, step.bucket, before, after)
@@ -386,7 +404,7 @@ class _FactRun:
     def _rolling_sum(self, step: _Step) -> None:
         c, pair, d, delta = step.challenge, step.pair, step.bucket, step.delta
         days = c.period.days
-        self.progress.add(pair, d, delta, self.at_us)
+        self.progress.add(pair, d, delta, self.at_us, self.seq)
         rows = self.progress.totals(pair, d - days + 1, d + days - 1)
 
         def window(end: int) -> float:
@@ -405,7 +423,7 @@ class _FactRun:
         days = c.period.days
         if not self.progress.add_value(pair, d, step.value, self.at_us):
             return
-        self.progress.add(pair, d, 1.0, self.at_us)  # the day's distinct values, for its row
+        self.progress.add(pair, d, 1.0, self.at_us, self.seq)  # the day's distinct values, for its row
         others = [b for b in self.progress.value_buckets(pair, step.value, d - days + 1, d + days - 1) if b != d]
         later = self.progress.totals(pair, d + 1, d + days - 1)
         change: Change | None = None
@@ -430,7 +448,7 @@ class _FactRun:
     def _streak(self, step: _Step) -> None:
         c, pair, bucket = step.challenge, step.pair, step.bucket
         assert c.streak_unit is not None
-        if not self.progress.mark(pair, bucket, self.at_us):
+        if not self.progress.mark(pair, bucket, self.at_us, self.seq):
             return  # the period already had a fact: the streak is unchanged
         first, last = self.progress.run_around(pair, bucket)
         after = float(last - first + 1)
@@ -479,48 +497,44 @@ class _FactRun:
                 self.effects.awards.append(Award("points.awarded", points=points, reason=reason))
 
 
-Plan = list[tuple[Fact, "_FactRun | None"]]
+Plan = list[_FactRun]
 
 
 def plan_facts(events: Sequence[Event], sets: dict[Scope, ChallengeSet]) -> Plan:
-    """Each event's fact and the challenge steps it would take: everything that needs no
-    state, worked out before the write (the consumer does this in `prepare`)."""
+    """The challenge steps each event's fact would take: everything that needs no state,
+    worked out before the write (the consumer does this in `prepare`). Facts with no step
+    need no write at all: they are read from the log."""
     plan: Plan = []
     for event in events:
-        fact = make_fact(event)
-        run = None
         participant = event.subject
-        challenges = sets.get((event.tenant, event.mode)) if participant is not None else None
-        if challenges and participant is not None:
-            candidates = challenges.for_fact_type(fact.fact_type)
-            depth = award_depth(event) if candidates else 0
-            if candidates and depth < MAX_AWARD_DEPTH:
-                run = _FactRun(challenges, event, participant, depth, candidates)
-        plan.append((fact, run if run is not None and run.steps else None))
+        if participant is None:
+            continue
+        challenges = sets.get((event.tenant, event.mode))
+        if not challenges:
+            continue
+        candidates = challenges.for_fact_type(fact_type_of(event))
+        if not candidates:
+            continue
+        depth = award_depth(event)
+        if depth < MAX_AWARD_DEPTH:
+            run = _FactRun(challenges, event, participant, depth, candidates)
+            if run.steps:
+                plan.append(run)
     return plan
 
 
 def apply_plan(state: ProcessingState, plan: Plan, now: datetime) -> None:
-    """Keep the new facts and apply their steps, in log order, inside the write."""
-    existing = state.existing_facts([fact.fact_id for fact, _ in plan])
-    progress = _Progress(state)
-    runs: list[_FactRun] = []
-    new_facts = []
-    for fact, run in plan:
-        if fact.fact_id in existing:
-            continue  # applied before: nothing counts twice
-        new_facts.append(fact)
-        if run is not None:
-            run.plan(progress)
-            runs.append(run)
-    state.put_facts(new_facts)
-    if not runs:
+    """Apply the facts' steps, in log order, inside the write."""
+    if not plan:
         return
+    progress = _Progress(state)
+    for run in plan:
+        run.plan(progress)
     progress.load()
-    for run in runs:
+    for run in plan:
         run.apply(state, progress, now)
     progress.flush()
-    effects = [(fact_id_for(run.event.id), _encode(run.effects)) for run in runs if run.effects.progress]
+    effects = [(fact_id_for(run.event.id), _encode(run.effects)) for run in plan if run.effects.progress]
     if effects:
         state.put_fact_effects(effects)
 

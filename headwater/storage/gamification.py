@@ -1,10 +1,12 @@
 """The storage contract for facts and gamification: definitions, derived state and its reads.
 
-Definitions (badges, challenges, tenant settings) are written by the API. Everything else
-(facts, challenge progress, completions, badge awards, the points ledger) is derived from the
-log by the facts consumer inside `Store.process`, through the `GamificationState` methods,
-and can be rebuilt by `headwater replay`. Uniqueness is the store's: an award is a row under
-a UNIQUE key written with INSERT OR IGNORE, and the methods say whether the row is new.
+Definitions (badges, challenges, tenant settings) are written by the API. Facts are not
+stored: a fact is a pure function of its event, read from the log up to the facts consumer's
+checkpoint. Everything else (challenge progress, completions, badge awards, the points
+ledger) is derived from the log by the facts consumer inside `Store.process`, through the
+`GamificationState` methods, and can be rebuilt by `headwater replay`. Uniqueness is the
+store's: an award is a row under a UNIQUE key written with INSERT OR IGNORE, and the methods
+say whether the row is new.
 
 Progress is kept per (challenge, participant, bucket). A bucket is an integer period index
 in the tenant's time zone: 0 for `all_time`, the proleptic ordinal of the local day for
@@ -143,8 +145,8 @@ class ParticipantRecord(msgspec.Struct, frozen=True):
 
 # (challenge_id, participant, low bucket, high bucket)
 ProgressRange = tuple[str, str, int, int]
-# (challenge_id, participant, bucket, value, reached_at µs)
-ProgressValue = tuple[str, str, int, float, int]
+# (challenge_id, participant, bucket, value, reached_at µs, seq: the log offset of the last fact counted)
+ProgressValue = tuple[str, str, int, float, int, int]
 
 
 class GamificationState(Protocol):
@@ -155,12 +157,6 @@ class GamificationState(Protocol):
 
     def append_events(self, events: Sequence[Event]) -> list[bool]:
         """Append events to the log in this write (dedup applies); True for each one appended."""
-
-    def existing_facts(self, fact_ids: Sequence[str]) -> set[str]:
-        """Which of these facts exist already."""
-
-    def put_facts(self, facts: Sequence[Fact]) -> None:
-        """Keep the facts (any that exist already are left as they are)."""
 
     def put_fact_effects(self, effects: Sequence[tuple[str, bytes]]) -> None:
         """What processing each fact changed (progress, awards), as JSON, for `/sync`."""

@@ -82,6 +82,7 @@ class SqliteCore:
     """
 
     SCHEMA = ""
+    UPGRADE: Callable[[sqlite3.Connection], None] | None = None
 
     def __init__(
         self,
@@ -119,7 +120,12 @@ class SqliteCore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         conn.execute("PRAGMA journal_mode = WAL")
-        # Each class in the store's hierarchy brings the tables it works on.
+        # Each class in the store's hierarchy brings the tables it works on, and may first
+        # change what an older version left (`UPGRADE`, a function of the connection).
+        for cls in reversed(type(self).__mro__):
+            upgrade = cls.__dict__.get("UPGRADE")
+            if upgrade is not None:
+                upgrade(conn)
         for cls in reversed(type(self).__mro__):
             if "SCHEMA" in cls.__dict__:
                 conn.executescript(cls.__dict__["SCHEMA"])
