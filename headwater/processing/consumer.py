@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from headwater.clock import Clock, system_now
 from headwater.events import Event, Mode
@@ -41,6 +41,15 @@ P = TypeVar("P")
 
 Prepare = Callable[[Sequence[Event]], Awaitable[P]]
 Apply = Callable[[ProcessingState, Sequence[Event], P, datetime], Any]
+
+
+class _Batch(NamedTuple, Generic[P]):
+    start: int
+    end: int  # the last offset covered
+    limit: int  # the size asked for
+    full: bool  # as many as asked for: the log goes on
+    events: Sequence[Event] | None  # None: nothing in the range is wanted
+    prepared: P | None
 
 
 class LogConsumer(Generic[P]):
@@ -66,6 +75,7 @@ class LogConsumer(Generic[P]):
         self.batch_size = batch_size
         self.max_batch_size = max(batch_size, max_batch_size)
         self._limit = batch_size  # the next batch's size
+        self._ahead: asyncio.Task[_Batch[P]] | None = None  # the next batch, read ahead (named by its start)
         self.poll_seconds = poll_seconds
         self.checkpoint_seconds = checkpoint_seconds
         self.position: int | None = None
@@ -102,48 +112,71 @@ class LogConsumer(Generic[P]):
             self._stored, self._stored_at = end, time.monotonic()
         return applied
 
+    async def _fetch(self, start: int, limit: int) -> _Batch[P]:
+        end, scopes = await self.store.log_range(start, limit)
+        full = end - start >= limit
+        if end == start or (self.wanted is not None and not await self.wanted(scopes)):
+            return _Batch(start, end, limit, full, None, None)
+        events = [e for e in await self.store.read_log(start, limit) if (e.seq or 0) <= end]
+        return _Batch(start, end, limit, full, events, await self.prepare(events))
+
+    def _drop_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.cancel()
+            self._ahead = None
+
     async def run_once(self) -> int:
         """Apply one batch; returns how many events it covered."""
         if self.position is None:
             self.position = self._stored = await self._checkpoint()
         start = self.position
-        limit = self.batch_size if self._waiters else self._limit
-        end, scopes = await self.store.log_range(start, limit)
-        full = end - start >= limit
-        self._limit = min(limit * 2, self.max_batch_size) if full else self.batch_size
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.get_name() == str(start):
+            batch = await ahead
+        else:
+            if ahead is not None:
+                ahead.cancel()
+            batch = await self._fetch(start, self.batch_size if self._waiters else self._limit)
+        end, full = batch.end, batch.full
+        self._limit = min(batch.limit * 2, self.max_batch_size) if full else self.batch_size
         if end == start:
             if self.position != self._stored:
                 await self._store(None, None, self.position)
             return 0
-        if self.wanted is not None and not await self.wanted(scopes):
+        if full and not self._waiters:
+            # Behind the log: read and prepare the next batch while this one is written.
+            self._ahead = asyncio.create_task(self._fetch(end, self._limit), name=str(end))
+        if batch.events is None:
             # Readers go by the stored checkpoint (facts are "the events before it"): store it now when
             # caught up or when someone waits for this range, else at most every checkpoint_seconds.
             urgent = not full or self._waiters > 0
             if urgent or time.monotonic() - self._stored_at > self.checkpoint_seconds:
                 await self._store(None, None, end)
             self.position = end
+        elif await self._store(batch.events, batch.prepared, end):
+            self.position = end
         else:
-            events = [e for e in await self.store.read_log(start, limit) if (e.seq or 0) <= end]
-            if await self._store(events, await self.prepare(events), end):
-                self.position = end
-            else:
-                self.position = self._stored = await self._checkpoint()
+            self._drop_ahead()
+            self.position = self._stored = await self._checkpoint()
         async with self._progress:
             self._progress.notify_all()
         return end - start
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                # A full batch means a backlog: keep going. Otherwise wait for the next poll, so
-                # that a steady trickle of events is taken in batches rather than one by one.
-                if await self.run_once() >= self.batch_size:
-                    continue
-            except Exception:  # the consumer must outlive any one bad batch
-                logger.exception("consumer %s failed; retrying", self.name)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+        try:
+            while True:
+                try:
+                    # A full batch means a backlog: keep going. Otherwise wait for the next poll, so
+                    # that a steady trickle of events is taken in batches rather than one by one.
+                    if await self.run_once() >= self.batch_size:
+                        continue
+                except Exception:  # the consumer must outlive any one bad batch
+                    logger.exception("consumer %s failed; retrying", self.name)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+        finally:
+            self._drop_ahead()
 
     async def wait_processed(self, seq: int, timeout: float) -> bool:
         """Wait until every event up to `seq` has been applied; False on timeout."""

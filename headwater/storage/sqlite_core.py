@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from headwater.storage.base import Backpressure, StoreError
 
 T = TypeVar("T")
+WRITER_CACHE_KIB = 64 * 1024
 
 
 def where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
@@ -120,6 +121,10 @@ class SqliteCore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         conn.execute("PRAGMA journal_mode = WAL")
+        # The writer's page cache (SQLite's default is 2 MiB): the consumers update rows all over
+        # their tables, and a page read again from the OS costs more than the update itself
+        # (bench/gamification.py: progress writes 1.45 s -> 0.90 s per 100k events).
+        conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         # Each class in the store's hierarchy brings the tables it works on, and may first
         # change what an older version left (`UPGRADE`, a function of the connection).
         for cls in reversed(type(self).__mro__):

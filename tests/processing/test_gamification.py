@@ -7,6 +7,7 @@ applied twice, participants, leaderboards and their ties, the facts list, and 00
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -553,6 +554,38 @@ def test_a_batch_applied_twice_counts_once(api: Api) -> None:
     settle(api, key)
     assert person(api, key) == before == {**before, "points": 5}
     assert len(events_of(api, key, "points.awarded")) == 1
+
+
+def test_derived_tables_of_an_older_layout_are_rebuilt_from_the_log(settings: Any) -> None:
+    quiet = replace(settings, webhook_worker=False)
+    with TestClient(create_app(quiet), raise_server_exceptions=False) as client:
+        api = Api(client, quiet)
+        key = api.key()
+        challenge(api, key, target=2, reward={"points": 5})
+        send(api, key, {"time": day(1)}, {"time": day(2)}, {"time": day(3)})
+        settle(api, key)
+        before = person(api, key)
+    assert before["points"] == 5 and before["challenges"][0]["progress"] == 3
+    # The layout before progress rows had a challenge number and a log offset, beside a table of facts.
+    conn = sqlite3.connect(quiet.db_path)
+    conn.executescript(
+        "DROP TABLE challenge_progress;"
+        "CREATE TABLE challenge_progress (challenge_id TEXT, participant_id TEXT, bucket INTEGER, value REAL,"
+        " reached_at INTEGER, PRIMARY KEY (challenge_id, participant_id, bucket)) WITHOUT ROWID;"
+        "CREATE TABLE facts (fact_id TEXT PRIMARY KEY, data TEXT) WITHOUT ROWID;"
+    )
+    conn.close()
+    with TestClient(create_app(quiet), raise_server_exceptions=False) as client:
+        api = Api(client, quiet)
+        settle(api, key)
+        assert person(api, key) == before
+        assert len(events_of(api, key, "points.awarded")) == len(events_of(api, key, "challenge.completed")) == 1
+    conn = sqlite3.connect(quiet.db_path)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(challenge_progress)")]
+    conn.close()
+    assert "facts" not in tables
+    assert columns == ["challenge", "participant_id", "bucket", "value", "reached_at", "seq"]
 
 
 def test_concurrent_events_in_two_processes_award_one_badge(server_factory: type[ServerProcess], tmp_path: Any) -> None:
