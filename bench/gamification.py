@@ -3,20 +3,25 @@
 Workload (defaults): 100,000 events over 10,000 participants and 30 days, 50 event types,
 200 challenges spread over those types (4 per fact type: count, daily sum, weekly distinct,
 daily streak, rolling 7-day count, some with conditions, rewards of points and badges), in
-1,000-event batches, on a real SQLite store (WAL, synchronous=FULL) in a temp dir.
+1,000-event batches, on a real SQLite store (WAL, synchronous=FULL) in a temp dir. Every
+event lands on a type with challenges: 3.6 challenge steps per event on average.
 
 Three phases, each on a fresh store:
-1. ingest: `Store.append` of the batches, durable: the batch-ingest rate of the log itself,
-   the ceiling of what the consumer has to keep up with (no HTTP, so above the served rate);
-2. facts: the facts consumer (`FactsConsumer.run_once`, the server's code) over the same
-   events already in the log: fact + progress + awards, one write per batch;
-3. both at once, as a server runs them: ingest at full speed while the consumer follows;
-   reports the largest lag seen and how long the consumer needed after the last batch.
+1. ingest: `Store.append` of the batches, durable, 4 batches in flight (the core benchmark's
+   batch phase uses 4 connections), so the writer's group commit joins them as it does for
+   a server: the batch-ingest rate of the log itself, without HTTP (above the served rate);
+2. facts: the facts consumer (`FactsConsumer.run_once`, the server's code and settings)
+   over the same events already in the log: progress, completions and awards;
+3. both at once, as a server runs them: ingest as fast as it goes while the consumer
+   follows; reports the ingest rate, the largest lag seen and the time to catch up.
+
+The target (issue 5): facts processing keeps up with batch ingest, i.e. phase 2's rate is
+at least phase 1's, so that at full ingest the consumer's lag stays bounded.
 
 Per-event cost is proportional to the challenges on the event's fact type: the `--challenges`
 figure spreads over `--types`, so doubling both keeps the per-event cost flat.
 
-    .venv/bin/python bench/gamification.py [--events 100000] [--participants 10000] [--challenges 200]
+    .venv/bin/python bench/gamification.py [--events 100000] [--participants 10000] [--challenges 200] [--types 50]
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from headwater.storage.sqlite import SqliteStore
 
 TENANT = "bench"
 BATCH = 1000
+IN_FLIGHT = 4
 START = datetime(2026, 4, 1, tzinfo=UTC)
 
 
@@ -112,10 +118,15 @@ async def open_store(directory: Path, definitions: list[dict[str, Any]]) -> Sqli
     return store
 
 
-async def ingest(store: SqliteStore, batches: list[list[Event]]) -> float:
+async def ingest(store: SqliteStore, batches: list[list[Event]], in_flight: int = IN_FLIGHT) -> float:
+    queue = iter(batches)
+
+    async def client() -> None:
+        for batch in queue:
+            await store.append(batch)
+
     started = time.perf_counter()
-    for batch in batches:
-        await store.append(batch)
+    await asyncio.gather(*(client() for _ in range(in_flight)))
     return time.perf_counter() - started
 
 
@@ -126,7 +137,7 @@ async def drain(consumer: FactsConsumer) -> None:
 
 @dataclass
 class Counts:
-    facts: int
+    effects: int
     progress: int
     completions: int
     badges: int
@@ -187,12 +198,17 @@ async def main() -> None:
         # Award events are in the log too and were processed in the same run.
         applied = total + made.award_events
         facts_rate = applied / facts_s
-        print(f"facts   (fact + progress + awards):     {facts_rate:>10,.0f} events/s  ({facts_s:.2f} s)")
+        verdict = "PASS" if facts_rate >= ingest_rate else "MISS"
+        print(f"facts   (progress + awards):            {facts_rate:>10,.0f} events/s  ({facts_s:.2f} s)")
         print(
-            f"        made {made.facts:,} facts, {made.progress:,} progress rows, {made.completions:,} completions,"
-            f" {made.badges:,} badges, {made.points:,} ledger entries, {made.award_events:,} award events"
+            f"        {made.effects:,} facts counted for challenges, {made.progress:,} progress rows,"
+            f" {made.completions:,} completions, {made.badges:,} badges, {made.points:,} ledger entries,"
+            f" {made.award_events:,} award events"
         )
-        print(f"        {facts_s / applied * 1e6:.1f} µs per event; facts/ingest = {facts_rate / ingest_rate:.0%}")
+        print(
+            f"        {facts_s / applied * 1e6:.1f} µs per event; facts/ingest = {facts_rate / ingest_rate:.0%}"
+            f" (target >= 100%: {verdict})"
+        )
         await store.close()
 
         # 3. Both at once, as a server runs them.
@@ -225,8 +241,9 @@ async def main() -> None:
         await drain(consumer)
         both_s = time.perf_counter() - started
         print(
-            f"both    ingest {total / ingest_both_s:,.0f} events/s while the consumer follows; largest lag "
-            f"{max(lags, default=0):,} events; all processed {both_s - ingest_both_s:.2f} s after the last batch"
+            f"both    ingest {total / ingest_both_s:,.0f} events/s while the consumer follows"
+            f" ({total / ingest_both_s / ingest_rate:.0%} of ingest alone); largest lag {max(lags, default=0):,}"
+            f" events; all processed {both_s - ingest_both_s:.2f} s after the last batch"
         )
         await store.close()
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (other work on the machine lowers every figure)")

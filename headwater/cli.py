@@ -337,7 +337,7 @@ def events_import(file: IO[bytes], tenant: str, mode: str, batch_size: int, data
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
 @data_dir_option
 def replay(batch_size: int, data_dir: Path) -> None:
-    """Rebuild facts, gamification and trigger state from the log, then swap it in.
+    """Rebuild gamification and trigger state from the log, then swap it in.
 
     Works while a server ingests on the same data dir: the rebuild catches up with the log,
     then replaces the derived tables in one transaction. The webhook outbox is kept.

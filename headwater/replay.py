@@ -1,8 +1,8 @@
 """`headwater replay`: rebuild every table derived from the log, then swap it in.
 
-Rebuilt: facts, challenge progress and completions, badges, the points ledger and totals
-(the facts consumer's tables), and the trigger state: rolling windows, actions, journey
-enrolments and subject profiles. Not rebuilt: definitions, the event log itself, the
+Rebuilt: challenge progress and completions, the effects /sync shows, badges, the points
+ledger and totals (the facts consumer's tables), and the trigger state: rolling windows,
+actions, journey enrolments and subject profiles. Not rebuilt: definitions, the event log itself, the
 catalog, and the webhook outbox, whose delivery ids derive from (endpoint, message) so that
 nothing already sent is sent again.
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -136,6 +135,16 @@ def _distinct_value(value: Any) -> str:
     return text
 
 
+class _Cell(msgspec.Struct, gc=False):
+    """One bucket's progress. Not tracked by the cyclic GC (it holds only numbers): a batch
+    keeps thousands alive, and tracking them made collections a large part of the batch."""
+
+    value: float
+    reached: int  # µs
+    seq: int  # the log offset of its last fact
+    dirty: bool = False  # changed in this batch: written back
+
+
 class _Progress:
     """A batch's challenge progress: read in bulk, changed in memory in log order, written
     back in bulk. Each (challenge, participant) pair holds the buckets of the range it was
@@ -143,21 +152,16 @@ class _Progress:
 
     def __init__(self, state: ProcessingState) -> None:
         self.state = state
-        self.ranges: dict[Pair, list[int]] = {}
-        self.value_ranges: dict[Pair, list[int]] = {}
-        self.cells: dict[Pair, dict[int, list[float]]] = {}  # bucket -> [value, reached_at µs, seq]
+        self.ranges: dict[Pair, tuple[int, int]] = {}
+        self.value_ranges: dict[Pair, tuple[int, int]] = {}
+        self.cells: dict[Pair, dict[int, _Cell]] = {}  # every wanted pair, after `load`
         self.values: dict[Pair, dict[int, set[str]]] = {}
-        self.dirty: dict[tuple[str, str, int], list[float]] = {}
         self.new_values: list[tuple[str, str, int, str, int]] = []
 
     @staticmethod
-    def _want(ranges: dict[Pair, list[int]], pair: Pair, low: int, high: int) -> None:
+    def _want(ranges: dict[Pair, tuple[int, int]], pair: Pair, low: int, high: int) -> None:
         known = ranges.get(pair)
-        if known is None:
-            ranges[pair] = [low, high]
-        else:
-            known[0] = min(known[0], low)
-            known[1] = max(known[1], high)
+        ranges[pair] = (low, high) if known is None else (min(known[0], low), max(known[1], high))
 
     def want(self, pair: Pair, low: int, high: int) -> None:
         self._want(self.ranges, pair, low, high)
@@ -166,69 +170,63 @@ class _Progress:
         self._want(self.value_ranges, pair, low, high)
 
     def load(self) -> None:
+        cells: dict[Pair, dict[int, _Cell]] = {pair: {} for pair in self.ranges}
+        self.cells = cells
         if self.ranges:
             for c, p, bucket, value, reached, seq in self.state.load_progress(
-                [(*k, lo, hi) for k, (lo, hi) in self.ranges.items()]
+                [(c, p, lo, hi) for (c, p), (lo, hi) in self.ranges.items()]
             ):
-                self.cells.setdefault((c, p), {})[bucket] = [value, reached, seq]
+                cells[c, p][bucket] = _Cell(value, reached, seq)
         if self.value_ranges:
-            ranges = [(*k, lo, hi) for k, (lo, hi) in self.value_ranges.items()]
+            ranges = [(c, p, lo, hi) for (c, p), (lo, hi) in self.value_ranges.items()]
             for c, p, bucket, seen in self.state.load_values(ranges):
                 self.values.setdefault((c, p), {}).setdefault(bucket, set()).add(seen)
-
-    def _cells(self, pair: Pair) -> dict[int, list[float]]:
-        cells = self.cells.get(pair)
-        if cells is None:
-            cells = self.cells[pair] = {}
-        return cells
 
     def counted(self, pair: Pair, bucket: int, seq: int) -> bool:
         """Whether the fact at log offset `seq` was counted in this bucket already: facts are
         applied in log order, so a bucket's last offset says which ones it has seen."""
-        cells = self.cells.get(pair)
-        cell = None if cells is None else cells.get(bucket)
-        return cell is not None and cell[2] >= seq
+        cell = self.cells[pair].get(bucket)
+        return cell is not None and cell.seq >= seq
 
     def add(self, pair: Pair, bucket: int, delta: float, at_us: int, seq: int) -> float:
         """Add to a bucket's value (reached_at: the latest contributing time); the new value."""
-        cells = self._cells(pair)
+        cells = self.cells[pair]
         cell = cells.get(bucket)
         if cell is None:
-            cell = cells[bucket] = [delta, at_us, seq]
-        else:
-            cell[0] += delta
-            if at_us > cell[1]:
-                cell[1] = at_us
-            cell[2] = seq
-        self.dirty[(*pair, bucket)] = cell
-        return cell[0]
+            cells[bucket] = _Cell(delta, at_us, seq, True)
+            return delta
+        cell.value += delta
+        if at_us > cell.reached:
+            cell.reached = at_us
+        cell.seq = seq
+        cell.dirty = True
+        return cell.value
 
     def mark(self, pair: Pair, bucket: int, at_us: int, seq: int) -> bool:
         """Count a fact in a streak period (reached_at: the earliest); True when the period is new."""
-        cells = self._cells(pair)
+        cells = self.cells[pair]
         cell = cells.get(bucket)
-        new = cell is None
         if cell is None:
-            cell = cells[bucket] = [1.0, at_us, seq]
-        else:
-            cell[0] += 1
-            if at_us < cell[1]:
-                cell[1] = at_us
-            cell[2] = seq
-        self.dirty[(*pair, bucket)] = cell
-        return new
+            cells[bucket] = _Cell(1.0, at_us, seq, True)
+            return True
+        cell.value += 1
+        if at_us < cell.reached:
+            cell.reached = at_us
+        cell.seq = seq
+        cell.dirty = True
+        return False
 
     def _extend(self, pair: Pair, low: int, high: int) -> None:
         """Read buckets beyond the range first read (a streak longer than the look-around)."""
-        cells = self._cells(pair)
+        cells = self.cells[pair]
         for _, _, bucket, value, reached, seq in self.state.load_progress([(*pair, low, high)]):
-            cells.setdefault(bucket, [value, reached, seq])
-        known = self.ranges[pair]
-        known[0], known[1] = min(known[0], low), max(known[1], high)
+            if bucket not in cells:
+                cells[bucket] = _Cell(value, reached, seq)
+        self._want(self.ranges, pair, low, high)
 
     def run_around(self, pair: Pair, bucket: int) -> tuple[int, int]:
         """(first, last) of the run of consecutive buckets holding `bucket`."""
-        cells = self._cells(pair)
+        cells = self.cells[pair]
         first = last = bucket
         while True:
             while first - 1 in cells:
@@ -247,7 +245,7 @@ class _Progress:
         return first, last
 
     def totals(self, pair: Pair, low: int, high: int) -> dict[int, float]:
-        return {b: cell[0] for b, cell in self._cells(pair).items() if low <= b <= high}
+        return {b: cell.value for b, cell in self.cells[pair].items() if low <= b <= high}
 
     def add_value(self, pair: Pair, bucket: int, value: str, at_us: int) -> bool:
         """Note a distinct value in a bucket; True when it is new there."""
@@ -272,17 +270,21 @@ class _Progress:
         return len(found)
 
     def flush(self) -> None:
-        if self.dirty:
-            self.state.save_progress(
-                [(c, p, b, cell[0], int(cell[1]), int(cell[2])) for (c, p, b), cell in self.dirty.items()]
-            )
+        rows = [
+            (c, p, b, cell.value, cell.reached, cell.seq)
+            for (c, p), cells in self.cells.items()
+            for b, cell in cells.items()
+            if cell.dirty
+        ]
+        if rows:
+            self.state.save_progress(rows)
         if self.new_values:
             self.state.save_values(self.new_values)
 
 
-@dataclass(slots=True)
-class _Step:
-    """One challenge a fact counts for: what it adds, and where."""
+class _Step(msgspec.Struct, gc=False):
+    """One challenge a fact counts for: what it adds, and where. Untracked by the cyclic GC,
+    like `_Cell`: nothing it refers to refers back to it."""
 
     challenge: CompiledChallenge
     pair: Pair
@@ -293,6 +295,9 @@ class _Step:
 
 class _FactRun:
     """One new fact: its plan, then its progress and awards."""
+
+    __slots__ = ("at_us", "depth", "effects", "event", "now", "participant", "progress", "seq", "state", "steps")
+    effects: Effects  # while applying
 
     def __init__(
         self,
@@ -307,41 +312,37 @@ class _FactRun:
         self.seq = event.seq
         self.participant = participant
         self.depth = depth
-        self.at_us = to_us(event.time)
-        self.steps: list[_Step] = []
-        self.effects = Effects()
+        self.at_us = at_us = to_us(event.time)
+        steps: list[_Step] = []
         view = EventView(event)
         day: date | None = None
         for c in candidates:
-            if c.starts_us is not None and self.at_us < c.starts_us:
+            if c.starts_us is not None and at_us < c.starts_us:
                 continue
-            if c.ends_us is not None and self.at_us >= c.ends_us:
+            if c.ends_us is not None and at_us >= c.ends_us:
                 continue
             if not c.matches(view):
                 continue
-            step = _Step(c, (c.id, participant), 0)
+            delta, value = 1.0, ""
             if c.metric == "sum":
                 assert c.field is not None
                 raw = c.field(view)
                 if not number(raw):
                     continue
-                step.delta = float(raw)
+                delta = float(raw)
             elif c.metric == "distinct":
                 assert c.field is not None
                 raw = c.field(view)
                 if raw is EventView.MISSING or raw is None:
                     continue
-                step.value = _distinct_value(raw)
+                value = _distinct_value(raw)
             if day is None:
                 day = local_day(event.time, challenges.tz)
-            if c.metric == "streak":
-                assert c.streak_unit is not None
-                step.bucket = bucket_of(c.streak_unit, day)
-            elif c.period.kind == "rolling":
-                step.bucket = day.toordinal()
-            else:
-                step.bucket = c.period.bucket(day)
-            self.steps.append(step)
+            # A streak is bucketed by its unit; a rolling period by the day (`bucket_of` gives the ordinal).
+            bucket = bucket_of(c.streak_unit or c.period.kind, day)
+            steps.append(_Step(c, (c.id, participant), bucket, delta, value))
+        # A tuple of untracked steps: the cyclic GC untracks it too.
+        self.steps = tuple(steps)
 
     def plan(self, progress: _Progress) -> None:
         for step in self.steps:
@@ -360,13 +361,15 @@ class _FactRun:
                 if c.metric == "distinct":
                     progress.want_values(pair, b, b)
 
-    def apply(self, state: ProcessingState, progress: _Progress, now: datetime) -> None:
+    def apply(self, state: ProcessingState, progress: _Progress, now: datetime) -> bytes | None:
+        """Apply the steps; the fact's effects, encoded, when it changed any progress."""
         self.state, self.progress, self.now = state, progress, now
-        self.effects = Effects()  # a plan whose write failed may be applied again
+        self.effects = effects = Effects()  # a plan whose write failed may be applied again
+        seq, at_us = self.seq, self.at_us
         for step in self.steps:
-            if progress.counted(step.pair, step.bucket, self.seq):
+            c, pair, bucket = step.challenge, step.pair, step.bucket
+            if progress.counted(pair, bucket, seq):
                 continue  # applied before (a checkpoint that went back): nothing counts twice
-            c = step.challenge
             if c.metric == "streak":
                 self._streak(step)
             elif c.period.kind == "rolling":
@@ -375,12 +378,16 @@ class _FactRun:
                 else:
                     self._rolling_sum(step)
             else:
-                if c.metric == "distinct" and not progress.add_value(step.pair, step.bucket, step.value, self.at_us):
+                if c.metric == "distinct" and not progress.add_value(pair, bucket, step.value, at_us):
                     continue
-                after = progress.add(step.pair, step.bucket, step.delta, self.at_us, self.seq)
+                after = progress.add(pair, bucket, step.delta, at_us, seq)
                 before = after - step.delta
-                change = self._change(c, c.period.kind, step.bucket, before, after)
-                self._crossings(c, change, step.bucket, before, after)
+                change = self._change(c, c.period.kind, bucket, before, after)
+                self._crossings(c, change, bucket, before, after)
+        # Kept as bytes only: a batch's effects are many small objects, each of which the
+        # cyclic GC would otherwise track (and traverse) until the write ends.
+        del self.effects
+        return _encode(effects) if effects.progress else None
 
     def _change(self, c: CompiledChallenge, kind: str, bucket: int, before: float, after: float) -> Change:
         change = [c.id, kind, bucket, before, after, c.target, False]
@@ -414,7 +421,7 @@ class _FactRun:
         change = self._change(c, "daily", d, after - delta, after)
         # A late fact also counts in the windows ending on the later days it falls in.
         for end in [d, *sorted(b for b in rows if d < b <= d + days - 1)]:
-            total = window(end)
+            total = after if end == d else window(end)
             if total - delta < c.target <= total:
                 self._complete_rolling(c, change, end)
 
@@ -531,10 +538,12 @@ def apply_plan(state: ProcessingState, plan: Plan, now: datetime) -> None:
     for run in plan:
         run.plan(progress)
     progress.load()
+    effects = []
     for run in plan:
-        run.apply(state, progress, now)
+        encoded = run.apply(state, progress, now)
+        if encoded is not None:
+            effects.append((fact_id_for(run.event.id), encoded))
     progress.flush()
-    effects = [(fact_id_for(run.event.id), _encode(run.effects)) for run in plan if run.effects.progress]
     if effects:
         state.put_fact_effects(effects)
 

@@ -125,7 +125,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     seq INTEGER NOT NULL
 );
 """
-# The facts table is in sqlite_gamification.py, with the rest of what the facts consumer derives.
+# What the facts consumer derives is in sqlite_gamification.py (facts themselves are read from this log).
 
 EVENT_COLUMNS = (
     "seq, id, tenant, mode, type, subject, source, channel, time, received_at, idempotency_key, data, violations"
