@@ -23,12 +23,13 @@ test: $(VENV)/.installed
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-## Run the benchmarks: ingest (wrk, installed with apt when missing) and trigger rules.
+## Run the benchmarks: ingest (wrk, installed with apt when missing), trigger rules, facts and challenges.
 bench: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/rules.py
+	$(BIN)/python bench/gamification.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
