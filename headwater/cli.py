@@ -342,7 +342,7 @@ def replay(batch_size: int, data_dir: Path) -> None:
     Works while a server ingests on the same data dir: the rebuild catches up with the log,
     then replaces the derived tables in one transaction. The webhook outbox is kept.
     """
-    from headwater.replay import Replay
+    from headwater.replay import Replay, ReplayBusy
 
     async def rebuild(store: Store) -> Any:
         with _progress(count=MofNCompleteColumn()) as progress:
@@ -352,7 +352,10 @@ def replay(batch_size: int, data_dir: Path) -> None:
             )
 
     started = time.monotonic()
-    result = _run_with_store(data_dir, rebuild)
+    try:
+        result = _run_with_store(data_dir, rebuild)
+    except ReplayBusy as exc:
+        raise click.ClickException(str(exc)) from None
     rows = ", ".join(f"{table} {count:,}" for table, count in result.rows.items())
     click.echo(
         f"replayed {result.events:,} events up to offset {result.position:,} in {time.monotonic() - started:.1f}s; "

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import sqlite3
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,7 @@ REBUILT_TABLES = (*DERIVED_TABLES, *TRIGGER_TABLES)
 # Written by the trigger engine but not rebuilt: a scratch copy takes the writes and is emptied.
 SCRATCH_ONLY = ("webhook_deliveries",)
 CONSUMERS = (FactsConsumer.NAME, TriggerConsumer.NAME)
+LOCK_FILE = "replay.lock"
 
 Progress = Callable[[int, int], None]
 
@@ -97,6 +99,26 @@ def _create_scratch(live: sqlite3.Connection, path: Path) -> sqlite3.Connection:
     return conn
 
 
+class ReplayBusy(Exception):
+    """Another replay holds this data dir."""
+
+
+@contextlib.contextmanager
+def _replay_lock(path: Path) -> Iterator[None]:
+    """One replay per data dir at a time: a second one would rebuild the same state for
+    nothing, and its swap could set the derived tables back to an older position. The OS
+    releases the lock when the process ends, however it ends."""
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ReplayBusy(f"another replay is running on {path.parent}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Replay:
     def __init__(self, store: Store, batch_size: int = 2000) -> None:
         if not isinstance(store, SqliteStore):
@@ -118,6 +140,10 @@ class Replay:
         return 0 if row is None else int(row[0])
 
     async def run(self, progress: Progress | None = None) -> ReplayResult:
+        with _replay_lock(self.store.path.parent / LOCK_FILE):
+            return await self._run(progress)
+
+    async def _run(self, progress: Progress | None) -> ReplayResult:
         live = sqlite3.connect(self.store.path, isolation_level=None)
         try:
             scratch = _create_scratch(live, self.scratch_path)

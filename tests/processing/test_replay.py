@@ -3,6 +3,7 @@ while a server keeps ingesting; a changed definition applied to history; the out
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from starlette.testclient import TestClient
 
 from headwater.app import create_app
 from headwater.processing.awards import MAX_AWARD_DEPTH
-from headwater.replay import REBUILT_TABLES
+from headwater.replay import LOCK_FILE, REBUILT_TABLES
 from headwater.storage.sqlite_gamification import DERIVED_TABLES
 from tests.conftest import Api, ServerProcess, run_cli
 
@@ -166,6 +167,19 @@ def test_replay_applies_a_changed_definition_to_history(api: Api) -> None:
     assert [e["time"] for e in completed["data"]] == ["2026-04-02T10:00:00Z"]
     # Replaying again finds those awards in the log and adds nothing.
     assert " 0 new award events" in replay(api.settings.data_dir)
+
+
+def test_a_second_replay_on_the_same_data_dir_is_refused(api: Api) -> None:
+    key = api.key()
+    define(api, key)
+    data_dir = api.settings.data_dir
+    with (data_dir / LOCK_FILE).open("a") as held:  # as a running replay holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        refused = run_cli("replay", "--data-dir", str(data_dir), check=False)
+        assert (refused.returncode, refused.stdout) == (1, "")
+        assert refused.stderr.endswith(f"\nError: another replay is running on {data_dir}\n")
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert "replayed" in replay(data_dir)
 
 
 def test_replay_while_a_server_ingests(server_factory: type[ServerProcess], tmp_path: Any) -> None:
