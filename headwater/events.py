@@ -31,6 +31,10 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """An event as the log holds it. `data` is the client's JSON object, kept verbatim.
 
     `violations` lists what a `soft` schema found wrong with `data`; absent when nothing was.
+
+    Not tracked by the cyclic GC (`gc=False`): frozen, and holding only strings, times and
+    error records, an event can never be part of a reference cycle, and batches hold
+    thousands of them.
     """
 
     id: str
