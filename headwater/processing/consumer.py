@@ -61,7 +61,7 @@ class LogConsumer(Generic[P]):
         apply: Apply[P],
         clock: Clock = system_now,
         batch_size: int = 1000,
-        max_batch_size: int = 16_000,
+        max_batch_size: int = 8_000,
         poll_seconds: float = 0.25,
         wanted: Callable[[set[tuple[str, Mode]]], Awaitable[bool]] | None = None,
         checkpoint_seconds: float = 1.0,
