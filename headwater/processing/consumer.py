@@ -18,6 +18,11 @@ Behind the log (a full batch read), a consumer doubles its next batch, up to
 the reads of state, the pages of an index that many events touch) are shared by more. Back
 with the head of the log, or when someone waits for it, it returns to `batch_size`, so a
 waiter never waits behind a large batch.
+
+A batch is read, prepared and written one after the other. Reading the next batch while one
+is written was tried and measured: it gained nothing, because both halves are mostly Python
+and take turns on the one interpreter lock (the writer, handing the lock back and forth for
+every row, got slower by about what the reading saved).
 """
 
 from __future__ import annotations
@@ -44,9 +49,7 @@ Apply = Callable[[ProcessingState, Sequence[Event], P, datetime], Any]
 
 
 class _Batch(NamedTuple, Generic[P]):
-    start: int
     end: int  # the last offset covered
-    limit: int  # the size asked for
     full: bool  # as many as asked for: the log goes on
     events: Sequence[Event] | None  # None: nothing in the range is wanted
     prepared: P | None
@@ -75,7 +78,6 @@ class LogConsumer(Generic[P]):
         self.batch_size = batch_size
         self.max_batch_size = max(batch_size, max_batch_size)
         self._limit = batch_size  # the next batch's size
-        self._ahead: asyncio.Task[_Batch[P]] | None = None  # the next batch, read ahead (named by its start)
         self.poll_seconds = poll_seconds
         self.checkpoint_seconds = checkpoint_seconds
         self.position: int | None = None
@@ -116,36 +118,23 @@ class LogConsumer(Generic[P]):
         end, scopes = await self.store.log_range(start, limit)
         full = end - start >= limit
         if end == start or (self.wanted is not None and not await self.wanted(scopes)):
-            return _Batch(start, end, limit, full, None, None)
+            return _Batch(end, full, None, None)
         events = [e for e in await self.store.read_log(start, limit) if (e.seq or 0) <= end]
-        return _Batch(start, end, limit, full, events, await self.prepare(events))
-
-    def _drop_ahead(self) -> None:
-        if self._ahead is not None:
-            self._ahead.cancel()
-            self._ahead = None
+        return _Batch(end, full, events, await self.prepare(events))
 
     async def run_once(self) -> int:
         """Apply one batch; returns how many events it covered."""
         if self.position is None:
             self.position = self._stored = await self._checkpoint()
         start = self.position
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead.get_name() == str(start):
-            batch = await ahead
-        else:
-            if ahead is not None:
-                ahead.cancel()
-            batch = await self._fetch(start, self.batch_size if self._waiters else self._limit)
+        limit = self.batch_size if self._waiters else self._limit
+        batch = await self._fetch(start, limit)
         end, full = batch.end, batch.full
-        self._limit = min(batch.limit * 2, self.max_batch_size) if full else self.batch_size
+        self._limit = min(limit * 2, self.max_batch_size) if full else self.batch_size
         if end == start:
             if self.position != self._stored:
                 await self._store(None, None, self.position)
             return 0
-        if full and not self._waiters:
-            # Behind the log: read and prepare the next batch while this one is written.
-            self._ahead = asyncio.create_task(self._fetch(end, self._limit), name=str(end))
         if batch.events is None:
             # Readers go by the stored checkpoint (facts are "the events before it"): store it now when
             # caught up or when someone waits for this range, else at most every checkpoint_seconds.
@@ -156,27 +145,23 @@ class LogConsumer(Generic[P]):
         elif await self._store(batch.events, batch.prepared, end):
             self.position = end
         else:
-            self._drop_ahead()
             self.position = self._stored = await self._checkpoint()
         async with self._progress:
             self._progress.notify_all()
         return end - start
 
     async def run_forever(self) -> None:
-        try:
-            while True:
-                try:
-                    # A full batch means a backlog: keep going. Otherwise wait for the next poll, so
-                    # that a steady trickle of events is taken in batches rather than one by one.
-                    if await self.run_once() >= self.batch_size:
-                        continue
-                except Exception:  # the consumer must outlive any one bad batch
-                    logger.exception("consumer %s failed; retrying", self.name)
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
-        finally:
-            self._drop_ahead()
+        while True:
+            try:
+                # A full batch means a backlog: keep going. Otherwise wait for the next poll, so
+                # that a steady trickle of events is taken in batches rather than one by one.
+                if await self.run_once() >= self.batch_size:
+                    continue
+            except Exception:  # the consumer must outlive any one bad batch
+                logger.exception("consumer %s failed; retrying", self.name)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
 
     async def wait_processed(self, seq: int, timeout: float) -> bool:
         """Wait until every event up to `seq` has been applied; False on timeout."""
