@@ -12,7 +12,12 @@ Three phases, each on a fresh store:
    a server: the batch-ingest rate of the log itself, without HTTP (above the served rate);
 2. facts: the facts consumer (`FactsConsumer.run_once`, the server's code and settings)
    over the same events already in the log: progress, completions and awards;
-3. both at once, as a server runs them: ingest as fast as it goes while the consumer
+3. the store's floor: the progress rows, distinct values and effects the consumer wrote in
+   phase 2, read and written again on a fresh SQLite file in 8,000-event batches (the
+   consumer's batch when behind) with the same settings, and no logic at all: one look-up
+   and one write per row, then the commit. No consumer over this layout can beat it, so it
+   says how much of phase 2 is the store and how much the Python around it;
+4. both at once, as a server runs them: ingest as fast as it goes while the consumer
    follows; reports the ingest rate, the largest lag seen and the time to catch up.
 
 The target (issue 5): facts processing keeps up with batch ingest, i.e. phase 2's rate is
@@ -50,6 +55,7 @@ from headwater.processing.gamification import ChallengeIn, GamificationLoader, c
 from headwater.runtime import tune_gc
 from headwater.storage.gamification import BadgeRecord, ChallengeRecord
 from headwater.storage.sqlite import SqliteStore
+from headwater.storage.sqlite_core import WRITER_CACHE_KIB
 
 TENANT = "bench"
 BATCH = 1000
@@ -163,6 +169,66 @@ async def counts(store: SqliteStore) -> Counts:
     return result
 
 
+FLOOR_BATCH = 8_000  # events per write: the consumer's batch when behind the log
+
+
+def store_floor(source: Path, directory: Path) -> float:
+    """Seconds to read and write, batch by batch, the rows the facts consumer wrote into the
+    store at `source`, with no logic: the floor under any consumer over this layout."""
+    src = sqlite3.connect(source)
+    tables = ("challenge_progress", "challenge_values", "fact_effects")
+    marks = ",".join("?" * len(tables))
+    ddl = [r[0] for r in src.execute(f"SELECT sql FROM sqlite_master WHERE name IN ({marks})", tables)]
+    progress = src.execute("SELECT * FROM challenge_progress ORDER BY seq").fetchall()
+    values = src.execute("SELECT * FROM challenge_values").fetchall()
+    effects = src.execute("SELECT * FROM fact_effects").fetchall()
+    src.close()
+    last = progress[-1][5] if progress else 0
+    batches = max(1, -(-last // FLOOR_BATCH))
+
+    def share(rows: list[Any], k: int) -> list[Any]:
+        return rows[len(rows) * k // batches : len(rows) * (k + 1) // batches]
+
+    conn = sqlite3.connect(directory / "floor.db", isolation_level=None)
+    for pragma in ("journal_mode = WAL", "synchronous = FULL", f"cache_size = -{WRITER_CACHE_KIB}"):
+        conn.execute(f"PRAGMA {pragma}")
+    for statement in ddl:
+        conn.execute(statement)
+
+    def look_up(table: str, keys: list[tuple[Any, ...]]) -> None:
+        for i in range(0, len(keys), 2000):
+            chunk = keys[i : i + 2000]
+            wanted = ",".join(["(?,?,?)"] * len(chunk))
+            conn.execute(
+                f"WITH w(c, p, b) AS (VALUES {wanted}) SELECT t.* FROM w JOIN {table} t"
+                " ON t.challenge = w.c AND t.participant_id = w.p AND t.bucket = w.b",
+                [x for key in chunk for x in key],
+            ).fetchall()
+
+    started = time.perf_counter()
+    low = 0
+    for k in range(batches):
+        rows = []
+        while low < len(progress) and progress[low][5] <= (k + 1) * FLOOR_BATCH:
+            rows.append(progress[low])
+            low += 1
+        new_values, new_effects = share(values, k), share(effects, k)
+        conn.execute("BEGIN IMMEDIATE")
+        look_up("challenge_progress", [r[:3] for r in rows])
+        look_up("challenge_values", [r[:3] for r in new_values])
+        conn.executemany(
+            "INSERT INTO challenge_progress VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+            " value = excluded.value, reached_at = excluded.reached_at, seq = excluded.seq",
+            rows,
+        )
+        conn.executemany("INSERT OR IGNORE INTO challenge_values VALUES (?, ?, ?, ?, ?)", new_values)
+        conn.executemany("INSERT OR REPLACE INTO fact_effects VALUES (?, ?)", new_effects)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)
@@ -211,7 +277,16 @@ async def main() -> None:
         )
         await store.close()
 
-        # 3. Both at once, as a server runs them.
+        # 3. The store's floor under phase 2: its rows read and written again, with no logic.
+        floor_s = store_floor(Path(tmp) / "ingest" / "headwater.db", Path(tmp))
+        floor_rate = applied / floor_s
+        print(
+            f"floor   (the same rows, no logic):      {floor_rate:>10,.0f} events/s  ({floor_s:.2f} s;"
+            f" {floor_s / applied * 1e6:.1f} µs per event, {floor_rate / ingest_rate:.0%} of ingest;"
+            f" {floor_s / facts_s:.0%} of the consumer's time)"
+        )
+
+        # 4. Both at once, as a server runs them.
         store = await open_store(Path(tmp) / "both", definitions)
         consumer = FactsConsumer(store, GamificationLoader(store))
         lags: list[int] = []
