@@ -42,6 +42,22 @@ def bump_version(conn: sqlite3.Connection, versions_table: str) -> None:
     conn.execute(f"INSERT INTO {versions_table} VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET version = version + 1")
 
 
+class ScopeSetting:
+    """One row per (tenant, mode) of a settings-like table (tenant, mode, the value as JSON,
+    updated_at): created or replaced, with a version bump, like a definition."""
+
+    def __init__(self, table: str, column: str, versions_table: str) -> None:
+        self.versions_table = versions_table
+        self.put_sql = (
+            f"INSERT INTO {table} VALUES (?, ?, ?, ?) ON CONFLICT (tenant, mode) DO UPDATE SET"
+            f" {column} = excluded.{column}, updated_at = excluded.updated_at"
+        )
+
+    def put(self, conn: sqlite3.Connection, tenant: str, mode: Mode, value: str, at: datetime) -> None:
+        conn.execute(self.put_sql, (tenant, mode, value, to_us(at)))
+        bump_version(conn, self.versions_table)
+
+
 class DefinitionTable(Generic[R]):
     """put / get / list / delete for one definitions table, on a connection the caller holds
     (the writer's inside its transaction for changes, a reader's for lookups)."""

@@ -37,7 +37,7 @@ from headwater.storage.gamification import (
     ProgressValue,
 )
 from headwater.storage.sqlite_core import SqliteCore, Transaction
-from headwater.storage.sqlite_definitions import DefinitionTable, bump_version
+from headwater.storage.sqlite_definitions import DefinitionTable, ScopeSetting, bump_version
 
 GAMIFICATION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS badges (
@@ -184,6 +184,7 @@ DERIVED_TABLES = (
 )
 
 CHALLENGES = DefinitionTable("challenges", "gamification_changes", ChallengeRecord)
+SETTINGS = ScopeSetting("gamification_settings", "settings", "gamification_changes")
 BADGE_COLUMNS = "key, name, description, image_url, created_at, updated_at"
 COMPLETION_COLUMNS = "tenant, mode, challenge_id, participant_id, occurrence, period, completed_at, event_id"
 _encode = msgspec.json.encode
@@ -493,15 +494,8 @@ class GamificationTables(SqliteCore):
         return None if row is None else _settings.decode(row[0])
 
     async def put_settings(self, tenant: str, mode: Mode, settings: GamificationSettings, at: datetime) -> None:
-        def run(tx: Transaction) -> None:
-            tx.conn.execute(
-                "INSERT INTO gamification_settings VALUES (?, ?, ?, ?) ON CONFLICT (tenant, mode) DO UPDATE SET"
-                " settings = excluded.settings, updated_at = excluded.updated_at",
-                (tenant, mode, _encode(settings).decode(), to_us(at)),
-            )
-            bump_version(tx.conn, "gamification_changes")
-
-        await self.write(run)
+        value = _encode(settings).decode()
+        await self.write(lambda tx: SETTINGS.put(tx.conn, tenant, mode, value, at))
 
     # Facts
 

@@ -19,7 +19,7 @@ from headwater.storage.derived import (
     TriggerRecord,
 )
 from headwater.storage.sqlite_core import SqliteCore, Transaction, where
-from headwater.storage.sqlite_definitions import DefinitionTable, bump_version
+from headwater.storage.sqlite_definitions import DefinitionTable, ScopeSetting
 from headwater.storage.sqlite_webhooks import enqueue_deliveries
 
 TRIGGER_SCHEMA = """
@@ -113,6 +113,7 @@ ACTION_COLUMNS = (
     " priority, event_time, created_at, error, result"
 )
 TRIGGERS = DefinitionTable("triggers", "trigger_changes", TriggerRecord)
+TYPE_MAPPINGS = ScopeSetting("type_mappings", "mappings", "trigger_changes")
 _encode = msgspec.json.encode
 
 
@@ -297,15 +298,8 @@ class TriggerTables(SqliteCore):
         return None if row is None else msgspec.json.decode(row[0], type=dict[str, list[str]])
 
     async def put_type_mappings(self, tenant: str, mode: Mode, mappings: dict[str, list[str]], at: datetime) -> None:
-        def run(tx: Transaction) -> None:
-            tx.conn.execute(
-                "INSERT INTO type_mappings VALUES (?, ?, ?, ?) ON CONFLICT (tenant, mode) DO UPDATE SET"
-                " mappings = excluded.mappings, updated_at = excluded.updated_at",
-                (tenant, mode, _encode(mappings).decode(), to_us(at)),
-            )
-            bump_version(tx.conn, "trigger_changes")
-
-        await self.write(run)
+        value = _encode(mappings).decode()
+        await self.write(lambda tx: TYPE_MAPPINGS.put(tx.conn, tenant, mode, value, at))
 
     async def list_actions(self, query: ActionQuery) -> list[tuple[int, ActionRecord]]:
         clause, args = where(
