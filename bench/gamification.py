@@ -48,14 +48,15 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from headwater.storage.sqlite_core import WRITER_CACHE_KIB
+
 from headwater.events import Event
 from headwater.ids import new_event_ids, new_prefixed_id
 from headwater.processing.facts import FactsConsumer
 from headwater.processing.gamification import ChallengeIn, GamificationLoader, compile_challenge
 from headwater.runtime import tune_gc
-from headwater.storage.gamification import BadgeRecord, ChallengeRecord
+from headwater.storage.registry import BadgeRecord, ChallengeRecord
 from headwater.storage.sqlite import SqliteStore
-from headwater.storage.sqlite_core import WRITER_CACHE_KIB
 
 TENANT = "bench"
 BATCH = 1000
@@ -114,13 +115,13 @@ async def open_store(directory: Path, definitions: list[dict[str, Any]]) -> Sqli
     await store.start()
     now = datetime.now(UTC)
     for i in range(20):
-        await store.create_badge(TENANT, "live", BadgeRecord(f"badge_{i}", f"Badge {i}", None, None, now, now))
+        await store.registry.create_badge(TENANT, "live", BadgeRecord(f"badge_{i}", f"Badge {i}", None, None, now, now))
     for definition in definitions:
         rule = msgspec.convert(definition, ChallengeIn)
         compile_challenge("check", rule)
         definition_json = msgspec.Raw(msgspec.json.encode(rule))
         record = ChallengeRecord(new_prefixed_id("chl"), TENANT, "live", definition_json, now, now)
-        await store.put_challenge(record)
+        await store.registry.put_challenge(record)
     return store
 
 
@@ -129,7 +130,7 @@ async def ingest(store: SqliteStore, batches: list[list[Event]], in_flight: int 
 
     async def client() -> None:
         for batch in queue:
-            await store.append(batch)
+            await store.log.append(batch)
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(in_flight)))

@@ -32,7 +32,7 @@ from headwater.events import Event
 from headwater.processing.conditions import EventView
 from headwater.processing.rules import DEFAULT_TYPE_MAPPINGS, TriggerIn, TriggerSet, compile_trigger
 from headwater.processing.triggers import Routing, apply_triggers, fire
-from headwater.storage.derived import TriggerRecord
+from headwater.storage.registry import TriggerRecord
 from headwater.storage.sqlite import SqliteStore
 
 TARGET_US = 20.0
@@ -130,7 +130,7 @@ async def applied_us(rules: list[TriggerIn], events: list[Event], batch: int) ->
             now = datetime.now(UTC)
             for i, rule in enumerate(rules):
                 definition = msgspec.Raw(msgspec.json.encode(rule))
-                await store.put_trigger(TriggerRecord(f"trg_{i:06d}", "bench", "live", definition, now, now))
+                await store.registry.put_trigger(TriggerRecord(f"trg_{i:06d}", "bench", "live", definition, now, now))
             compiled = [compile_trigger(f"trg_{i:06d}", r, i) for i, r in enumerate(rules)]
             sets = {("bench", "live"): Routing(TriggerSet(compiled, DEFAULT_TYPE_MAPPINGS), frozenset())}
             started = time.perf_counter()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,18 +14,27 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
 
 from headwater import dialects, openapi, operations
-from headwater.api import catalog, events, gamification, health, keys, quarantine, schemas, triggers, webhooks
+from headwater.api import (
+    catalog,
+    dead_letters,
+    events,
+    gamification,
+    health,
+    keys,
+    quarantine,
+    schemas,
+    triggers,
+    webhooks,
+)
 from headwater.api.common import json_response
 from headwater.config import Settings
 from headwater.errors import ApiError
 from headwater.middleware import BodyLimitMiddleware
-from headwater.processing.webhooks import DeliveryWorker
 from headwater.services import Services
 from headwater.storage import open_store
-from headwater.storage.base import Backpressure, Store, StoreError
+from headwater.storage.base import Backpressure, StoreError
 
 logger = logging.getLogger("headwater")
-CATALOG_BATCH = 50_000
 
 
 class HotPathDispatcher:
@@ -85,17 +92,6 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return json_response({"error": "internal server error", "details": []}, 500)
 
 
-async def keep_catalog_current(store: Store, interval: float) -> None:
-    """Fold new events into the catalog in large batches, off the request path."""
-    while True:
-        try:
-            while await store.refresh_catalog(CATALOG_BATCH):
-                pass
-        except StoreError:
-            logger.exception("catalog refresh failed; retrying")
-        await asyncio.sleep(interval)
-
-
 def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings()
     store = open_store(settings)
@@ -113,6 +109,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         *triggers.routes(services),
         *webhooks.routes(services),
         *gamification.routes(services),
+        *dead_letters.routes(services),
     ]
     for dialect in dialects.ALL:
         routes += dialect.routes(services)
@@ -120,25 +117,11 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The API does no derived work: workers (`headwater worker`) follow the log.
         await store.start()
-        tasks = [
-            asyncio.create_task(keep_catalog_current(store, settings.catalog_interval)),
-            asyncio.create_task(services.consumer.run_forever()),
-            asyncio.create_task(services.facts.run_forever()),
-        ]
-        delivery = DeliveryWorker(store, settings) if settings.webhook_worker else None
-        if delivery is not None:
-            delivery.start()
         try:
             yield
         finally:
-            if delivery is not None:
-                await delivery.stop()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
             await store.close()
 
     hot: dict[tuple[str, str], ASGIApp] = {("POST", "/v1/events"): events.IngestEndpoint(services)}

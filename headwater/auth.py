@@ -11,7 +11,8 @@ from typing import Literal, NamedTuple
 from headwater.errors import ApiError
 from headwater.events import Mode
 from headwater.ids import hash_api_key
-from headwater.storage.base import KeyRecord, Role, Store
+from headwater.storage.base import Store
+from headwater.storage.registry import KeyRecord, Role
 
 Permission = Literal["ingest", "read", "configure", "admin"]
 
@@ -83,7 +84,7 @@ class Authenticator:
         cached = self._cache.get(key)
         if cached is not None and cached[1] > now:
             return cached[0]
-        record = await self.store.find_key(hash_api_key(key))
+        record = await self.store.registry.find_key(hash_api_key(key))
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
         self._cache[key] = (record, now + self.ttl)

@@ -87,15 +87,23 @@ def main() -> None:
 @click.option("--port", envvar="HEADWATER_PORT", type=int, default=8000, show_default=True)
 @data_dir_option
 @click.option("--log-level", envvar="HEADWATER_LOG_LEVEL", default="warning", show_default=True)
-def serve(host: str, port: int, data_dir: Path, log_level: str) -> None:
+@click.option(
+    "--worker/--no-worker",
+    envvar="HEADWATER_WORKER",
+    default=True,
+    show_default=True,
+    help="Start one worker process beside the API (stopped with it); --no-worker runs the API alone.",
+)
+def serve(host: str, port: int, data_dir: Path, log_level: str, worker: bool) -> None:
     """Run the HTTP server (creates tenant `default` and an admin key on first start)."""
     import uvicorn
 
     from headwater.app import create_app
+    from headwater.processes import Supervisor
     from headwater.runtime import tune_gc
 
     async def bootstrap(store: Store) -> str | None:
-        if await store.count_tenants():
+        if await store.registry.count_tenants():
             return None
         created = await create_key(store, "default", "admin", "live", "bootstrap admin key")
         return created.key
@@ -106,15 +114,64 @@ def serve(host: str, port: int, data_dir: Path, log_level: str) -> None:
         click.echo(f"  {key}")
     click.echo(f"Headwater listening on http://{host}:{port} (data in {data_dir})", err=True)
     tune_gc()
-    uvicorn.run(
-        create_app(_settings(data_dir)),
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level=log_level,
-    )
+    workers = Supervisor(data_dir, 1) if worker else None
+    if workers is not None:
+        workers.start()
+    try:
+        uvicorn.run(
+            create_app(_settings(data_dir)),
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level=log_level,
+        )
+    finally:
+        if workers is not None:
+            workers.stop()
+
+
+@main.command()
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes to run; they split the partitions between them (and with any other worker).",
+)
+@data_dir_option
+@click.option("--stop-with", type=int, default=None, hidden=True, help="Exit when this process is gone.")
+def worker(processes: int, data_dir: Path, stop_with: int | None) -> None:
+    """Run the consumers: triggers, facts, webhook delivery and the catalog."""
+    from headwater.processes import Supervisor, run_worker
+
+    if processes == 1:
+        run_worker(_settings(data_dir), stop_with)
+        return
+    workers = Supervisor(data_dir, processes)
+    workers.start()
+    workers.wait()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@data_dir_option
+def status(as_json: bool, data_dir: Path) -> None:
+    """The log's head and, per consumer and partition, its checkpoint, lag and owner."""
+    from headwater.processing.status import status as read_status
+
+    found = _run_with_store(data_dir, read_status)
+    if as_json:
+        click.echo(msgspec.json.encode(found).decode())
+        return
+    table = Table("consumer", "partition", "checkpoint", "lag", "owner")
+    for c in found.consumers:
+        partition = "all" if c.partition is None else str(c.partition)
+        table.add_row(c.name, partition, f"{c.checkpoint:,}", f"{c.lag:,}", c.owner or "-")
+    console = Console()
+    console.print(f"log head: {found.head:,}; workers: {', '.join(found.workers) or 'none'}")
+    console.print(table)
 
 
 @main.group()
@@ -141,7 +198,7 @@ def keys_create(tenant: str, role: str, mode: str, name: str | None, data_dir: P
 @data_dir_option
 def keys_list(tenant: str, data_dir: Path) -> None:
     """List a tenant's keys (prefixes only; keys are stored hashed)."""
-    records = _run_with_store(data_dir, lambda s: s.list_keys(tenant))
+    records = _run_with_store(data_dir, lambda s: s.registry.list_keys(tenant))
     table = Table("id", "prefix", "role", "mode", "name", "created", "revoked")
     for r in records:
         revoked = r.revoked_at.isoformat() if r.revoked_at else ""
@@ -160,7 +217,7 @@ def keys_revoke(key_id: str, tenant: str, data_dir: Path) -> None:
     """Revoke a key; running servers stop accepting it within a second."""
     from datetime import UTC, datetime
 
-    done = _run_with_store(data_dir, lambda s: s.revoke_key(tenant, key_id, datetime.now(UTC)))
+    done = _run_with_store(data_dir, lambda s: s.registry.revoke_key(tenant, key_id, datetime.now(UTC)))
     if not done:
         raise click.ClickException(f"no active key {key_id!r} in tenant {tenant!r}")
     click.echo(f"Revoked {key_id}.")
@@ -201,7 +258,7 @@ def events_tail(
             position = await _log_end(store)
         printed = 0
         while count is None or printed < count:
-            batch = await store.read_log(position, 1000)
+            batch = await store.log.read_log(position, 1000)
             for event in batch:
                 position = event.seq or position
                 if _in_scope(event, tenant, mode) and (not types or event.type in types):
@@ -219,7 +276,7 @@ def events_tail(
 
 async def _log_end(store: Store) -> int:
     position = 0
-    while batch := await store.read_log(position, 10_000):
+    while batch := await store.log.read_log(position, 10_000):
         position = batch[-1].seq or position
     return position
 
@@ -249,7 +306,7 @@ def events_export(tenant: str, mode: str, output: IO[bytes], data_dir: Path) -> 
         position = 0
         with _progress() as progress:
             task = progress.add_task("exporting", total=total)
-            while batch := await store.read_log(position, 5000):
+            while batch := await store.log.read_log(position, 5000):
                 position = batch[-1].seq or position
                 lines = [_encoder.encode(e) for e in batch if _in_scope(e, tenant, mode)]
                 if lines:
@@ -265,7 +322,7 @@ def events_export(tenant: str, mode: str, output: IO[bytes], data_dir: Path) -> 
 
 async def _count(store: Store, tenant: str, mode: str) -> int:
     position, total = 0, 0
-    while batch := await store.read_log(position, 10_000):
+    while batch := await store.log.read_log(position, 10_000):
         position = batch[-1].seq or position
         total += sum(1 for e in batch if _in_scope(e, tenant, mode))
     return total
@@ -300,7 +357,7 @@ def events_import(file: IO[bytes], tenant: str, mode: str, batch_size: int, data
     problems: list[str] = []
 
     async def load(store: Store) -> None:
-        await store.ensure_tenant(tenant)
+        await store.registry.ensure_tenant(tenant)
         pipeline = Pipeline(store, SchemaRegistry(store))
         with _progress(download=DownloadColumn()) as progress:
             task = progress.add_task("importing", total=size)
@@ -342,19 +399,20 @@ def replay(batch_size: int, data_dir: Path) -> None:
     Works while a server ingests on the same data dir: the rebuild catches up with the log,
     then replaces the derived tables in one transaction. The webhook outbox is kept.
     """
-    from headwater.replay import Replay, ReplayBusy
+    from headwater.replay import Replay
+    from headwater.storage.derived import RebuildBusy
 
     async def rebuild(store: Store) -> Any:
         with _progress(count=MofNCompleteColumn()) as progress:
             task = progress.add_task("replaying", total=None)
-            return await Replay(store, batch_size).run(
+            return await Replay(store, _settings(data_dir), batch_size).run(
                 lambda done, total: progress.update(task, completed=done, total=total)
             )
 
     started = time.monotonic()
     try:
         result = _run_with_store(data_dir, rebuild)
-    except ReplayBusy as exc:
+    except RebuildBusy as exc:
         raise click.ClickException(str(exc)) from None
     rows = ", ".join(f"{table} {count:,}" for table, count in result.rows.items())
     click.echo(

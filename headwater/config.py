@@ -39,6 +39,11 @@ class Settings:
         default_factory=lambda: float(v) if (v := _env("segment_skew_seconds", "")) else None
     )
 
+    # Processing (headwater.processing.worker). None: the count the data dir was created with
+    # (8 for a new one); a count that differs from the recorded one is refused.
+    partitions: int | None = field(default_factory=lambda: int(v) if (v := _env("partitions", "")) else None)
+    lease_seconds: float = field(default_factory=lambda: float(_env("lease_seconds", "10")))
+
     # Webhook delivery (headwater.processing.webhooks).
     webhook_retry_schedule: tuple[float, ...] = field(
         default_factory=lambda: parse_schedule(_env("webhook_retry_schedule", "0,5,300,1800,7200,18000,36000,36000"))
@@ -52,9 +57,6 @@ class Settings:
     webhook_worker: bool = field(default_factory=lambda: _flag("webhook_worker", "1"))
     allow_private_webhooks: bool = field(default_factory=lambda: _flag("allow_private_webhooks"))
 
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "headwater.db"
 
     @classmethod
     def names(cls) -> list[str]:

@@ -1,4 +1,9 @@
-"""Identifiers: time-ordered event ids and API key material."""
+"""Identifiers: time-ordered event ids, API key material, and every id derived from a cause.
+
+Derived ids are what make effects idempotent: an action's id comes from (trigger, event), a
+delivery's from (endpoint, message), so applying the same event twice, in any process,
+names the same rows and changes nothing the second time.
+"""
 
 from __future__ import annotations
 
@@ -92,3 +97,42 @@ def new_api_key(mode: str) -> str:
 
 def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+def action_id(trigger_id: str, event_id: str) -> str:
+    """One firing of one trigger on one event."""
+    return "act_" + _digest(trigger_id, event_id)
+
+
+def delivery_id(endpoint_id: str, message_key: str) -> str:
+    """The stable `webhook-id` of a message for an endpoint, the same on every retry."""
+    return "msg_" + _digest(endpoint_id, message_key)
+
+
+def enrollment_id(action_id: str) -> str:
+    """One enrolment per action, so a replay of the log rebuilds the same ids."""
+    return "enr_" + hashlib.sha256(action_id.encode()).hexdigest()[:32]
+
+
+def fact_id_for(event_id: str) -> str:
+    """The one fact of an event: "fact_" + the event id's hex."""
+    return "fact_" + event_id.removeprefix("evt_")
+
+
+def dead_letter_id(consumer: str, event_id: str) -> str:
+    """One dead letter per consumer and event: a second failure updates the first."""
+    return "dlq_" + _digest(consumer, event_id)
+
+
+def points_entry_id(tenant: str, mode: str, participant: str, cause: str) -> str:
+    """A points ledger entry per participant and cause, so a repeat adds nothing."""
+    return "pts_" + _digest(tenant, mode, participant, cause)
+
+
+def award_key(*parts: str) -> str:
+    """The idempotency key part of an award event, from what makes the award unique."""
+    return _digest(*parts)

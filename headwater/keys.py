@@ -8,7 +8,8 @@ import msgspec
 
 from headwater.events import Mode
 from headwater.ids import hash_api_key, new_api_key, new_prefixed_id
-from headwater.storage.base import KeyRecord, Role, Store
+from headwater.storage.base import Store
+from headwater.storage.registry import KeyRecord, Role
 
 DISPLAY_PREFIX_LENGTH = 12  # "hw_live_" plus four characters of the secret
 
@@ -28,7 +29,7 @@ class CreatedKey(msgspec.Struct):
 
 async def create_key(store: Store, tenant: str, role: Role, mode: Mode, name: str | None = None) -> CreatedKey:
     """Create the tenant if it is new, then a key for it."""
-    await store.ensure_tenant(tenant)
+    await store.registry.ensure_tenant(tenant)
     key = new_api_key(mode)
     record = KeyRecord(
         id=new_prefixed_id("key"),
@@ -39,5 +40,5 @@ async def create_key(store: Store, tenant: str, role: Role, mode: Mode, name: st
         name=name,
         created_at=datetime.now(UTC).replace(microsecond=0),
     )
-    await store.add_key(record, hash_api_key(key))
+    await store.registry.add_key(record, hash_api_key(key))
     return CreatedKey(record.id, key, tenant, role, mode, record.prefix, name, record.created_at)

@@ -21,7 +21,17 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 from starlette.routing import BaseRoute
 
-from headwater.api import catalog, events, gamification_docs, keys, quarantine, schemas, triggers, webhooks
+from headwater.api import (
+    catalog,
+    dead_letters,
+    events,
+    gamification_docs,
+    keys,
+    quarantine,
+    schemas,
+    triggers,
+    webhooks,
+)
 from headwater.api.health import Health, Ready
 from headwater.dialects import analytics, cloudevents, customer_events, data_events, gamification, segment
 from headwater.errors import ErrorBody
@@ -46,8 +56,8 @@ from headwater.parsing import RANGE_BOUND_SCHEMA
 from headwater.processing.conditions import EVENT_FIELDS, MAX_LIST_VALUES, MAX_PATTERN_LENGTH, OPERATORS
 from headwater.processing.rules import JOURNEY_MODES, MAX_DURATION_SECONDS, ActionType, TriggerIn
 from headwater.processing.webhooks import MAX_URL_LENGTH
-from headwater.storage.base import KeyRecord, SchemaVersion
-from headwater.storage.derived import SubjectProfile
+from headwater.storage.records import DeadLetter, SubjectProfile
+from headwater.storage.registry import KeyRecord, SchemaVersion
 
 Key = tuple[str, str]
 logger = logging.getLogger("headwater")
@@ -471,6 +481,7 @@ SCHEMAS = ("schemas",)
 QUARANTINE = ("quarantine",)
 TRIGGERS = ("triggers",)
 WEBHOOKS = ("webhooks",)
+PROCESSING = ("processing",)
 META = ("meta",)
 READ = AUTH_ERRORS
 WRITE = (*BODY_ERRORS, *AUTH_ERRORS)
@@ -709,6 +720,26 @@ def _ops() -> dict[Key, Doc]:
         ),
         ("POST", "/v1/deliveries/{delivery_id}/retry"): Doc(
             "Re-send a dead-lettered delivery", WEBHOOKS, {202: webhooks.DeliveryOut}, errors=(404, 409, *READ)
+        ),
+        ("GET", "/v1/dead-letters"): Doc(
+            "Events processing passed over",
+            PROCESSING,
+            {200: dead_letters.DeadLetterPage},
+            description="Events a consumer could not apply after a few attempts, newest first: skipped, so"
+            " that the events behind them went on.",
+            params=(LIMIT, NUMERIC_CURSOR),
+            errors=(400, *READ),
+        ),
+        ("GET", "/v1/dead-letters/{dead_letter_id}"): Doc(
+            "One dead letter", PROCESSING, {200: DeadLetter}, errors=(404, *READ)
+        ),
+        ("POST", "/v1/dead-letters/{dead_letter_id}/retry"): Doc(
+            "Apply a dead letter's event again",
+            PROCESSING,
+            {202: DeadLetter},
+            description="The worker holding its partition applies it again: `retrying`, then `resolved` (or `dead`"
+            " again, with the new error).",
+            errors=(404, 409, *READ),
         ),
         # Seed 000.
         ("POST", data_events.PATH): Doc(

@@ -30,11 +30,16 @@ from headwater.storage.base import Store
 
 @dataclass
 class Ingested:
-    """What the pipeline did with each item: the public result, plus the log offset
-    of each accepted or duplicate event (the original's, for a duplicate)."""
+    """What the pipeline did with each item: the public result, plus the log offset and the
+    partition of each accepted or duplicate event (the original's, for a duplicate)."""
 
     result: IngestResult
     seqs: list[int | None]
+    partitions: list[int | None]
+
+    def positions(self) -> list[tuple[int, int]]:
+        """(partition, offset) of every event in the log: what waiting for processing waits on."""
+        return [(p, s) for p, s in zip(self.partitions, self.seqs, strict=True) if p is not None and s is not None]
 
 
 def _raw_text(raw: bytes | None) -> str | None:
@@ -128,11 +133,13 @@ class Pipeline:
             events.append(event)
             results.append(EventResult(index, "accepted", event.id))
         seqs: list[int | None] = [None] * len(items)
+        partitions: list[int | None] = [None] * len(items)
         duplicates = 0
         if events or quarantined:
-            outcomes = await self.store.append(events, quarantined)
+            outcomes = await self.store.log.append(events, quarantined)
             for index, outcome in zip(positions, outcomes, strict=True):
                 seqs[index] = outcome.seq
+                partitions[index] = outcome.partition
                 if outcome.status == "duplicate":
                     duplicates += 1
                     results[index] = EventResult(index, "duplicate", outcome.id)
@@ -142,4 +149,4 @@ class Pipeline:
             rejected=len(items) - len(events),
             results=results,
         )
-        return Ingested(result, seqs)
+        return Ingested(result, seqs, partitions)

@@ -14,7 +14,8 @@ import jsonschema_rs
 import msgspec
 
 from headwater.events import FieldError
-from headwater.storage.base import Enforcement, SchemaVersion, Store
+from headwater.storage.base import Store
+from headwater.storage.registry import Enforcement, SchemaVersion
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_ERRORS = 50
@@ -96,7 +97,7 @@ class SchemaRegistry:
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
         async with self._lock:
-            versions = await self.store.latest_schemas(tenant)
+            versions = await self.store.registry.latest_schemas(tenant)
             current: dict[str, CompiledSchema] = {}
             for version in versions:
                 key = (tenant, version.type, version.version)

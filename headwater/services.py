@@ -9,10 +9,6 @@ from headwater.auth import Authenticator
 from headwater.config import Settings
 from headwater.events import EventDraft, Rejection
 from headwater.pipeline import Pipeline
-from headwater.processing.consumer import TriggerConsumer
-from headwater.processing.facts import FactsConsumer
-from headwater.processing.gamification import GamificationLoader
-from headwater.processing.triggers import TriggerLoader
 from headwater.schemas import SchemaRegistry
 from headwater.storage.base import Store
 
@@ -26,28 +22,16 @@ class Services:
     pipeline: Pipeline
     auth: Authenticator
     schemas: SchemaRegistry
-    triggers: TriggerLoader
-    consumer: TriggerConsumer
-    gamification: GamificationLoader
-    facts: FactsConsumer
     # Each dialect's reader of one raw item, by dialect name: how a quarantined item is re-read on replay.
     readers: dict[str, ItemReader] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings, store: Store) -> Services:
         schemas = SchemaRegistry(store)
-        triggers = TriggerLoader(store)
-        consumer = TriggerConsumer(store, triggers)
-        gamification = GamificationLoader(store)
-        pipeline = Pipeline(store, schemas)
         return cls(
             settings=settings,
             store=store,
-            pipeline=pipeline,
+            pipeline=Pipeline(store, schemas),
             auth=Authenticator(store, ttl=settings.key_cache_seconds),
             schemas=schemas,
-            triggers=triggers,
-            consumer=consumer,
-            gamification=gamification,
-            facts=FactsConsumer(store, gamification),
         )

@@ -1,5 +1,11 @@
 """Shared fixtures. `backend` is the one parametrized fixture every API test runs through:
-add a backend to its params and the whole suite runs against it too."""
+it builds the store the test runs on (its settings), and adding a backend to its params runs
+the whole suite against that one too.
+
+The `api` fixture is the app in a test client plus a worker (`processing.worker.Worker`) on
+a thread of its own, with its own event loop and its own store objects, as a worker process
+beside the API would be: the API waits for it through the store, as it waits for a worker
+process."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -21,20 +28,72 @@ from starlette.testclient import TestClient
 from headwater.app import create_app
 from headwater.config import Settings
 from headwater.keys import create_key
+from headwater.processing.worker import Worker
 from headwater.storage import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADWATER = [sys.executable, "-m", "headwater"]
 
 
+@dataclass
+class Backend:
+    name: str
+    settings: Settings
+
+
 @pytest.fixture(params=["sqlite"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    # SQLite needs nothing but a data dir; a server backend starts its server here.
+    return Backend(str(request.param), replace(Settings(), data_dir=tmp_path / "data"))
 
 
 @pytest.fixture
-def settings(backend: str, tmp_path: Path) -> Settings:
-    return replace(Settings(), data_dir=tmp_path / "data")
+def settings(backend: Backend) -> Settings:
+    return backend.settings
+
+
+class WorkerThread:
+    """A worker on a thread of its own, started and stopped around a block."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker: Worker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-worker", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self.worker = Worker(self.settings)
+            started = asyncio.create_task(self.worker.run(self._stop))
+            await self.worker.started.wait()
+            self._ready.set()
+            await started
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported by __exit__
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    def __enter__(self) -> WorkerThread:
+        self._thread.start()
+        self._ready.wait(30)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        if self.error is not None:
+            raise self.error
 
 
 def make_key(settings: Settings, tenant: str, role: str = "admin", mode: str = "live") -> str:
@@ -67,7 +126,7 @@ class Api:
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[Api]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with WorkerThread(settings), TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield Api(client, settings)
 
 

@@ -22,7 +22,7 @@ import msgspec
 
 from headwater.events import Event
 from headwater.storage.base import Backpressure
-from headwater.storage.sqlite import SqliteStore
+from headwater.storage.sqlite import MAIN_FILE, open_sqlite_store
 from tests.conftest import ServerProcess, run_cli
 
 QUEUE_MAX = 100
@@ -137,31 +137,31 @@ def event(key: str) -> Event:
 def test_store_refuses_beyond_queue_max_and_admits_an_oversized_job_into_an_empty_queue(
     tmp_path: Path,
 ) -> None:
-    db = tmp_path / "hw.db"
+    db = tmp_path / MAIN_FILE
 
     async def main() -> tuple[list[Any], dict[str, str]]:
-        store = SqliteStore(db, queue_max_events=10)
+        store = open_sqlite_store(tmp_path, queue_max_events=10)
         await store.start()
         try:
-            await store.append([event("warm")])
+            await store.log.append([event("warm")])
             outcomes: list[Any] = []
             with write_lock(db):
                 # The writer takes the first job and stalls on the lock; the queue is then empty.
-                first = asyncio.ensure_future(store.append([event(f"a{i}") for i in range(25)]))
+                first = asyncio.ensure_future(store.log.append([event(f"a{i}") for i in range(25)]))
                 await asyncio.sleep(0.2)
-                big = asyncio.ensure_future(store.append([event(f"b{i}") for i in range(25)]))  # empty queue
+                big = asyncio.ensure_future(store.log.append([event(f"b{i}") for i in range(25)]))  # empty queue
                 await asyncio.sleep(0)
                 for n in range(3):
                     # Refused at once; a wait here (TimeoutError) would mean it was queued.
                     try:
-                        await asyncio.wait_for(store.append([event(f"c{n}")]), 2)
+                        await asyncio.wait_for(store.log.append([event(f"c{n}")]), 2)
                     except Backpressure as exc:
                         outcomes.append(exc.retry_after)
                 await asyncio.sleep(0.1)
                 assert not first.done() and not big.done()
             assert [o.status for o in await first] == ["accepted"] * 25
             assert [o.status for o in await big] == ["accepted"] * 25
-            outcomes.append(await store.append([event("after")]))
+            outcomes.append(await store.log.append([event("after")]))
             return outcomes, stored_keys(db)
         finally:
             await store.close()

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from headwater.storage.sqlite import MAIN_FILE
 from tests.conftest import HEADWATER, Api, ServerProcess, free_port, run_cli
 
 KEY_LINE = re.compile(r"^hw_(live|test)_[A-Za-z0-9_-]{40,}$")
@@ -451,7 +452,7 @@ def test_events_tail_count_prints_only_new_events(api: Api) -> None:
     for i in range(3):
         post(api, key, {"type": "old", "data": {"i": i}})
     proc = tail(api, "--tenant", "t", "--count", "3")
-    wait_until_reading(proc, api.settings.db_path)
+    wait_until_reading(proc, api.settings.data_dir / MAIN_FILE)
     ids = []
     for i in range(3):
         post(api, other, {"type": "other_tenant"})

@@ -26,7 +26,7 @@ from headwater.config import Settings
 from headwater.ids import hash_api_key
 from headwater.middleware import BodyLimitMiddleware
 from headwater.storage import open_store
-from headwater.storage.base import KeyRecord
+from headwater.storage.registry import KeyRecord
 from tests.conftest import Api
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -267,9 +267,9 @@ async def _add_fuzz_key() -> None:
     store = open_store(FUZZ_SETTINGS)
     await store.start()
     try:
-        await store.ensure_tenant("fuzz")
+        await store.registry.ensure_tenant("fuzz")
         record = KeyRecord("key_fuzz", "fuzz", "admin", "live", FUZZ_KEY[:12], "fuzz", datetime.now(UTC))
-        await store.add_key(record, hash_api_key(FUZZ_KEY))
+        await store.registry.add_key(record, hash_api_key(FUZZ_KEY))
     finally:
         await store.close()
 

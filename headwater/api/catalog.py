@@ -8,11 +8,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from headwater.api.common import authorize, json_response
+from headwater.processing.catalog import NAME as CATALOG
 from headwater.services import Services
-from headwater.storage.base import CatalogEntry
+from headwater.storage.records import WHOLE_LOG, CatalogEntry
 
-# Folded in per read so the answer is current; the background task keeps this small.
-REFRESH_PER_READ = 200_000
+# A read waits this long at most for the catalog consumer to reach the log's head, so that
+# what was just sent is counted; after that it answers with what the catalog has.
+CURRENT_WITHIN_SECONDS = 2.0
 
 
 class CatalogList(msgspec.Struct):
@@ -20,9 +22,12 @@ class CatalogList(msgspec.Struct):
 
 
 def routes(services: Services) -> list[BaseRoute]:
+    store = services.store
+
     async def list_types(request: Request) -> Response:
         principal = await authorize(services, request, "read")
-        await services.store.refresh_catalog(REFRESH_PER_READ)
-        return json_response(CatalogList(await services.store.list_catalog(principal.tenant, principal.mode)))
+        head = await store.log.head()
+        await store.derived.wait_checkpoint([CATALOG], WHOLE_LOG, head, CURRENT_WITHIN_SECONDS)
+        return json_response(CatalogList(await store.derived.list_catalog(principal.tenant, principal.mode)))
 
     return [Route("/v1/event-types", list_types, methods=["GET"])]

@@ -48,3 +48,13 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     if not low <= value <= high:
         raise bad_request(f"{name} must be between {low} and {high}", name, "out_of_range")
     return value
+
+
+def position_cursor(request: Request) -> int | None:
+    """A list's `cursor` that is a row position (the outbox, attempts, dead letters)."""
+    raw = request.query_params.get("cursor")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise bad_request("cursor is not one this API returned", "cursor", "invalid")
+    return int(raw)

@@ -21,9 +21,11 @@ from headwater.events import EMPTY_OBJECT, Event, EventDraft, FieldError, Mode, 
 from headwater.http import ClientDisconnected, read_body, send_error, send_json
 from headwater.parsing import field_error, nesting_exceeds, parse_range_bound, parse_time
 from headwater.pipeline import Ingested
+from headwater.processing import waiting
 from headwater.services import Services
-from headwater.storage.base import Backpressure, EventQuery, StoreError
-from headwater.storage.derived import ActionRecord
+from headwater.storage.base import Backpressure, StoreError
+from headwater.storage.log import EventQuery
+from headwater.storage.records import ActionRecord
 
 ShortText = Annotated[str, msgspec.Meta(max_length=256)]
 
@@ -214,17 +216,12 @@ class IngestEndpoint:
     async def _processed(self, principal: Principal, ingested: Ingested) -> ProcessedIngestResult:
         result = ingested.result
         ids = [r.id for r in result.results if r.id is not None]
-        seqs = [s for s in ingested.seqs if s is not None]
-        fired = None
-        # Facts first: what the events award is then in the store too.
-        if await self.services.facts.wait_processed(max(seqs, default=0), self.settings.sync_timeout):
-            fired = await self.services.consumer.actions_for(
-                principal.tenant, principal.mode, ids, max(seqs, default=0), self.settings.sync_timeout
-            )
-        if fired is None:
+        store = self.services.store
+        if not await waiting.processed(store, ingested.positions(), self.settings.sync_timeout):
             raise ApiError(
                 503, "events are stored, but processing did not finish in time", headers={"Retry-After": "1"}
             )
+        fired = await waiting.actions_fired(store, principal.tenant, principal.mode, ids)
         results = []
         for r in result.results:
             actions = fired.get(r.id, []) if r.id else []
@@ -288,14 +285,14 @@ def routes(services: Services) -> list[BaseRoute]:
         principal = await authorize(services, request, "read")
         query = event_query_from(request, principal.tenant, principal.mode)
         wanted = query.limit
-        rows = await services.store.query_events(msgspec.structs.replace(query, limit=wanted + 1))
+        rows = await services.store.log.query_events(msgspec.structs.replace(query, limit=wanted + 1))
         page = rows[:wanted]
         cursor = encode_cursor(page[-1]) if len(rows) > wanted else None
         return json_response(EventPage(page, cursor))
 
     async def get_event(request: Request) -> Response:
         principal = await authorize(services, request, "read")
-        event = await services.store.get_event(principal.tenant, principal.mode, request.path_params["event_id"])
+        event = await services.store.log.get_event(principal.tenant, principal.mode, request.path_params["event_id"])
         if event is None:
             raise ApiError(404, "no such event")
         return json_response(event)

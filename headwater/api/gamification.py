@@ -21,13 +21,16 @@ from starlette.routing import BaseRoute, Route
 
 from headwater.api.common import authorize, int_param, json_response, read_json
 from headwater.auth import Principal
-from headwater.clock import system_now, to_us
+from headwater.clock import from_us, system_now, to_us
 from headwater.errors import ApiError, bad_request
-from headwater.events import FieldError
+from headwater.events import Event, FieldError
 from headwater.ids import new_prefixed_id
 from headwater.parsing import decode_json, field_error, parse_range_bound
+from headwater.processing import waiting
+from headwater.processing.awards import fact_type_of
 from headwater.processing.conditions import ConditionError
-from headwater.processing.facts import Award, ProgressChange, read_effects
+from headwater.processing.consumer import FactsEngine
+from headwater.processing.facts import Award, ProgressChange, make_fact, read_effects
 from headwater.processing.gamification import (
     BadgeIn,
     BadgePatch,
@@ -47,16 +50,9 @@ from headwater.processing.gamification import (
     timezone,
 )
 from headwater.services import Services
-from headwater.storage.base import Fact
-from headwater.storage.derived import ActionQuery
-from headwater.storage.gamification import (
-    BadgeRecord,
-    BoardKind,
-    ChallengeRecord,
-    FactQuery,
-    GamificationSettings,
-    PointsPeriod,
-)
+from headwater.storage.log import EventQuery
+from headwater.storage.records import ActionQuery, BoardKind, Fact, PointsPeriod
+from headwater.storage.registry import BadgeRecord, ChallengeRecord, GamificationSettings
 
 _challenge = msgspec.json.Decoder(ChallengeIn)
 _encode = msgspec.json.encode
@@ -244,21 +240,21 @@ def _streak_back(buckets: set[int], current: int) -> int:
     return length
 
 
+FACTS = FactsEngine.name
+
+
 class GamificationRoutes:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.store = services.store
 
-    def _changed(self) -> None:
-        self.services.gamification.invalidate()
-
     async def _settings(self, principal: Principal) -> GamificationSettings:
-        return await self.store.get_settings(principal.tenant, principal.mode) or GamificationSettings()
+        return await self.store.registry.get_settings(principal.tenant, principal.mode) or GamificationSettings()
 
     # Badges
 
     async def found_badge(self, principal: Principal, key: str) -> BadgeRecord:
-        record = await self.store.get_badge(principal.tenant, principal.mode, key)
+        record = await self.store.registry.get_badge(principal.tenant, principal.mode, key)
         if record is None:
             raise ApiError(404, "no such badge")
         return record
@@ -268,16 +264,15 @@ class GamificationRoutes:
         body: BadgeIn = _decode(await _body(request), BadgeIn, "badge")
         now = system_now()
         record = BadgeRecord(body.key, body.name, body.description, body.image_url, now, now)
-        if not await self.store.create_badge(principal.tenant, principal.mode, record):
+        if not await self.store.registry.create_badge(principal.tenant, principal.mode, record):
             raise ApiError(
                 409, "a badge with this key exists", [FieldError("key", "taken", "a badge with this key exists")]
             )
-        self._changed()
         return json_response(_badge_out(record), status=201)
 
     async def list_badges(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "read")
-        records = await self.store.list_badges(principal.tenant, principal.mode)
+        records = await self.store.registry.list_badges(principal.tenant, principal.mode)
         return json_response(BadgeList([_badge_out(r) for r in records]))
 
     async def get_badge(self, request: Request) -> Response:
@@ -298,14 +293,13 @@ class GamificationRoutes:
             existing.created_at,
             system_now(),
         )
-        await self.store.update_badge(principal.tenant, principal.mode, record)
-        self._changed()
+        await self.store.registry.update_badge(principal.tenant, principal.mode, record)
         return json_response(_badge_out(record))
 
     async def delete_badge(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "configure")
         record = await self.found_badge(principal, request.path_params["key"])
-        for challenge in await self.store.list_challenges(principal.tenant, principal.mode):
+        for challenge in await self.store.registry.list_challenges(principal.tenant, principal.mode):
             rule = _challenge.decode(challenge.definition)
             if rule.reward is not None and rule.reward.badge == record.key:  # UNSET is never a key
                 raise ApiError(
@@ -313,14 +307,13 @@ class GamificationRoutes:
                     f"challenge {challenge.id} rewards this badge: change or delete it first",
                     [FieldError("key", "in_use", f"rewarded by challenge {challenge.id}")],
                 )
-        await self.store.delete_badge(principal.tenant, principal.mode, record.key)
-        self._changed()
+        await self.store.registry.delete_badge(principal.tenant, principal.mode, record.key)
         return json_response(_badge_out(record))
 
     # Challenges
 
     async def found_challenge(self, principal: Principal, challenge_id: str) -> ChallengeRecord:
-        record = await self.store.get_challenge(principal.tenant, principal.mode, challenge_id)
+        record = await self.store.registry.get_challenge(principal.tenant, principal.mode, challenge_id)
         if record is None:
             raise ApiError(404, "no such challenge")
         return record
@@ -333,7 +326,7 @@ class GamificationRoutes:
         except (DefinitionError, ConditionError) as exc:
             raise _invalid("challenge", exc.path, exc.message) from None
         badge = None if rule.reward is None else rule.reward.badge
-        if isinstance(badge, str) and await self.store.get_badge(principal.tenant, principal.mode, badge) is None:
+        if isinstance(badge, str) and await self.store.registry.get_badge(principal.tenant, principal.mode, badge) is None:
             # A reference to what does not exist (yet) conflicts with the tenant's badges: 409.
             message = f"no badge {badge!r}: create it first"
             raise ApiError(409, message, [FieldError("reward.badge", "not_found", message)])
@@ -349,8 +342,7 @@ class GamificationRoutes:
             created_at=existing.created_at if existing else now,
             updated_at=now,
         )
-        await self.store.put_challenge(record)
-        self._changed()
+        await self.store.registry.put_challenge(record)
         return record
 
     async def create_challenge(self, request: Request) -> Response:
@@ -360,7 +352,7 @@ class GamificationRoutes:
 
     async def list_challenges(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "read")
-        records = await self.store.list_challenges(principal.tenant, principal.mode)
+        records = await self.store.registry.list_challenges(principal.tenant, principal.mode)
         return json_response(ChallengeList([_challenge_out(r) for r in records]))
 
     async def get_challenge(self, request: Request) -> Response:
@@ -379,8 +371,7 @@ class GamificationRoutes:
     async def delete_challenge(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "configure")
         record = await self.found_challenge(principal, request.path_params["challenge_id"])
-        await self.store.delete_challenge(principal.tenant, principal.mode, record.id)
-        self._changed()
+        await self.store.registry.delete_challenge(principal.tenant, principal.mode, record.id)
         return json_response(_challenge_out(record))
 
     # Settings
@@ -396,8 +387,7 @@ class GamificationRoutes:
             settings = checked_settings(settings)
         except DefinitionError as exc:
             raise _invalid("settings", exc.path, exc.message) from None
-        await self.store.put_settings(principal.tenant, principal.mode, settings, system_now())
-        self._changed()
+        await self.store.registry.put_settings(principal.tenant, principal.mode, settings, system_now())
         return json_response(settings)
 
     # Reads
@@ -411,12 +401,12 @@ class GamificationRoutes:
         """(progress in the period holding `day`, latest completion, streak)."""
         c = challenge
         store = self.store
-        completions = await store.list_completions(c.id, participant)
+        completions = await store.derived.list_completions(c.id, participant)
         completed_at = max((x.completed_at for x in completions), default=None)
         if c.metric == "streak":
             assert c.streak_unit is not None
             current = bucket_of(c.streak_unit, day)
-            rows = await store.progress_rows(c.id, participant, 0, current)
+            rows = await store.derived.progress_rows(c.id, participant, 0, current)
             run = _streak_back({r.bucket for r in rows}, current)
             return float(run), completed_at, run
         kind = c.period.kind
@@ -424,12 +414,12 @@ class GamificationRoutes:
             end = day.toordinal()
             low = end - c.period.days + 1
             if c.metric == "distinct":
-                value = float(await store.distinct_total(c.id, participant, low, end))
+                value = float(await store.derived.distinct_total(c.id, participant, low, end))
             else:
-                value = sum(r.value for r in await store.progress_rows(c.id, participant, low, end))
+                value = sum(r.value for r in await store.derived.progress_rows(c.id, participant, low, end))
             return value, completed_at, None
         bucket = bucket_of(kind, day)
-        rows = await store.progress_rows(c.id, participant, bucket, bucket)
+        rows = await store.derived.progress_rows(c.id, participant, bucket, bucket)
         value = rows[0].value if rows else 0.0
         streak = None
         if kind != "all_time":
@@ -440,27 +430,34 @@ class GamificationRoutes:
         principal = await authorize(self.services, request, "read")
         participant_id = request.path_params["participant_id"]
         at = _at(request)
-        record = await self.store.get_participant(principal.tenant, principal.mode, participant_id)
-        if record is None:
-            raise ApiError(404, "no such participant")
+        state = await self.store.derived.participant(principal.tenant, principal.mode, participant_id)
+        # Challenge ids are unique across tenants: keep those of this tenant and mode.
+        defined = await self.store.registry.list_challenges(principal.tenant, principal.mode)
+        with_progress = [c for c in defined if c.id in set(state.challenges)]
+        if state.points is None and not state.badges and not with_progress:
+            seen = await self.store.log.query_events(
+                EventQuery(principal.tenant, principal.mode, subject=participant_id, limit=1,
+                           processed=await self._processed())
+            )  # fmt: skip
+            if not seen:
+                raise ApiError(404, "no such participant")
         settings = await self._settings(principal)
         day = local_day(at, timezone(settings.timezone))
         challenges = []
-        for challenge_id in record.challenges:
-            stored = await self.store.get_challenge(principal.tenant, principal.mode, challenge_id)
-            if stored is None:
-                continue
+        for stored in with_progress:
+            challenge_id = stored.id
             compiled = self._compiled(stored)
             progress, completed_at, streak = await self._progress(compiled, participant_id, day)
             challenges.append(
                 ParticipantChallenge(challenge_id, plain(progress), plain(compiled.target), completed_at, streak)
             )
+        points = state.points or 0
         return json_response(
             ParticipantOut(
                 participant_id,
-                record.points,
-                level_for(record.points, settings.levels),
-                [ParticipantBadge(b.badge, b.awarded_at, b.reason) for b in record.badges],
+                points,
+                level_for(points, settings.levels),
+                [ParticipantBadge(b.badge, b.awarded_at, b.reason) for b in state.badges],
                 challenges,
             )
         )
@@ -473,7 +470,7 @@ class GamificationRoutes:
         limit = int_param(request, "limit", 10, 1, 1000)
         settings = await self._settings(principal)
         bucket = bucket_of(period, local_day(_at(request), timezone(settings.timezone)))
-        rows = await self.store.points_board(principal.tenant, principal.mode, period, bucket, limit)
+        rows = await self.store.derived.points_board(principal.tenant, principal.mode, period, bucket, limit)
         data = [
             PointsEntryOut(rank, r.participant_id, int(r.value), level_for(int(r.value), settings.levels), r.reached_at)
             for rank, r in enumerate(rows, start=1)
@@ -500,7 +497,7 @@ class GamificationRoutes:
         else:
             low = high = bucket_of(c.period.kind, day)
             label = bucket_label(c.period.kind, low)
-        rows = await self.store.challenge_board(c.id, kind, low, high, limit)
+        rows = await self.store.derived.challenge_board(c.id, kind, low, high, limit)
         data = [
             ChallengeEntryOut(rank, r.participant_id, plain(r.value), r.reached_at)
             for rank, r in enumerate(rows, start=1)
@@ -518,23 +515,41 @@ class GamificationRoutes:
             time_us, offset = cursor.split("_")
             before = (int(time_us), int(offset))
         limit = int_param(request, "limit", 100, 1, 1000)
-        query = FactQuery(
+        fact_type = params.get("fact_type")
+        query = EventQuery(
             principal.tenant,
             principal.mode,
-            participant=params.get("participant"),
-            fact_type=params.get("fact_type"),
+            types=() if fact_type is None else (fact_type.removeprefix("custom."),),
+            subject=params.get("participant"),
             time_from=_bound(request, "from", upper=False),
             time_to=_bound(request, "to", upper=True),
-            before=before,
+            before=None if before is None else (from_us(before[0]), before[1]),
             limit=limit + 1,
+            processed=await self._processed(),
         )
-        rows = await self.store.list_facts(query)
-        page = rows[:limit]
+        events = await self._facts_of(query, fact_type)
+        page = events[:limit]
         next_cursor = None
-        if len(rows) > limit:
-            last, position = page[-1]
-            next_cursor = f"{to_us(last.occurred_at)}_{position}"
-        return json_response(FactPage([_fact_out(f) for f, _ in page], next_cursor))
+        if len(events) > limit:
+            next_cursor = f"{to_us(page[-1].time)}_{page[-1].seq}"
+        return json_response(FactPage([_fact_out(make_fact(e)) for e in page], next_cursor))
+
+    async def _processed(self) -> dict[int, int]:
+        """Per partition, how far the facts consumer has come: facts are the events before it."""
+        return {p: seq for (name, p), seq in (await self.store.derived.checkpoints()).items() if name == FACTS}
+
+    async def _facts_of(self, query: EventQuery, fact_type: str | None) -> list[Event]:
+        """The page of events whose fact has `fact_type`. The event type narrows through the
+        log's index; whether the fact is a client's `custom.` one or an award's is decided on
+        the event, reading on past the ones that are not."""
+        wanted = query.limit
+        found: list[Event] = []
+        while True:
+            events = await self.store.log.query_events(query)
+            found.extend(e for e in events if fact_type is None or fact_type_of(e) == fact_type)
+            if len(found) >= wanted or len(events) < query.limit:
+                return found[:wanted]
+            query = msgspec.structs.replace(query, before=(events[-1].time, events[-1].seq or 0))
 
 
 def record_period(record: ChallengeRecord) -> str:
@@ -574,19 +589,21 @@ class Processed(msgspec.Struct):
     awards: list[Award]
 
 
-async def processed(services: Services, principal: Principal, event_id: str, seq: int) -> Processed:
-    """Wait until the facts and trigger consumers have applied everything up to `seq`, then the
-    event's fact with its progress changes and the awards it caused (challenge rewards, then
-    trigger actions). 503 when processing does not catch up within `sync_timeout`."""
-    timeout = services.settings.sync_timeout
-    found = None
-    if await services.facts.wait_processed(seq, timeout) and await services.consumer.wait_processed(seq, timeout):
-        found = await services.store.fact_for_event(principal.tenant, principal.mode, event_id)
-    if found is None:
+async def processed(services: Services, principal: Principal, event_id: str, partition: int, seq: int) -> Processed:
+    """Wait until the facts and trigger consumers have applied the event (at `seq` in
+    `partition`), then the event's fact with its progress changes and the awards it caused
+    (challenge rewards, then trigger actions). 503 when processing does not catch up within
+    `sync_timeout`."""
+    store = services.store
+    event = None
+    if await waiting.processed(store, [(partition, seq)], services.settings.sync_timeout):
+        event = await store.log.get_event(principal.tenant, principal.mode, event_id)
+    if event is None:
         raise ApiError(503, "the event is stored, but processing did not finish in time", headers={"Retry-After": "1"})
-    fact, raw = found
+    fact = make_fact(event)
+    raw = await store.derived.fact_effects(fact.fact_id)
     progress, awards = read_effects(raw)
-    actions = await services.store.list_actions(ActionQuery(principal.tenant, principal.mode, event_id=event_id))
+    actions = await services.store.derived.list_actions(ActionQuery(principal.tenant, principal.mode, event_id=event_id))
     for _, action in reversed(actions):
         if action.status != "dispatched" or action.type not in ("award_badge", "award_points"):
             continue

@@ -26,7 +26,7 @@ from headwater.processing.gamification import (
     Target,
     available_timezones,
 )
-from headwater.storage.gamification import GamificationSettings
+from headwater.storage.registry import GamificationSettings
 
 TAGS = ("gamification",)
 READ = AUTH_ERRORS

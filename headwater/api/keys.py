@@ -15,7 +15,7 @@ from headwater.auth import Principal
 from headwater.errors import ApiError
 from headwater.keys import create_key
 from headwater.services import Services
-from headwater.storage.base import KeyRecord, Role
+from headwater.storage.registry import KeyRecord, Role
 
 
 class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,19 +47,19 @@ def routes(services: Services) -> list[BaseRoute]:
 
     async def list_keys(request: Request) -> Response:
         principal = await authorize(services, request, "admin")
-        keys = await services.store.list_keys(principal.tenant)
+        keys = await services.store.registry.list_keys(principal.tenant)
         return json_response(KeyList([k for k in keys if k.mode in _manages(principal)]))
 
     async def revoke(request: Request) -> Response:
         principal = await authorize(services, request, "admin")
         key_id = request.path_params["key_id"]
-        visible = {k.id for k in await services.store.list_keys(principal.tenant) if k.mode in _manages(principal)}
-        if key_id not in visible or not await services.store.revoke_key(
+        visible = {k.id for k in await services.store.registry.list_keys(principal.tenant) if k.mode in _manages(principal)}
+        if key_id not in visible or not await services.store.registry.revoke_key(
             principal.tenant, key_id, datetime.now(UTC).replace(microsecond=0)
         ):
             raise ApiError(404, "no such active key")
         services.auth.forget()
-        revoked = next(k for k in await services.store.list_keys(principal.tenant) if k.id == key_id)
+        revoked = next(k for k in await services.store.registry.list_keys(principal.tenant) if k.id == key_id)
         return json_response(revoked)
 
     return [

@@ -16,7 +16,7 @@ from headwater.errors import bad_request
 from headwater.events import EventDraft, FieldError, QuarantinedEvent, Rejection
 from headwater.parsing import RANGE_BOUND_SCHEMA, parse_range_bound
 from headwater.services import Services
-from headwater.storage.base import QuarantineQuery
+from headwater.storage.log import QuarantineQuery
 
 MAX_REPLAY = 1000
 
@@ -100,14 +100,14 @@ def routes(services: Services) -> list[BaseRoute]:
             before=params.get("cursor"),
             limit=limit + 1,
         )
-        items = await services.store.list_quarantine(query)
+        items = await services.store.log.list_quarantine(query)
         page = items[:limit]
         return json_response(QuarantinePage(page, page[-1].id if len(items) > limit else None))
 
     async def replay(request: Request) -> Response:
         principal = await authorize(services, request, "configure")
         body: ReplayRequest = await read_json(request, ReplayRequest)
-        items = await services.store.list_quarantine(_query_from(principal, body))
+        items = await services.store.log.list_quarantine(_query_from(principal, body))
         drafts: list[EventDraft | Rejection] = []
         for item in items:
             draft: EventDraft | Rejection
@@ -132,10 +132,10 @@ def routes(services: Services) -> list[BaseRoute]:
         now = datetime.now(UTC)
         done = [(r.id, r.event_id) for r in results if r.event_id is not None]
         if done:
-            await services.store.mark_replayed(principal.tenant, principal.mode, done, now)
+            await services.store.log.mark_replayed(principal.tenant, principal.mode, done, now)
         failed = [(r.id, r.errors) for r in results if r.status == "rejected"]
         if failed:
-            await services.store.update_quarantine_reasons(principal.tenant, principal.mode, failed)
+            await services.store.log.update_quarantine_reasons(principal.tenant, principal.mode, failed)
         return json_response(
             ReplayResponse(ingested.result.accepted, ingested.result.duplicates, ingested.result.rejected, results)
         )

@@ -13,7 +13,7 @@ from headwater.api.common import authorize, json_response, read_json
 from headwater.errors import ApiError, bad_request
 from headwater.schemas import SchemaError, compile_schema
 from headwater.services import Services
-from headwater.storage.base import Enforcement, SchemaVersion
+from headwater.storage.registry import Enforcement, SchemaVersion
 
 
 class SchemaPut(msgspec.Struct, forbid_unknown_fields=True):
@@ -43,7 +43,7 @@ def routes(services: Services) -> list[BaseRoute]:
             compile_schema(schema)
         except SchemaError as exc:
             raise bad_request(str(exc), "schema", "invalid_schema") from None
-        version = await services.store.put_schema(
+        version = await services.store.registry.put_schema(
             principal.tenant, type_, schema, body.enforcement, datetime.now(UTC).replace(microsecond=0)
         )
         services.schemas.forget(principal.tenant)
@@ -51,18 +51,18 @@ def routes(services: Services) -> list[BaseRoute]:
 
     async def list_schemas(request: Request) -> Response:
         principal = await authorize(services, request, "read")
-        return json_response(SchemaList(await services.store.latest_schemas(principal.tenant)))
+        return json_response(SchemaList(await services.store.registry.latest_schemas(principal.tenant)))
 
     async def get_schema(request: Request) -> Response:
         principal = await authorize(services, request, "read")
-        versions = await services.store.schema_versions(principal.tenant, _event_type(request))
+        versions = await services.store.registry.schema_versions(principal.tenant, _event_type(request))
         if not versions:
             raise ApiError(404, "no schema for this event type")
         return json_response(versions[-1])
 
     async def list_versions(request: Request) -> Response:
         principal = await authorize(services, request, "read")
-        versions = await services.store.schema_versions(principal.tenant, _event_type(request))
+        versions = await services.store.registry.schema_versions(principal.tenant, _event_type(request))
         if not versions:
             raise ApiError(404, "no schema for this event type")
         return json_response(SchemaList(versions))

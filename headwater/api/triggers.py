@@ -27,7 +27,8 @@ from headwater.processing.rules import (
     compile_trigger,
 )
 from headwater.services import Services
-from headwater.storage.derived import ActionQuery, ActionRecord, Enrollment, TriggerRecord
+from headwater.storage.records import ActionQuery, ActionRecord, Enrollment
+from headwater.storage.registry import TriggerRecord
 
 _rule = msgspec.json.Decoder(TriggerIn)
 _encode = msgspec.json.encode
@@ -123,7 +124,7 @@ class TriggerRoutes:
         self.store = services.store
 
     async def found(self, principal: Principal, trigger_id: str) -> TriggerRecord:
-        record = await self.store.get_trigger(principal.tenant, principal.mode, trigger_id)
+        record = await self.store.registry.get_trigger(principal.tenant, principal.mode, trigger_id)
         if record is None:
             raise ApiError(404, "no such trigger")
         return record
@@ -138,8 +139,7 @@ class TriggerRoutes:
             created_at=existing.created_at if existing else now,
             updated_at=now,
         )
-        await self.store.put_trigger(record)
-        self.services.triggers.invalidate()
+        await self.store.registry.put_trigger(record)
         return record
 
     async def create(self, request: Request) -> Response:
@@ -149,7 +149,7 @@ class TriggerRoutes:
 
     async def list_all(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "read")
-        records = await self.store.list_triggers(principal.tenant, principal.mode)
+        records = await self.store.registry.list_triggers(principal.tenant, principal.mode)
         return json_response(TriggerList([_out(r) for r in records]))
 
     async def get_one(self, request: Request) -> Response:
@@ -168,8 +168,7 @@ class TriggerRoutes:
     async def delete(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "configure")
         record = await self.found(principal, request.path_params["trigger_id"])
-        await self.store.delete_trigger(principal.tenant, principal.mode, record.id)
-        self.services.triggers.invalidate()
+        await self.store.registry.delete_trigger(principal.tenant, principal.mode, record.id)
         return json_response(_out(record))
 
     async def dry_run(self, request: Request) -> Response:
@@ -188,7 +187,7 @@ class TriggerRoutes:
                 400, "invalid sample event", [FieldError(f"event.{e.field}", e.code, e.message) for e in draft.errors]
             )
         event = self.services.pipeline.stamp(principal, draft, datetime.now(UTC))
-        mappings = await self.store.get_type_mappings(principal.tenant, principal.mode)
+        mappings = await self.store.registry.get_type_mappings(principal.tenant, principal.mode)
         fires_on = (event.type, *(DEFAULT_TYPE_MAPPINGS if mappings is None else mappings).get(event.type, []))
         reasons = []
         if not set(fires_on) & set(rule.event_types):
@@ -224,7 +223,7 @@ class TriggerRoutes:
             before=int(cursor) if cursor else None,
             limit=limit + 1,
         )
-        rows = await self.store.list_actions(query)
+        rows = await self.store.derived.list_actions(query)
         page = rows[:limit]
         next_cursor = str(page[-1][0]) if len(rows) > limit else None
         return json_response(ActionPage([action for _, action in page], next_cursor))
@@ -236,7 +235,7 @@ class TriggerRoutes:
 
     async def get_mappings(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "read")
-        mappings = await self.store.get_type_mappings(principal.tenant, principal.mode)
+        mappings = await self.store.registry.get_type_mappings(principal.tenant, principal.mode)
         return json_response(TypeMappings(DEFAULT_TYPE_MAPPINGS if mappings is None else mappings))
 
     async def put_mappings(self, request: Request) -> Response:
@@ -247,19 +246,18 @@ class TriggerRoutes:
                 raise bad_request("event types are 1-128 characters", f"mappings.{source}", "invalid")
         if sum(len(t) for t in body.mappings.values()) > MAX_MAPPED_TYPES:
             raise bad_request(f"at most {MAX_MAPPED_TYPES} mapped types", "mappings", "too_many")
-        await self.store.put_type_mappings(principal.tenant, principal.mode, body.mappings, datetime.now(UTC))
-        self.services.triggers.invalidate()
+        await self.store.registry.put_type_mappings(principal.tenant, principal.mode, body.mappings, datetime.now(UTC))
         return json_response(body)
 
     async def enrollments(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "read")
-        rows = await self.store.list_enrollments(principal.tenant, principal.mode, request.path_params["journey_id"])
+        rows = await self.store.derived.list_enrollments(principal.tenant, principal.mode, request.path_params["journey_id"])
         return json_response(EnrollmentList(rows))
 
     async def subject(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "read")
         subject_id = request.path_params["subject_id"]
-        profile = await self.store.get_profile(principal.tenant, principal.mode, subject_id)
+        profile = await self.store.derived.get_profile(principal.tenant, principal.mode, subject_id)
         if profile is None:
             raise ApiError(404, "no profile for this subject")
         return json_response(profile)

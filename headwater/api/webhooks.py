@@ -14,15 +14,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from headwater.api.common import authorize, int_param, json_response, read_json
+from headwater.api.common import authorize, int_param, json_response, position_cursor, read_json
 from headwater.auth import Principal
 from headwater.errors import ApiError, bad_request
 from headwater.events import Mode
-from headwater.ids import new_prefixed_id
+from headwater.ids import delivery_id, new_prefixed_id
 from headwater.processing.triggers import WebhookMessage
 from headwater.processing.webhooks import check_url
 from headwater.services import Services
-from headwater.storage.derived import Delivery, DeliveryAttempt, DeliveryQuery, DeliveryStatus, WebhookEndpoint
+from headwater.storage.effects import NewDelivery
+from headwater.storage.records import Delivery, DeliveryAttempt, DeliveryQuery, DeliveryStatus
+from headwater.storage.registry import WebhookEndpoint
 
 MAX_SUBSCRIPTIONS = 100
 # `namespace.name` (names may hold dots, e.g. `event.outcome.recorded`) or `namespace.*`.
@@ -141,14 +143,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _cursor(request: Request) -> int | None:
-    raw = request.query_params.get("cursor")
-    if raw is None:
-        return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise bad_request("cursor is not one this API returned", "cursor", "invalid")
-    return int(raw)
-
 
 class WebhookRoutes:
     def __init__(self, services: Services) -> None:
@@ -174,7 +168,7 @@ class WebhookRoutes:
         return list(dict.fromkeys(subscriptions))
 
     async def found(self, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
-        endpoint = await self.store.get_webhook(principal.tenant, principal.mode, endpoint_id)
+        endpoint = await self.store.registry.get_webhook(principal.tenant, principal.mode, endpoint_id)
         if endpoint is None:
             raise ApiError(404, "no such webhook endpoint")
         return endpoint
@@ -198,13 +192,12 @@ class WebhookRoutes:
             created_at=now,
             updated_at=now,
         )
-        await self.store.create_webhook(endpoint)
-        self.services.triggers.invalidate()  # new subscriptions route events from now on
+        await self.store.registry.create_webhook(endpoint)
         return json_response(_with_secret(endpoint), status=201)
 
     async def list_all(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "read")
-        endpoints = await self.store.list_webhooks(principal.tenant, principal.mode)
+        endpoints = await self.store.registry.list_webhooks(principal.tenant, principal.mode)
         return json_response(WebhookList([_out(e) for e in endpoints]))
 
     async def get_one(self, request: Request) -> Response:
@@ -226,24 +219,25 @@ class WebhookRoutes:
             changes["enabled"] = body.enabled
             changes["disabled_reason"] = None if body.enabled else "disabled through the API"
         updated = msgspec.structs.replace(endpoint, **changes)
-        if not await self.store.update_webhook(updated):
+        if not await self.store.registry.update_webhook(updated):
             raise ApiError(404, "no such webhook endpoint")
-        self.services.triggers.invalidate()
+        if endpoint.enabled and not updated.enabled:
+            await self.store.derived.fail_pending(updated.id, updated.disabled_reason or "disabled")
         return json_response(_out(updated))
 
     async def delete(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "configure")
         endpoint = await self.found(principal, request.path_params["endpoint_id"])
-        if not await self.store.delete_webhook(principal.tenant, principal.mode, endpoint.id):
+        if not await self.store.registry.delete_webhook(principal.tenant, principal.mode, endpoint.id):
             raise ApiError(404, "no such webhook endpoint")
-        self.services.triggers.invalidate()
+        await self.store.derived.forget_endpoint(endpoint.id)
         return json_response(_out(endpoint))
 
     async def rotate(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "configure")
         now = _now()
         grace_until = now + timedelta(seconds=self.settings.webhook_rotation_grace)
-        rotated = await self.store.rotate_webhook_secret(
+        rotated = await self.store.registry.rotate_webhook_secret(
             principal.tenant, principal.mode, request.path_params["endpoint_id"], new_secret(), grace_until, now
         )
         if rotated is None:
@@ -258,13 +252,12 @@ class WebhookRoutes:
         now = _now()
         message_key = new_prefixed_id("test")
         payload = msgspec.json.encode(WebhookMessage(TEST_TOPIC, now, {"endpoint_id": endpoint.id}))
-        try:
-            [delivery_id] = await self.store.enqueue_webhook(
-                principal.tenant, principal.mode, TEST_TOPIC, message_key, payload, now, endpoint.id
-            )
-        except LookupError:
-            raise ApiError(409, "the webhook endpoint is disabled") from None
-        delivery = await self.store.get_delivery(principal.tenant, principal.mode, delivery_id)
+        test = NewDelivery(
+            delivery_id(endpoint.id, message_key), principal.tenant, principal.mode, endpoint.id, TEST_TOPIC,
+            message_key, payload, now,
+        )  # fmt: skip
+        await self.store.derived.enqueue([test])
+        delivery = await self.store.derived.get_delivery(principal.tenant, principal.mode, test.id)
         assert delivery is not None
         return json_response(_delivery_out(delivery), status=202)
 
@@ -272,9 +265,7 @@ class WebhookRoutes:
         principal = await authorize(self.services, request, "read")
         endpoint = await self.found(principal, request.path_params["endpoint_id"])
         limit = int_param(request, "limit", 100, 1, 1000)
-        rows = await self.store.list_webhook_attempts(
-            principal.tenant, principal.mode, endpoint.id, _cursor(request), limit + 1
-        )
+        rows = await self.store.derived.list_webhook_attempts(endpoint.id, position_cursor(request), limit + 1)
         page = rows[:limit]
         return json_response(AttemptPage([a for _, a in page], str(page[-1][0]) if len(rows) > limit else None))
 
@@ -289,10 +280,10 @@ class WebhookRoutes:
             principal.mode,
             status=status,
             endpoint_id=request.query_params.get("endpoint_id"),
-            before=_cursor(request),
+            before=position_cursor(request),
             limit=limit + 1,
         )
-        rows = await self.store.list_deliveries(query)
+        rows = await self.store.derived.list_deliveries(query)
         page = rows[:limit]
         return json_response(
             DeliveryPage([_delivery_out(d) for _, d in page], str(page[-1][0]) if len(rows) > limit else None)
@@ -300,7 +291,7 @@ class WebhookRoutes:
 
     async def delivery(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "read")
-        delivery = await self.store.get_delivery(principal.tenant, principal.mode, request.path_params["delivery_id"])
+        delivery = await self.store.derived.get_delivery(principal.tenant, principal.mode, request.path_params["delivery_id"])
         if delivery is None:
             raise ApiError(404, "no such delivery")
         return json_response(_delivery_out(delivery))
@@ -308,14 +299,17 @@ class WebhookRoutes:
     async def retry(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "configure")
         delivery_id = request.path_params["delivery_id"]
-        delivery = await self.store.get_delivery(principal.tenant, principal.mode, delivery_id)
+        delivery = await self.store.derived.get_delivery(principal.tenant, principal.mode, delivery_id)
         if delivery is None:
             raise ApiError(404, "no such delivery")
         if delivery.status != "failed":
             raise ApiError(409, f"only a failed delivery can be retried; this one is {delivery.status}")
-        retried = await self.store.retry_delivery(principal.tenant, principal.mode, delivery_id, _now())
-        if retried is None:
+        endpoint = await self.store.registry.get_webhook(principal.tenant, principal.mode, delivery.endpoint_id)
+        if endpoint is None or not endpoint.enabled:
             raise ApiError(409, "the delivery's webhook endpoint is disabled: enable it first")
+        retried = await self.store.derived.retry_delivery(principal.tenant, principal.mode, delivery_id, _now())
+        if retried is None:
+            raise ApiError(409, "only a failed delivery can be retried")
         return json_response(_delivery_out(retried), status=202)
 
 

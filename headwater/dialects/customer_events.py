@@ -44,6 +44,7 @@ from headwater.dialects.common import MAX_TEXT, NATIVE_CODES, Checked, Spec, che
 from headwater.dialects.common import read_item as check_item
 from headwater.errors import ApiError
 from headwater.events import EMPTY_OBJECT, EventDraft, Rejection
+from headwater.processing import waiting
 from headwater.services import Services
 
 NAME = "customer_events"
@@ -95,15 +96,15 @@ class IngestResponse(msgspec.Struct, rename="camel", omit_defaults=True):
     action_errors: list[ActionError] | None = None
 
 
-async def evaluate_triggers(services: Services, principal: Principal, event_id: str, seq: int) -> TriggerOutcome:
+async def evaluate_triggers(
+    services: Services, principal: Principal, event_id: str, partition: int, seq: int
+) -> TriggerOutcome:
     """What the event fired, once the trigger consumer has applied it."""
-    fired = await services.consumer.actions_for(
-        principal.tenant, principal.mode, [event_id], seq, services.settings.sync_timeout
-    )
-    if fired is None:
+    store = services.store
+    if not await waiting.processed(store, [(partition, seq)], services.settings.sync_timeout):
         late = ActionError("", "", "processing did not finish in time; actions will still be dispatched")
         return TriggerOutcome(matched=[], dispatched=[], errors=[late])
-    actions = fired[event_id]
+    actions = (await waiting.actions_fired(store, principal.tenant, principal.mode, [event_id]))[event_id]
     return TriggerOutcome(
         matched=[TriggerMatch(a.trigger_id, a.type) for a in actions],
         dispatched=[
@@ -143,11 +144,11 @@ def routes(services: Services) -> list[BaseRoute]:
         checked = check_fields(read_object(body, settings.max_json_depth, NATIVE_CODES), SPECS, NATIVE_CODES)
         item = Rejection(checked.errors, body) if checked.errors else _draft(checked, body)
         ingested = await services.pipeline.ingest(principal, [item], dialect=NAME)
-        result, seq = ingested.result.results[0], ingested.seqs[0]
-        if result.status == "rejected" or result.id is None or seq is None:
+        result, seq, partition = ingested.result.results[0], ingested.seqs[0], ingested.partitions[0]
+        if result.status == "rejected" or result.id is None or seq is None or partition is None:
             raise ApiError(400, ERROR, result.errors)
         assert isinstance(item, EventDraft)
-        outcome = await evaluate_triggers(services, principal, result.id, seq)
+        outcome = await evaluate_triggers(services, principal, result.id, partition, seq)
         return json_response(
             IngestResponse(
                 ingested=True,

@@ -48,7 +48,7 @@ from headwater.errors import ApiError, bad_request
 from headwater.events import Event, EventDraft, FieldError, Rejection
 from headwater.parsing import parse_range_bound, parse_time
 from headwater.services import Services
-from headwater.storage.base import EventQuery
+from headwater.storage.log import EventQuery
 
 NAME = "data_events"
 PATH = "/api/openapi/v1/data/events"
@@ -208,7 +208,7 @@ def routes(services: Services) -> list[BaseRoute]:
             before=before,
             limit=limit + 1,
         )
-        rows = await services.store.query_events(query)
+        rows = await services.store.log.query_events(query)
         page = rows[:limit]
         next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
         return json_response(GetResponse(True, Page([_shape(e) for e in page], next_cursor)))

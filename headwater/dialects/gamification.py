@@ -119,11 +119,11 @@ def message_id(event_id: str, seq: int | None) -> str:
     return f"{int(event_id[4:16], 16)}-{seq}"
 
 
-def _accepted_one(ingested: Ingested) -> tuple[EventResult, int | None]:
+def _accepted_one(ingested: Ingested) -> tuple[EventResult, int | None, int | None]:
     result = ingested.result.results[0]
     if result.status == "rejected" or result.id is None:
         raise ApiError(400, ERROR, data_as(result.errors, "properties"))
-    return result, ingested.seqs[0]
+    return result, ingested.seqs[0], ingested.partitions[0]
 
 
 def routes(services: Services) -> list[BaseRoute]:
@@ -138,7 +138,7 @@ def routes(services: Services) -> list[BaseRoute]:
     async def ingest(request: Request) -> Response:
         principal = await authorize(services, request, "ingest")
         item = await read_one(request)
-        result, seq = _accepted_one(await services.pipeline.ingest(principal, [item], dialect=NAME))
+        result, seq, _ = _accepted_one(await services.pipeline.ingest(principal, [item], dialect=NAME))
         assert result.id is not None
         return json_response(Accepted(True, message_id(result.id, seq)), 202)
 
@@ -158,10 +158,10 @@ def routes(services: Services) -> list[BaseRoute]:
     async def ingest_sync(request: Request) -> Response:
         principal = await authorize(services, request, "ingest")
         item = await read_one(request)
-        result, seq = _accepted_one(await services.pipeline.ingest(principal, [item], dialect=NAME))
-        assert result.id is not None and seq is not None
+        result, seq, partition = _accepted_one(await services.pipeline.ingest(principal, [item], dialect=NAME))
+        assert result.id is not None and seq is not None and partition is not None
         # For a duplicate these are the original event and its offset: its fact is the answer.
-        return json_response(await processed(services, principal, result.id, seq))
+        return json_response(await processed(services, principal, result.id, partition, seq))
 
     routes: list[BaseRoute] = []
     for prefix in PREFIXES:

@@ -1,11 +1,12 @@
 """Awards: badges and points for a participant, and the events that announce them.
 
-Both the facts consumer (challenge rewards) and the trigger engine (`award_badge`,
-`award_points` actions) award through here, inside their own atomic write. The store makes
-each award unique (a badge once per participant, a ledger entry once per cause); only an
-award this write made is announced, by appending `challenge.completed`, `badge.awarded` or
-`points.awarded` to the log as an event of the tenant, with an idempotency key derived from
-the award, so triggers and webhooks see it and a repeat appends nothing.
+Both the facts engine (challenge rewards) and the trigger engine (`award_badge` and
+`award_points` actions) award through `Awards`, which holds what a batch knows: the badges
+its participants held when it began (read in bulk) and what it has granted since. A badge
+is held once per participant; a ledger entry is once per cause (its id derives from it).
+Only an award this batch makes is announced, by an event of the tenant appended to the log
+(`challenge.completed`, `badge.awarded`, `points.awarded`) with an idempotency key derived
+from the award, so triggers and webhooks see it and a repeat appends nothing.
 
 Award events carry a `depth`: 1 for awards caused by a client's event, one more for awards
 caused by an award event. Awards stop at `MAX_AWARD_DEPTH`, so rules that award on awards
@@ -14,20 +15,23 @@ caused by an award event. Awards stop at `MAX_AWARD_DEPTH`, so rules that award 
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from headwater.events import Event
-from headwater.ids import new_event_id
+from headwater.events import Event, Mode
+from headwater.ids import award_key, new_event_id, points_entry_id
 from headwater.processing.gamification import bucket_of, local_day, timezone
-from headwater.storage.derived import ActionStatus, ProcessingState
-from headwater.storage.gamification import AWARD_SOURCE, AWARD_TYPES, BadgeAward, PointsEntry
+from headwater.storage.effects import Effects
+from headwater.storage.records import AWARD_SOURCE, AWARD_TYPES, ActionStatus, BadgeAward, PointsEntry
+from headwater.storage.registry import GamificationSettings
 
 MAX_AWARD_DEPTH = 4
+POINTS_PERIODS = ("daily", "weekly", "monthly")
 _encode = msgspec.json.encode
+
+HeldBadge = tuple[str, Mode, str, str]  # (tenant, mode, participant, badge)
 
 
 def is_award(event: Event) -> bool:
@@ -47,10 +51,6 @@ def fact_type_of(event: Event) -> str:
     return event.type if is_award(event) else "custom." + event.type
 
 
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
-
-
 def award_event(cause: Event, type_: str, participant: str, key: str, data: dict[str, Any], now: datetime) -> Event:
     """An award as an event of the cause's tenant and mode, at the cause's time."""
     return Event(
@@ -68,50 +68,73 @@ def award_event(cause: Event, type_: str, participant: str, key: str, data: dict
     )
 
 
-def grant_badge(
-    state: ProcessingState, cause: Event, participant: str, badge: str, reason: str, depth: int, now: datetime
-) -> bool:
-    """Award the badge unless the participant holds it; True when this call awarded it."""
-    award = BadgeAward(cause.tenant, cause.mode, participant, badge, cause.time, reason, cause.id)
-    if not state.award_badge(award):
-        return False
-    data = {"badge": badge, "reason": reason, "cause_event_id": cause.id, "depth": depth}
-    key = _digest(participant, badge)
-    state.append_events([award_event(cause, "badge.awarded", participant, key, data, now)])
-    return True
-
-
-def grant_points(
-    state: ProcessingState,
-    cause: Event,
-    participant: str,
-    points: int,
-    reason: str,
-    cause_key: str,
-    depth: int,
-    now: datetime,
-) -> bool:
-    """Append a ledger entry keyed by (participant, cause_key); True when it is new."""
-    entry_id = "pts_" + _digest(cause.tenant, cause.mode, participant, cause_key)
-    settings = state.gamification_settings(cause.tenant, cause.mode)
-    day = local_day(cause.time, timezone(settings.timezone) if settings else None)
-    buckets = [("all_time", 0), *((kind, bucket_of(kind, day)) for kind in ("daily", "weekly", "monthly"))]
-    entry = PointsEntry(entry_id, cause.tenant, cause.mode, participant, points, reason, cause.id, cause.time)
-    if not state.add_points(entry, buckets):
-        return False
-    data = {"points": points, "reason": reason, "entry_id": entry_id, "cause_event_id": cause.id, "depth": depth}
-    state.append_events([award_event(cause, "points.awarded", participant, entry_id, data, now)])
-    return True
-
-
 def completion_key(challenge_id: str, participant: str, occurrence: str) -> str:
-    return _digest(challenge_id, participant, occurrence)
+    return award_key(challenge_id, participant, occurrence)
+
+
+class Awards:
+    """The badges and points one batch grants, against what its participants held."""
+
+    def __init__(self, held: set[HeldBadge], effects: Effects) -> None:
+        self.held = held
+        self.effects = effects
+        self._entries: set[str] = set()
+
+    def announce(self, event: Event) -> None:
+        self.effects.appended.append(event)
+
+    def grant_badge(
+        self, cause: Event, participant: str, badge: str, reason: str, depth: int, now: datetime
+    ) -> bool:
+        """Award the badge unless the participant holds it; True when this call awarded it."""
+        key = (cause.tenant, cause.mode, participant, badge)
+        if key in self.held:
+            return False
+        self.held.add(key)
+        self.effects.badges.append(BadgeAward(cause.tenant, cause.mode, participant, badge, cause.time, reason, cause.id))
+        data = {"badge": badge, "reason": reason, "cause_event_id": cause.id, "depth": depth}
+        self.announce(award_event(cause, "badge.awarded", participant, award_key(participant, badge), data, now))
+        return True
+
+    def grant_points(
+        self,
+        cause: Event,
+        participant: str,
+        points: int,
+        reason: str,
+        cause_key: str,
+        depth: int,
+        now: datetime,
+        settings: GamificationSettings,
+    ) -> bool:
+        """A ledger entry keyed by (participant, cause_key). The cause is new to this batch
+        (a new completion, a new action), so the entry is too; the store's key on it keeps a
+        repeat from counting should a checkpoint ever go back."""
+        entry_id = points_entry_id(cause.tenant, cause.mode, participant, cause_key)
+        if entry_id in self._entries:
+            return False
+        self._entries.add(entry_id)
+        day = local_day(cause.time, timezone(settings.timezone))
+        buckets = [("all_time", 0), *((kind, bucket_of(kind, day)) for kind in POINTS_PERIODS)]
+        self.effects.points.append(
+            PointsEntry(entry_id, cause.tenant, cause.mode, participant, points, reason, cause.id, cause.time, buckets)
+        )
+        data = {"points": points, "reason": reason, "entry_id": entry_id, "cause_event_id": cause.id, "depth": depth}
+        self.announce(award_event(cause, "points.awarded", participant, entry_id, data, now))
+        return True
 
 
 def dispatch_award(
-    state: ProcessingState, event: Event, action_type: str, config: dict[str, Any], action_id: str, trigger_id: str,
+    awards: Awards,
+    event: Event,
+    action_type: str,
+    config: dict[str, Any],
+    action_id: str,
+    trigger_id: str,
     now: datetime,
-) -> tuple[ActionStatus, str | None, bytes | None]:  # fmt: skip
+    badges: frozenset[str],
+    settings: GamificationSettings,
+) -> tuple[ActionStatus, str | None, bytes | None]:
     """Carry out an `award_badge` or `award_points` trigger action: (status, error, result)."""
     participant = event.subject
     if participant is None:
@@ -122,10 +145,11 @@ def dispatch_award(
     reason = str(config.get("reason") or f"trigger:{trigger_id}")
     if action_type == "award_badge":
         badge = config["badge"]
-        if not state.badge_defined(event.tenant, event.mode, badge):
+        if badge not in badges:
             return "failed", f"no badge {badge!r}", None
-        awarded = grant_badge(state, event, participant, badge, reason, depth, now)
+        awarded = awards.grant_badge(event, participant, badge, reason, depth, now)
         return ("dispatched" if awarded else "skipped"), None, _encode({"badge": badge, "awarded": awarded})
     points = int(config["points"])
-    awarded = grant_points(state, event, participant, points, reason, f"trigger:{action_id}", depth, now)
+    cause = f"trigger:{action_id}"
+    awarded = awards.grant_points(event, participant, points, reason, cause, depth, now, settings)
     return ("dispatched" if awarded else "skipped"), None, _encode({"points": points, "awarded": awarded})

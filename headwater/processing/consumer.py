@@ -1,208 +1,270 @@
-"""Consumers of the log: each follows it by offset, applies batches, and checkpoints.
+"""Consumers of the log: each follows one partition by offset, plans batches, and checkpoints.
 
-At-least-once: a batch and its checkpoint are written together (`Store.process`), so a
-crash at any point either keeps both or neither; the next run re-reads from the
-checkpoint, and deterministic effect ids make any repeat a no-op.
+A consumer is a name plus an `Engine`. Per batch it:
+1. reads a page of its partition after its checkpoint (only the events of tenants that have
+   definitions of the engine's kinds; the rest are passed over unread);
+2. has the engine plan the page's effects (bulk reads, then pure Python);
+3. appends the award events the plan made to the log (their idempotency keys derive from
+   the award, so appending them again after a crash, or from a batch that is then refused,
+   changes nothing);
+4. hands the effects to the backend, which writes them with the checkpoint's compare-and-set
+   and the partition's lease check in one transaction.
 
-A consumer is a name plus two functions:
-- `prepare(events)` (async): whatever the batch needs loaded first, e.g. compiled rules;
-- `apply(state, events, prepared, now)` (sync, inside the write): the effects;
-and optionally `wanted(scopes)` (async): False when a range of the log, given only the
-tenants and modes in it, can have no effect at all (no rules for any of them). Such a range
-is never read in full; under load (full batches) its checkpoint is written at most every
-`checkpoint_seconds`, and once caught up at once (so what the checkpoint says is current for
-anyone who waited). A crash in between only means those effect-free events are looked at again.
+So a crash anywhere keeps all of a batch or none of it, and two workers can never both
+apply a range. At-least-once reading, exactly-once effects.
 
-Behind the log (a full batch read), a consumer doubles its next batch, up to
-`max_batch_size`: one write then covers more events, and its costs per write (the commit,
-the reads of state, the pages of an index that many events touch) are shared by more. Back
-with the head of the log, or when someone waits for it, it returns to `batch_size`, so a
-waiter never waits behind a large batch.
+An event whose planning or writing raises (anything but the store being unavailable) is a
+poison event: the page is applied one event at a time, an event is tried `attempts` times,
+then recorded as a dead letter (with the consumer, the error and the attempts) and passed
+over; the events behind it, in its partition and every other, go on. A dead letter whose
+retry was asked for is applied again on its own.
 
-A batch is read, prepared and written one after the other. Reading the next batch while one
-is written was tried and measured: it gained nothing, because both halves are mostly Python
-and take turns on the one interpreter lock (the writer, handing the lock back and forth for
-every row, got slower by about what the reading saved).
+Behind the log (a full page), a consumer doubles its next page, up to `max_batch_size`:
+one write then covers more events, and its costs per write (the commit, the reads of state)
+are shared by more. Back with the head of the log, it returns to `batch_size`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Protocol
+
+import msgspec
 
 from headwater.clock import Clock, system_now
-from headwater.events import Event, Mode
-from headwater.processing.triggers import TriggerLoader, apply_triggers
-from headwater.storage.base import Store
-from headwater.storage.derived import ActionQuery, ActionRecord, ProcessingState
+from headwater.events import Event
+from headwater.ids import dead_letter_id
+from headwater.processing.definitions import Definitions, Scope, ScopeDefinitions
+from headwater.processing.facts import plan_facts
+from headwater.processing.triggers import plan_triggers
+from headwater.storage.base import Store, StoreError
+from headwater.storage.derived import StateReads
+from headwater.storage.effects import CheckpointMove, EffectBatch, Effects
+from headwater.storage.log import LogPage
+from headwater.storage.records import DeadLetter
+from headwater.storage.registry import DefinitionKind
 
 logger = logging.getLogger("headwater.consumer")
-P = TypeVar("P")
-
-Prepare = Callable[[Sequence[Event]], Awaitable[P]]
-Apply = Callable[[ProcessingState, Sequence[Event], P, datetime], Any]
+ERROR_LENGTH = 1000
 
 
-class _Batch(NamedTuple, Generic[P]):
-    end: int  # the last offset covered
-    full: bool  # as many as asked for: the log goes on
-    events: Sequence[Event] | None  # None: nothing in the range is wanted
-    prepared: P | None
+class Engine(Protocol):
+    name: str
+    kinds: tuple[DefinitionKind, ...]  # whose tenants' events it reads
+
+    async def plan(
+        self,
+        events: Sequence[Event],
+        scopes: dict[Scope, ScopeDefinitions],
+        state: StateReads,
+        now: datetime | None,
+        retry: bool = False,
+    ) -> Effects: ...
 
 
-class LogConsumer(Generic[P]):
+class FactsEngine:
+    """Facts and gamification (`processing.facts`)."""
+
+    name = "facts"
+    kinds: tuple[DefinitionKind, ...] = ("challenges",)
+
+    async def plan(
+        self,
+        events: Sequence[Event],
+        scopes: dict[Scope, ScopeDefinitions],
+        state: StateReads,
+        now: datetime | None,
+        retry: bool = False,
+    ) -> Effects:
+        return await plan_facts(events, scopes, state, now, retry)
+
+
+class TriggersEngine:
+    """Trigger rules and webhook subscriptions (`processing.triggers`)."""
+
+    name = "triggers"
+    kinds: tuple[DefinitionKind, ...] = ("triggers", "webhooks")
+
+    async def plan(
+        self,
+        events: Sequence[Event],
+        scopes: dict[Scope, ScopeDefinitions],
+        state: StateReads,
+        now: datetime | None,
+        retry: bool = False,
+    ) -> Effects:
+        return await plan_triggers(events, scopes, state, now)
+
+
+ENGINES: tuple[Engine, ...] = (FactsEngine(), TriggersEngine())  # facts first: what they award, triggers see
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= ERROR_LENGTH else text[: ERROR_LENGTH - 1] + "…"
+
+
+class PartitionConsumer:
     def __init__(
         self,
         store: Store,
-        name: str,
-        prepare: Prepare[P],
-        apply: Apply[P],
+        definitions: Definitions,
+        engine: Engine,
+        partition: int,
+        *,
+        owner: str | None = None,
+        lease: str | None = None,
         clock: Clock = system_now,
         batch_size: int = 1000,
         max_batch_size: int = 8_000,
-        poll_seconds: float = 0.25,
-        wanted: Callable[[set[tuple[str, Mode]]], Awaitable[bool]] | None = None,
+        attempts: int = 3,
         checkpoint_seconds: float = 1.0,
     ) -> None:
         self.store = store
-        self.name = name
-        self.prepare = prepare
-        self.apply = apply
-        self.wanted = wanted
+        self.definitions = definitions
+        self.engine = engine
+        self.name = engine.name
+        self.partition = partition
+        self.owner = owner
+        self.lease = lease
         self.clock = clock
         self.batch_size = batch_size
         self.max_batch_size = max(batch_size, max_batch_size)
-        self._limit = batch_size  # the next batch's size
-        self.poll_seconds = poll_seconds
+        self.attempts = attempts
         self.checkpoint_seconds = checkpoint_seconds
-        self.position: int | None = None
-        self._stored: int = 0  # the checkpoint as last written
-        self._waiters = 0
+        self._limit = batch_size
+        self.position: int | None = None  # how far this consumer has looked
+        self._stored = 0  # the checkpoint as last written (or read)
         self._stored_at = 0.0
-        self._wake = asyncio.Event()
-        self._progress = asyncio.Condition()
 
-    def wake(self) -> None:
-        """Someone waits for this consumer: look now rather than at the next poll."""
-        self._wake.set()
+    async def _read(self, start: int, limit: int) -> tuple[LogPage, dict[Scope, ScopeDefinitions]]:
+        """A page of the events the engine has definitions for, with those definitions. The
+        definitions are looked at again after the read: a change in between (a new trigger
+        for a tenant) could have been missed by the read's filter, so it reads again."""
+        definitions = self.definitions
+        await definitions.refresh()
+        while True:
+            # The cache may be shared (a worker's consumers): compare versions, not "changed".
+            version = definitions.version
+            wanted = await definitions.scopes_with(*self.engine.kinds)
+            page = await self.store.log.read_partition(self.partition, start, limit, wanted)
+            await definitions.refresh()
+            if definitions.version == version:
+                break
+        scopes = await self.definitions.for_scopes({(e.tenant, e.mode) for e in page.events})
+        return page, scopes
 
-    async def _checkpoint(self) -> int:
-        position: int = await self.store.process(lambda state: state.checkpoint(self.name))
-        return position
-
-    def _apply_from(
-        self, state: ProcessingState, stored: int, events: Sequence[Event] | None, prepared: P | None, end: int
-    ) -> bool:
-        # Compare-and-set on the stored checkpoint: another process may have moved it first.
-        if state.checkpoint(self.name) != stored:
-            return False
-        if events:
-            self.apply(state, events, prepared, self.clock())  # type: ignore[arg-type]
-        state.set_checkpoint(self.name, end)
-        return True
-
-    async def _store(self, events: Sequence[Event] | None, prepared: P | None, end: int) -> bool:
-        stored = self._stored
-        size = len(events) if events else 1
-        applied = await self.store.process(lambda state: self._apply_from(state, stored, events, prepared, end), size)
+    async def _write(self, effects: Effects, expected: int, end: int, dead: Sequence[DeadLetter] = ()) -> bool:
+        if effects.appended:
+            await self.store.log.append(effects.appended)
+        batch = EffectBatch(
+            effects, CheckpointMove(self.name, self.partition, expected, end), self.owner, self.lease, list(dead)
+        )
+        applied = await self.store.derived.apply(batch)
         if applied:
             self._stored, self._stored_at = end, time.monotonic()
         return applied
 
-    async def _fetch(self, start: int, limit: int) -> _Batch[P]:
-        end, scopes = await self.store.log_range(start, limit)
-        full = end - start >= limit
-        if end == start or (self.wanted is not None and not await self.wanted(scopes)):
-            return _Batch(end, full, None, None)
-        events = [e for e in await self.store.read_log(start, limit) if (e.seq or 0) <= end]
-        return _Batch(end, full, events, await self.prepare(events))
-
     async def run_once(self) -> int:
-        """Apply one batch; returns how many events it covered."""
+        """Apply one page; returns how many events it looked at. Raises `StoreError` when the
+        store is unavailable (the caller waits and tries again)."""
         if self.position is None:
-            self.position = self._stored = await self._checkpoint()
-        start = self.position
-        limit = self.batch_size if self._waiters else self._limit
-        batch = await self._fetch(start, limit)
-        end, full = batch.end, batch.full
+            self.position = self._stored = await self.store.derived.checkpoint(self.name, self.partition)
+        start, limit = self.position, self._limit
+        page, scopes = await self._read(start, limit)
+        full = page.examined >= limit
         self._limit = min(limit * 2, self.max_batch_size) if full else self.batch_size
-        if end == start:
-            if self.position != self._stored:
-                await self._store(None, None, self.position)
-            return 0
-        if batch.events is None:
-            # Readers go by the stored checkpoint (facts are "the events before it"): store it now when
-            # caught up or when someone waits for this range, else at most every checkpoint_seconds.
-            urgent = not full or self._waiters > 0
-            if urgent or time.monotonic() - self._stored_at > self.checkpoint_seconds:
-                await self._store(None, None, end)
-            self.position = end
-        elif await self._store(batch.events, batch.prepared, end):
-            self.position = end
-        else:
-            self.position = self._stored = await self._checkpoint()
-        async with self._progress:
-            self._progress.notify_all()
-        return end - start
-
-    async def run_forever(self) -> None:
-        while True:
-            try:
-                # A full batch means a backlog: keep going. Otherwise wait for the next poll, so
-                # that a steady trickle of events is taken in batches rather than one by one.
-                if await self.run_once() >= self.batch_size:
-                    continue
-            except Exception:  # the consumer must outlive any one bad batch
-                logger.exception("consumer %s failed; retrying", self.name)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
-
-    async def wait_processed(self, seq: int, timeout: float) -> bool:
-        """Wait until every event up to `seq` has been applied; False on timeout."""
-        self._waiters += 1
-        self.wake()
+        if not page.events:
+            # Readers go by the stored checkpoint (facts are "the events before it"): store it now
+            # when caught up, else at most every checkpoint_seconds.
+            stale = time.monotonic() - self._stored_at > self.checkpoint_seconds
+            if page.end != self._stored and (not full or stale):
+                if not await self._write(Effects(), self._stored, page.end):
+                    self.position = None  # moved elsewhere: read it again
+                    return page.examined
+            self.position = page.end
+            return page.examined
+        if self.position != self._stored:
+            start = self._stored  # effect-free events since the stored checkpoint count too
         try:
-            async with self._progress:
-                await asyncio.wait_for(
-                    self._progress.wait_for(lambda: self.position is not None and self.position >= seq), timeout
-                )
-        except TimeoutError:
+            effects = await self.engine.plan(page.events, scopes, self.store.derived, self.clock())
+            applied = await self._write(effects, start, page.end)
+        except StoreError:
+            raise
+        except Exception:  # noqa: BLE001 - one of the events is poison: find it, apply the rest
+            applied = await self._one_by_one(page.events, scopes, start, page.end)
+        self.position = page.end if applied else None
+        return page.examined
+
+    async def _one_by_one(
+        self, events: Sequence[Event], scopes: dict[Scope, ScopeDefinitions], start: int, end: int
+    ) -> bool:
+        stored = start
+        for event in events:
+            assert event.seq is not None
+            error: BaseException | None = None
+            for _ in range(self.attempts):
+                try:
+                    effects = await self.engine.plan([event], scopes, self.store.derived, self.clock())
+                    if not await self._write(effects, stored, event.seq):
+                        return False
+                    error = None
+                    break
+                except StoreError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - recorded with the dead letter
+                    error = exc
+            if error is not None:
+                logger.error(
+                    "%s consumer, partition %d: event %s failed %d times and is dead-lettered: %s",
+                    self.name, self.partition, event.id, self.attempts, _error_text(error),
+                )  # fmt: skip
+                if not await self._write(Effects(), stored, event.seq, [self._dead_letter(event, error)]):
+                    return False
+            stored = event.seq
+        return stored == end or await self._write(Effects(), stored, end)
+
+    def _dead_letter(self, event: Event, error: BaseException, attempts: int | None = None) -> DeadLetter:
+        assert event.seq is not None
+        now = self.clock()
+        return DeadLetter(
+            id=dead_letter_id(self.name, event.id),
+            consumer=self.name,
+            partition=self.partition,
+            seq=event.seq,
+            event_id=event.id,
+            tenant=event.tenant,
+            mode=event.mode,
+            event_type=event.type,
+            error=_error_text(error),
+            attempts=attempts or self.attempts,
+            status="dead",
+            created_at=now,
+            updated_at=now,
+        )
+
+    async def retry(self, dead: DeadLetter) -> bool:
+        """Apply a dead letter's event again, on its own; True when it went through (the dead
+        letter is then resolved), False when it failed again (it is dead again, one attempt on)."""
+        events = await self.store.log.get_events([dead.seq])
+        scopes = await self.definitions.for_scopes({(e.tenant, e.mode) for e in events})
+        now = self.clock()
+        try:
+            effects = await self.engine.plan(events, scopes, self.store.derived, now, retry=True)
+            if effects.appended:
+                await self.store.log.append(effects.appended)
+            resolved = msgspec.structs.replace(dead, status="resolved", updated_at=now)
+            batch = EffectBatch(effects, None, self.owner, self.lease, [resolved], retried=dead.id)
+            return await self.store.derived.apply(batch)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded with the dead letter
+            again = msgspec.structs.replace(
+                dead, status="dead", error=_error_text(exc), attempts=dead.attempts + 1, updated_at=now
+            )
+            await self.store.derived.apply(EffectBatch(Effects(), None, self.owner, self.lease, [again], dead.id))
             return False
-        finally:
-            self._waiters -= 1
-        return True
 
-
-class TriggerConsumer(LogConsumer[Any]):
-    """Applies trigger rules to every event, in log order."""
-
-    NAME = "triggers"
-
-    def __init__(self, store: Store, loader: TriggerLoader, clock: Clock = system_now, **kwargs: Any) -> None:
-        async def prepare(events: Sequence[Event]) -> Any:
-            return await loader.routes_for({(e.tenant, e.mode) for e in events})
-
-        async def wanted(scopes: set[tuple[str, Mode]]) -> bool:
-            return any((await loader.routes_for(scopes)).values())
-
-        super().__init__(store, self.NAME, prepare, apply_triggers, clock, wanted=wanted, **kwargs)
-
-    async def actions_for(
-        self, tenant: str, mode: Mode, event_ids: Sequence[str], up_to_seq: int, timeout: float
-    ) -> dict[str, list[ActionRecord]] | None:
-        """The actions each event fired, once everything up to `up_to_seq` is applied; highest
-        priority first. None when processing did not catch up in time."""
-        if not await self.wait_processed(up_to_seq, timeout):
-            return None
-        fired: dict[str, list[ActionRecord]] = {event_id: [] for event_id in event_ids}
-        for event_id in fired:
-            rows = await self.store.list_actions(ActionQuery(tenant, mode, event_id=event_id, limit=1000))
-            # Newest first from the store; evaluation order is priority, then trigger age.
-            fired[event_id] = sorted((a for _, a in reversed(rows)), key=lambda a: -a.priority)
-        return fired

@@ -1,23 +1,29 @@
-"""The facts consumer: every event in the log is a fact, and facts drive challenges.
+"""The facts engine: every event in the log is a fact, and facts drive challenges.
 
 A fact is a pure function of its event (`make_fact`), so facts are not written anywhere:
-they are read from the log, up to this consumer's checkpoint. What the consumer writes is
-what facts change: challenge progress, completions, badges, points, the award events they
-append, and each counting fact's effects (for `/sync`). `apply_facts` runs inside one store
-write with the consumer's checkpoint (`Store.process`), so all of it is committed together
-or not at all, and the checkpoint's compare-and-set applies each range of the log once.
-Should a checkpoint ever go back, each progress row's log offset (its last fact) still
-keeps any fact from counting twice.
+they are read from the log, up to the facts consumer's checkpoint. What a batch writes is
+what its facts change: challenge progress, completions, badges, points, the award events it
+appends, and each counting fact's effects (for `/sync`).
 
-Per batch: a plan (which challenges each fact counts for: the ones on its own fact type
-whose conditions match), one bulk read of the progress those need, the facts applied in
-log order in memory, and one bulk write back. Completions and awards, which are rare, are
-written as they happen, each under its own unique key. So the per-event cost is the
-challenges on the event's fact type, whatever the number of challenges elsewhere.
+A batch is planned in steps, so that the state is read in bulk and the logic is pure:
+1. The plan (pure): which challenges each fact counts for (those on its own fact type whose
+   conditions match, within their time bounds) and which progress buckets that touches.
+2. One bulk read of those buckets, then the progress applied in log order, in memory. A
+   target crossed is noted, not yet decided. (A streak longer than the buckets read asks
+   for more: they are read, and the pass starts over on the larger snapshot.)
+3. For the pairs that crossed a target (rare), one read of their completions and of the
+   badges their participants hold; then each crossing, in order, is a new completion or not,
+   and a new one is announced and rewarded.
+
+The checkpoint's compare-and-set applies each range of the log once; should a checkpoint
+ever go back, each progress row's log offset (its last fact) keeps any fact from counting
+twice. The per-event cost is the challenges on the event's own fact type, whatever the
+number of challenges elsewhere.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 from collections.abc import Sequence
@@ -26,33 +32,24 @@ from typing import Any
 
 import msgspec
 
-from headwater.clock import Clock, system_now, to_us
-from headwater.events import Event
-from headwater.processing.awards import (
-    MAX_AWARD_DEPTH,
-    award_depth,
-    award_event,
-    completion_key,
-    fact_type_of,
-    grant_badge,
-    grant_points,
-)
+from headwater.clock import to_us
+from headwater.events import Event, Mode
+from headwater.ids import fact_id_for
+from headwater.processing.awards import MAX_AWARD_DEPTH, Awards, award_depth, award_event, completion_key, fact_type_of
 from headwater.processing.conditions import EventView
-from headwater.processing.consumer import LogConsumer
+from headwater.processing.definitions import Scope, ScopeDefinitions
 from headwater.processing.gamification import (
     ChallengeSet,
     CompiledChallenge,
-    GamificationLoader,
-    Scope,
     bucket_label,
     bucket_of,
     local_day,
     number,
     plain,
 )
-from headwater.storage.base import Fact, Store
-from headwater.storage.derived import ProcessingState
-from headwater.storage.gamification import Completion, fact_id_for
+from headwater.storage.derived import StateReads
+from headwater.storage.effects import Effects
+from headwater.storage.records import Completion, DistinctValue, Fact, ProgressRange, ProgressValue
 
 MAX_COMPLETIONS_PER_FACT = 100
 MAX_DISTINCT_VALUE = 200
@@ -64,7 +61,7 @@ _encode = msgspec.json.encode
 
 Pair = tuple[str, str]  # (challenge_id, participant)
 
-__all__ = ["Award", "FactsConsumer", "ProgressChange", "apply_facts", "fact_id_for", "make_fact", "read_effects"]
+__all__ = ["Award", "ProgressChange", "fact_id_for", "make_fact", "plan_facts", "read_effects"]
 
 
 class ProgressChange(msgspec.Struct):
@@ -89,7 +86,7 @@ class Award(msgspec.Struct, omit_defaults=True):
 Change = list[Any]
 
 
-class Effects(msgspec.Struct, array_like=True):
+class FactEffects(msgspec.Struct, array_like=True):
     """What processing one fact changed, kept with the fact (compactly: this is written for
     every fact that counts for a challenge) and answered by `/sync`."""
 
@@ -97,7 +94,7 @@ class Effects(msgspec.Struct, array_like=True):
     awards: list[Award] = msgspec.field(default_factory=list)
 
 
-_effects = msgspec.json.Decoder(Effects)
+_effects = msgspec.json.Decoder(FactEffects)
 
 
 def read_effects(raw: bytes | None) -> tuple[list[ProgressChange], list[Award]]:
@@ -135,6 +132,14 @@ def _distinct_value(value: Any) -> str:
     return text
 
 
+class ReadMore(Exception):
+    """A streak ran past the buckets read: read these too, and plan the batch again."""
+
+    def __init__(self, pair: Pair, low: int, high: int) -> None:
+        super().__init__(pair, low, high)
+        self.range: ProgressRange = (*pair, low, high)
+
+
 class _Cell(msgspec.Struct, gc=False):
     """One bucket's progress. Not tracked by the cyclic GC (it holds only numbers): a batch
     keeps thousands alive, and tracking them made collections a large part of the batch."""
@@ -148,15 +153,20 @@ class _Cell(msgspec.Struct, gc=False):
 class _Progress:
     """A batch's challenge progress: read in bulk, changed in memory in log order, written
     back in bulk. Each (challenge, participant) pair holds the buckets of the range it was
-    read for; the plan makes sure that covers every bucket the batch looks at."""
+    read for; the plan makes sure that covers every bucket the batch looks at.
 
-    def __init__(self, state: ProcessingState) -> None:
-        self.state = state
+    The rows as read are kept apart from the cells the pass changes, so that the pass can
+    start over (`reset`) after reading more."""
+
+    def __init__(self, retry: bool = False) -> None:
+        self.retry = retry  # a dead letter applied again: it was never counted
         self.ranges: dict[Pair, tuple[int, int]] = {}
         self.value_ranges: dict[Pair, tuple[int, int]] = {}
-        self.cells: dict[Pair, dict[int, _Cell]] = {}  # every wanted pair, after `load`
+        self.read_rows: list[ProgressValue] = []
+        self.read_values: list[tuple[str, str, int, str]] = []
+        self.cells: dict[Pair, dict[int, _Cell]] = {}  # every wanted pair, after `reset`
         self.values: dict[Pair, dict[int, set[str]]] = {}
-        self.new_values: list[tuple[str, str, int, str, int]] = []
+        self.new_values: list[DistinctValue] = []
 
     @staticmethod
     def _want(ranges: dict[Pair, tuple[int, int]], pair: Pair, low: int, high: int) -> None:
@@ -169,22 +179,36 @@ class _Progress:
     def want_values(self, pair: Pair, low: int, high: int) -> None:
         self._want(self.value_ranges, pair, low, high)
 
-    def load(self) -> None:
+    async def read(self, state: StateReads) -> None:
+        ranges = [(c, p, lo, hi) for (c, p), (lo, hi) in self.ranges.items()]
+        value_ranges = [(c, p, lo, hi) for (c, p), (lo, hi) in self.value_ranges.items()]
+        rows, values = await asyncio.gather(
+            state.progress(ranges) if ranges else _nothing(),
+            state.distinct_values(value_ranges) if value_ranges else _nothing(),
+        )
+        self.read_rows.extend(rows)
+        self.read_values.extend(values)
+
+    async def read_more(self, state: StateReads, wanted: ProgressRange) -> None:
+        c, p, low, high = wanted
+        self.read_rows.extend(await state.progress([wanted]))
+        self.want((c, p), low, high)
+
+    def reset(self) -> None:
         cells: dict[Pair, dict[int, _Cell]] = {pair: {} for pair in self.ranges}
+        for c, p, bucket, value, reached, seq in self.read_rows:
+            cells[c, p].setdefault(bucket, _Cell(value, reached, seq))
         self.cells = cells
-        if self.ranges:
-            for c, p, bucket, value, reached, seq in self.state.load_progress(
-                [(c, p, lo, hi) for (c, p), (lo, hi) in self.ranges.items()]
-            ):
-                cells[c, p][bucket] = _Cell(value, reached, seq)
-        if self.value_ranges:
-            ranges = [(c, p, lo, hi) for (c, p), (lo, hi) in self.value_ranges.items()]
-            for c, p, bucket, seen in self.state.load_values(ranges):
-                self.values.setdefault((c, p), {}).setdefault(bucket, set()).add(seen)
+        self.values = {}
+        for c, p, bucket, seen in self.read_values:
+            self.values.setdefault((c, p), {}).setdefault(bucket, set()).add(seen)
+        self.new_values = []
 
     def counted(self, pair: Pair, bucket: int, seq: int) -> bool:
         """Whether the fact at log offset `seq` was counted in this bucket already: facts are
         applied in log order, so a bucket's last offset says which ones it has seen."""
+        if self.retry:
+            return False
         cell = self.cells[pair].get(bucket)
         return cell is not None and cell.seq >= seq
 
@@ -198,7 +222,7 @@ class _Progress:
         cell.value += delta
         if at_us > cell.reached:
             cell.reached = at_us
-        cell.seq = seq
+        cell.seq = max(cell.seq, seq)
         cell.dirty = True
         return cell.value
 
@@ -212,36 +236,23 @@ class _Progress:
         cell.value += 1
         if at_us < cell.reached:
             cell.reached = at_us
-        cell.seq = seq
+        cell.seq = max(cell.seq, seq)
         cell.dirty = True
         return False
-
-    def _extend(self, pair: Pair, low: int, high: int) -> None:
-        """Read buckets beyond the range first read (a streak longer than the look-around)."""
-        cells = self.cells[pair]
-        for _, _, bucket, value, reached, seq in self.state.load_progress([(*pair, low, high)]):
-            if bucket not in cells:
-                cells[bucket] = _Cell(value, reached, seq)
-        self._want(self.ranges, pair, low, high)
 
     def run_around(self, pair: Pair, bucket: int) -> tuple[int, int]:
         """(first, last) of the run of consecutive buckets holding `bucket`."""
         cells = self.cells[pair]
+        low, high = self.ranges[pair]
         first = last = bucket
-        while True:
-            while first - 1 in cells:
-                first -= 1
-            low = self.ranges[pair][0]
-            if first - 1 >= low:
-                break
-            self._extend(pair, low - STREAK_READ_ON, low - 1)
-        while True:
-            while last + 1 in cells:
-                last += 1
-            high = self.ranges[pair][1]
-            if last + 1 <= high:
-                break
-            self._extend(pair, high + 1, high + STREAK_READ_ON)
+        while first - 1 in cells:
+            first -= 1
+        if first - 1 < low:
+            raise ReadMore(pair, low - STREAK_READ_ON, low - 1)
+        while last + 1 in cells:
+            last += 1
+        if last + 1 > high:
+            raise ReadMore(pair, high + 1, high + STREAK_READ_ON)
         return first, last
 
     def totals(self, pair: Pair, low: int, high: int) -> dict[int, float]:
@@ -269,17 +280,18 @@ class _Progress:
                 found |= seen
         return len(found)
 
-    def flush(self) -> None:
-        rows = [
+    def flush(self, effects: Effects) -> None:
+        effects.progress.extend(
             (c, p, b, cell.value, cell.reached, cell.seq)
             for (c, p), cells in self.cells.items()
             for b, cell in cells.items()
             if cell.dirty
-        ]
-        if rows:
-            self.state.save_progress(rows)
-        if self.new_values:
-            self.state.save_values(self.new_values)
+        )
+        effects.values.extend(self.new_values)
+
+
+async def _nothing() -> list[Any]:
+    return []
 
 
 class _Step(msgspec.Struct, gc=False):
@@ -293,26 +305,41 @@ class _Step(msgspec.Struct, gc=False):
     value: str = ""  # distinct
 
 
-class _FactRun:
-    """One new fact: its plan, then its progress and awards."""
+class _Crossing(msgspec.Struct, gc=False):
+    """A target crossed: a completion unless the store or this batch has it already (or, for
+    a repeatable rolling window, one whose window overlaps). Decided after the pass."""
 
-    __slots__ = ("at_us", "depth", "effects", "event", "now", "participant", "progress", "seq", "state", "steps")
-    effects: Effects  # while applying
+    challenge: CompiledChallenge
+    change: Change
+    occurrence: str
+    period: int
+    overlap: tuple[int, int] | None = None  # periods in which another completion rules this one out
+
+
+class _FactRun:
+    """One new fact: its plan, then its progress, then its completions and awards."""
+
+    __slots__ = ("at_us", "crossings", "depth", "effects", "event", "participant", "progress", "scope", "seq", "steps")
+    effects: FactEffects  # while applying
+    progress: _Progress
 
     def __init__(
         self,
-        challenges: ChallengeSet,
+        scope: ScopeDefinitions,
         event: Event,
         participant: str,
         depth: int,
         candidates: tuple[CompiledChallenge, ...],
     ) -> None:
         assert event.seq is not None, "facts are made from events in the log"
+        self.scope = scope
         self.event = event
         self.seq = event.seq
         self.participant = participant
         self.depth = depth
         self.at_us = at_us = to_us(event.time)
+        self.crossings: list[_Crossing] = []
+        challenges = scope.challenges
         steps: list[_Step] = []
         view = EventView(event)
         day: date | None = None
@@ -361,10 +388,12 @@ class _FactRun:
                 if c.metric == "distinct":
                     progress.want_values(pair, b, b)
 
-    def apply(self, state: ProcessingState, progress: _Progress, now: datetime) -> bytes | None:
-        """Apply the steps; the fact's effects, encoded, when it changed any progress."""
-        self.state, self.progress, self.now = state, progress, now
-        self.effects = effects = Effects()  # a plan whose write failed may be applied again
+    def apply(self, progress: _Progress) -> bytes | None:
+        """Apply the steps' progress; the fact's effects, encoded, when it changed progress
+        and crossed no target (with a crossing, they are encoded once it is decided)."""
+        self.progress = progress
+        self.effects = effects = FactEffects()
+        self.crossings = []
         seq, at_us = self.seq, self.at_us
         for step in self.steps:
             c, pair, bucket = step.challenge, step.pair, step.bucket
@@ -384,29 +413,34 @@ class _FactRun:
                 before = after - step.delta
                 change = self._change(c, c.period.kind, bucket, before, after)
                 self._crossings(c, change, bucket, before, after)
+        if self.crossings or not effects.progress:
+            return None
         # Kept as bytes only: a batch's effects are many small objects, each of which the
         # cyclic GC would otherwise track (and traverse) until the write ends.
         del self.effects
-        return _encode(effects) if effects.progress else None
+        return _encode(effects)
 
     def _change(self, c: CompiledChallenge, kind: str, bucket: int, before: float, after: float) -> Change:
         change = [c.id, kind, bucket, before, after, c.target, False]
         self.effects.progress.append(change)
         return change
 
+    def _cross(self, c: CompiledChallenge, change: Change, occurrence: str, period: int) -> None:
+        self.crossings.append(_Crossing(c, change, occurrence, period))
+
     def _crossings(self, c: CompiledChallenge, change: Change, bucket: int, before: float, after: float) -> None:
         target = c.target
         if not c.repeatable:
             if before < target <= after:
-                self._complete(c, change, "once", bucket)
+                self._cross(c, change, "once", bucket)
         elif c.period.kind == "all_time":
             # Every multiple of the target reached completes once more.
             first = max(1, math.floor(before / target) + 1)
             last = min(math.floor(after / target), first + MAX_COMPLETIONS_PER_FACT - 1)
             for k in range(first, last + 1):
-                self._complete(c, change, str(k), bucket)
+                self._cross(c, change, str(k), bucket)
         elif before < target <= after:  # once per calendar period
-            self._complete(c, change, c.period.label(bucket), bucket)
+            self._cross(c, change, c.period.label(bucket), bucket)
 
     def _rolling_sum(self, step: _Step) -> None:
         c, pair, d, delta = step.challenge, step.pair, step.bucket, step.delta
@@ -423,7 +457,7 @@ class _FactRun:
         for end in [d, *sorted(b for b in rows if d < b <= d + days - 1)]:
             total = after if end == d else window(end)
             if total - delta < c.target <= total:
-                self._complete_rolling(c, change, end)
+                self._cross_rolling(c, change, end)
 
     def _rolling_distinct(self, step: _Step) -> None:
         c, pair, d = step.challenge, step.pair, step.bucket
@@ -440,17 +474,17 @@ class _FactRun:
             if change is None:
                 change = self._change(c, "daily", d, before, total)
             if before < c.target <= total:
-                self._complete_rolling(c, change, end)
+                self._cross_rolling(c, change, end)
 
-    def _complete_rolling(self, c: CompiledChallenge, change: Change, end: int) -> None:
+    def _cross_rolling(self, c: CompiledChallenge, change: Change, end: int) -> None:
         if not c.repeatable:
-            self._complete(c, change, "once", end)
+            self._cross(c, change, "once", end)
             return
         # Repeatable: once per window; the windows of two completions never overlap.
         days = c.period.days
-        if self.state.completion_between(c.id, self.participant, end - days + 1, end + days - 1):
-            return
-        self._complete(c, change, bucket_label("daily", end), end)
+        self.crossings.append(
+            _Crossing(c, change, bucket_label("daily", end), end, (end - days + 1, end + days - 1))
+        )
 
     def _streak(self, step: _Step) -> None:
         c, pair, bucket = step.challenge, step.pair, step.bucket
@@ -464,114 +498,141 @@ class _FactRun:
         target = c.target
         if not c.repeatable:
             if before < target <= after:
-                self._complete(c, change, "once", bucket)
+                self._cross(c, change, "once", bucket)
             return
         lowest = max(1, math.floor(before / target) + 1)
         for k in range(lowest, min(math.floor(after / target), lowest + MAX_COMPLETIONS_PER_FACT - 1) + 1):
-            self._complete(c, change, f"{bucket_label(c.streak_unit, first)}#{k}", first + int(target) * k - 1)
+            self._cross(c, change, f"{bucket_label(c.streak_unit, first)}#{k}", first + int(target) * k - 1)
 
-    def _complete(self, c: CompiledChallenge, change: Change, occurrence: str, period: int) -> None:
-        event, participant, state = self.event, self.participant, self.state
-        completion = Completion(event.tenant, event.mode, c.id, participant, occurrence, period, event.time, event.id)
-        if not state.record_completion(completion):
-            return
+    def complete(self, book: dict[Pair, dict[str, int]], awards: Awards, effects: Effects, now: datetime) -> bytes:
+        """Decide the crossings, in order, against the completions known; the fact's effects."""
+        event, participant = self.event, self.participant
+        for x in self.crossings:
+            c = x.challenge
+            known = book.setdefault((c.id, participant), {})
+            if x.occurrence in known:
+                continue
+            if x.overlap is not None and any(x.overlap[0] <= p <= x.overlap[1] for p in known.values()):
+                continue
+            known[x.occurrence] = x.period
+            effects.completions.append(
+                Completion(event.tenant, event.mode, c.id, participant, x.occurrence, x.period, event.time, event.id)
+            )
+            self._reward(x, awards, now)
+        encoded = _encode(self.effects)
+        del self.effects
+        return encoded
+
+    def _reward(self, x: _Crossing, awards: Awards, now: datetime) -> None:
+        c, change, event, participant = x.challenge, x.change, self.event, self.participant
         change[6] = True
         depth = self.depth + 1
-        self.effects.awards.append(Award("challenge.completed", challenge_id=c.id, occurrence=occurrence))
+        self.effects.awards.append(Award("challenge.completed", challenge_id=c.id, occurrence=x.occurrence))
         data = {
             "challenge_id": c.id,
             "challenge_name": c.name,
-            "occurrence": occurrence,
+            "occurrence": x.occurrence,
             "progress": plain(change[4]),
             "target": plain(c.target),
             "cause_event_id": event.id,
             "depth": depth,
         }
-        key = completion_key(c.id, participant, occurrence)
-        state.append_events([award_event(event, "challenge.completed", participant, key, data, self.now)])
+        key = completion_key(c.id, participant, x.occurrence)
+        awards.announce(award_event(event, "challenge.completed", participant, key, data, now))
         reason = f"challenge:{c.id}"
         badge = c.reward_badge
         if (
             badge is not None
-            and state.badge_defined(event.tenant, event.mode, badge)
-            and grant_badge(state, event, participant, badge, reason, depth, self.now)
+            and badge in self.scope.badges
+            and awards.grant_badge(event, participant, badge, reason, depth, now)
         ):
             self.effects.awards.append(Award("badge.awarded", badge=badge, reason=reason))
         points = c.reward_points
         if points is not None:
-            cause = f"challenge:{c.id}:{occurrence}"
-            if grant_points(state, event, participant, points, reason, cause, depth, self.now):
+            cause = f"challenge:{c.id}:{x.occurrence}"
+            if awards.grant_points(event, participant, points, reason, cause, depth, now, self.scope.settings):
                 self.effects.awards.append(Award("points.awarded", points=points, reason=reason))
 
 
-Plan = list[_FactRun]
-
-
-def plan_facts(events: Sequence[Event], sets: dict[Scope, ChallengeSet]) -> Plan:
-    """The challenge steps each event's fact would take: everything that needs no state,
-    worked out before the write (the consumer does this in `prepare`). Facts with no step
-    need no write at all: they are read from the log."""
-    plan: Plan = []
+def _runs(events: Sequence[Event], scopes: dict[Scope, ScopeDefinitions]) -> list[_FactRun]:
+    """The challenge steps each event's fact would take: everything that needs no state.
+    Facts with no step need no write at all: they are read from the log."""
+    runs: list[_FactRun] = []
     for event in events:
         participant = event.subject
         if participant is None:
             continue
-        challenges = sets.get((event.tenant, event.mode))
-        if not challenges:
+        scope = scopes.get((event.tenant, event.mode))
+        challenges: ChallengeSet | None = None if scope is None else scope.challenges
+        if scope is None or not challenges:
             continue
         candidates = challenges.for_fact_type(fact_type_of(event))
         if not candidates:
             continue
         depth = award_depth(event)
         if depth < MAX_AWARD_DEPTH:
-            run = _FactRun(challenges, event, participant, depth, candidates)
+            run = _FactRun(scope, event, participant, depth, candidates)
             if run.steps:
-                plan.append(run)
-    return plan
+                runs.append(run)
+    return runs
 
 
-def apply_plan(state: ProcessingState, plan: Plan, now: datetime) -> None:
-    """Apply the facts' steps, in log order, inside the write."""
-    if not plan:
-        return
-    progress = _Progress(state)
-    for run in plan:
+def _apply_progress(runs: list[_FactRun], progress: _Progress, effects: Effects) -> list[_FactRun]:
+    """The progress pass; the runs that crossed a target."""
+    progress.reset()
+    crossed = []
+    encoded: list[tuple[str, bytes]] = []
+    for run in runs:
+        raw = run.apply(progress)
+        if raw is not None:
+            encoded.append((fact_id_for(run.event.id), raw))
+        elif run.crossings:
+            crossed.append(run)
+    effects.fact_effects.extend(encoded)
+    return crossed
+
+
+async def _complete(state: StateReads, crossed: list[_FactRun], effects: Effects, now: datetime | None) -> None:
+    pairs = sorted({(x.challenge.id, run.participant) for run in crossed for x in run.crossings})
+    participants = sorted(
+        {(run.event.tenant, run.event.mode, run.participant) for run in crossed if any(x.challenge.reward_badge for x in run.crossings)}
+    )
+    known, held = await asyncio.gather(state.completions(pairs), state.held_badges(participants))
+    book: dict[Pair, dict[str, int]] = {}
+    for completion in known:
+        book.setdefault((completion.challenge_id, completion.participant_id), {})[completion.occurrence] = completion.period
+    awards = Awards(held, effects)
+    for run in crossed:
+        effects.fact_effects.append((fact_id_for(run.event.id), run.complete(book, awards, effects, now or run.event.received_at)))
+
+
+async def plan_facts(
+    events: Sequence[Event],
+    scopes: dict[Scope, ScopeDefinitions],
+    state: StateReads,
+    now: datetime | None = None,
+    retry: bool = False,
+) -> Effects:
+    """The effects of each event's fact on its tenant's challenges, in log order. Award events
+    are stamped `now`, or (a replay, which must not read the clock) each with its cause's
+    receive time. `retry`: the events are dead letters applied again, never counted before."""
+    effects = Effects()
+    runs = _runs(events, scopes)
+    if not runs:
+        return effects
+    progress = _Progress(retry)
+    for run in runs:
         run.plan(progress)
-    progress.load()
-    effects = []
-    for run in plan:
-        encoded = run.apply(state, progress, now)
-        if encoded is not None:
-            effects.append((fact_id_for(run.event.id), encoded))
-    progress.flush()
-    if effects:
-        state.put_fact_effects(effects)
-
-
-def apply_facts(
-    state: ProcessingState, events: Sequence[Event], sets: dict[Scope, ChallengeSet], now: datetime
-) -> None:
-    """Make each event's fact and apply it to its tenant's challenges, in log order."""
-    apply_plan(state, plan_facts(events, sets), now)
-
-
-class FactsConsumer(LogConsumer[Plan]):
-    """Applies every event to facts and gamification, in log order. The plan (facts, matching
-    challenges, buckets) is made before the write, so the writer holds only the state work."""
-
-    NAME = "facts"
-
-    def __init__(self, store: Store, loader: GamificationLoader, clock: Clock = system_now, **kwargs: Any) -> None:
-        async def prepare(events: Sequence[Event]) -> Plan:
-            sets = await loader.sets_for({(e.tenant, e.mode) for e in events if e.subject is not None})
-            return plan_facts(events, sets)
-
-        def apply(state: ProcessingState, events: Sequence[Event], plan: Plan, now: datetime) -> None:
-            apply_plan(state, plan, now)
-
-        async def wanted(scopes: set[Scope]) -> bool:
-            # Facts are read from the log itself; only challenges make the consumer write.
-            sets = await loader.sets_for(scopes)
-            return any(sets.get(scope) for scope in scopes)
-
-        super().__init__(store, self.NAME, prepare, apply, clock, wanted=wanted, **kwargs)
+    await progress.read(state)
+    while True:
+        attempt = Effects()
+        try:
+            crossed = _apply_progress(runs, progress, attempt)
+            break
+        except ReadMore as more:
+            await progress.read_more(state, more.range)
+    progress.flush(attempt)
+    if crossed:
+        await _complete(state, crossed, attempt, now)
+    effects.merge(attempt)
+    return effects

@@ -36,8 +36,8 @@ from msgspec import UNSET, UnsetType
 from headwater.clock import to_us
 from headwater.events import Mode
 from headwater.processing.conditions import Accessor, ConditionError, Predicate, _accessor, compile_conditions
-from headwater.storage.base import Store
-from headwater.storage.gamification import AWARD_TYPES, GamificationSettings
+from headwater.storage.records import AWARD_TYPES
+from headwater.storage.registry import GamificationSettings
 
 Scope = tuple[str, Mode]
 PeriodKind = Literal["all_time", "daily", "weekly", "monthly", "rolling"]
@@ -313,42 +313,6 @@ class ChallengeSet:
 
     def for_fact_type(self, fact_type: str) -> tuple[CompiledChallenge, ...]:
         return self._by_type.get(fact_type, ())
-
-
-_decode_challenge = msgspec.json.Decoder(ChallengeIn)
-
-
-class GamificationLoader:
-    """Compiled challenge sets per tenant and mode, reloaded when any process changes a
-    badge, challenge or setting."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._sets: dict[Scope, ChallengeSet] = {}
-        self._version = -1
-
-    def invalidate(self) -> None:
-        self._sets.clear()
-
-    async def sets_for(self, scopes: Iterable[Scope]) -> dict[Scope, ChallengeSet]:
-        # Read the version before loading: a change committed during the load bumps it past
-        # what we hold, and the next call reloads.
-        version = await self.store.gamification_version()
-        if version != self._version:
-            self._sets.clear()
-            self._version = version
-        for scope in scopes:
-            if scope not in self._sets:
-                self._sets[scope] = await self._load(*scope)
-        return self._sets
-
-    async def _load(self, tenant: str, mode: Mode) -> ChallengeSet:
-        records = await self.store.list_challenges(tenant, mode)
-        compiled = [
-            compile_challenge(r.id, _decode_challenge.decode(r.definition), order) for order, r in enumerate(records)
-        ]
-        settings = await self.store.get_settings(tenant, mode)
-        return ChallengeSet(compiled, settings or GamificationSettings())
 
 
 def number(value: Any) -> bool:

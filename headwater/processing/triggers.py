@@ -1,17 +1,23 @@
-"""Evaluating triggers on events and dispatching their actions.
+"""The trigger engine: which triggers an event fires, and what their actions do.
 
-`apply_triggers` runs inside one store write (see `Store.process`): window points,
-firings, action records and webhook outbox rows are written together with the
-consumer's checkpoint. Action ids derive from (trigger, event), so applying the same
-events twice fires nothing twice.
+A batch is planned in three steps:
+1. Match (pure): each event against its tenant's triggers for its type (and mapped types),
+   by their compiled conditions.
+2. Read (bulk): the state the matches need, one query per kind: window points, recent
+   firings for cooldowns, which of the actions exist already, active enrolments, profiles,
+   badges held.
+3. Apply (pure, in log order, in memory): windows, cooldowns, actions and their effects,
+   and the webhook messages for endpoints subscribed to actions and events.
+
+Every id derives from its cause (an action from trigger and event, a delivery from endpoint
+and message, an enrolment from its action), so a batch planned twice writes the same rows.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import math
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -19,26 +25,17 @@ import msgspec
 
 from headwater.clock import to_us
 from headwater.events import Event, Mode
-from headwater.processing.awards import dispatch_award
+from headwater.ids import action_id, delivery_id, enrollment_id
+from headwater.processing.awards import Awards, dispatch_award
 from headwater.processing.conditions import EventView
-from headwater.processing.rules import (
-    DEFAULT_TYPE_MAPPINGS,
-    CompiledTrigger,
-    TriggerIn,
-    TriggerSet,
-    compile_trigger,
-)
-from headwater.storage.base import Store
-from headwater.storage.derived import ActionRecord, ProcessingState, topic_matches
+from headwater.processing.definitions import Scope, ScopeDefinitions
+from headwater.processing.rules import CompiledTrigger
+from headwater.storage.derived import StateReads
+from headwater.storage.effects import Effects, NewDelivery, NewEnrollment, ProfileWrite, WindowPoint
+from headwater.storage.records import ActionRecord, ActionStatus
 
-Scope = tuple[str, Mode]
-_decode_rule = msgspec.json.Decoder(TriggerIn)
 _encode = msgspec.json.encode
-
-
-def action_id(trigger_id: str, event_id: str) -> str:
-    digest = hashlib.sha256(f"{trigger_id}\x00{event_id}".encode()).hexdigest()
-    return f"act_{digest[:32]}"
+Pair = tuple[str, str]  # (trigger id, subject)
 
 
 class WebhookMessage(msgspec.Struct):
@@ -49,74 +46,129 @@ class WebhookMessage(msgspec.Struct):
     data: dict[str, Any]
 
 
-class Routing(NamedTuple):
-    """What a tenant and mode's events can cause: trigger rules and webhook subscriptions."""
-
-    triggers: TriggerSet
-    subscriptions: frozenset[str]
-
-    def __bool__(self) -> bool:
-        return bool(self.triggers) or bool(self.subscriptions)
+def message(topic: str, at: datetime, **data: Any) -> bytes:
+    return _encode(WebhookMessage(topic, at, data))
 
 
-class TriggerLoader:
-    """Routing per tenant and mode, cached.
+class _Match(NamedTuple):
+    event: Event
+    view: EventView | None  # None when no trigger listens to its type (its data is never read)
+    triggers: tuple[CompiledTrigger, ...]
+    scope: ScopeDefinitions
 
-    Changes made through this process's API call `invalidate` and take effect at once.
-    Changes by another process are seen within `recheck_seconds` (a trigger version
-    counter in the store), and everything is reloaded every `reload_seconds` regardless.
-    """
 
-    def __init__(self, store: Store, recheck_seconds: float = 1.0, reload_seconds: float = 10.0) -> None:
-        self.store = store
-        self.recheck_seconds = recheck_seconds
-        self.reload_seconds = reload_seconds
-        self._routes: dict[Scope, Routing] = {}
-        self._generation = 0  # bumped by invalidate, so a load racing a change is not kept
-        self._version = -1
-        self._checked_at = -math.inf
-        self._loaded_at = -math.inf
+class _Window:
+    """A trigger's rolling window for one subject: its points, in memory for the batch. What
+    the batch changed is written as the difference from what was read, so that points added
+    and pruned in any order come out as they would one event at a time."""
 
-    def invalidate(self) -> None:
-        self._generation += 1
-        self._routes.clear()
+    __slots__ = ("points", "read")
 
-    async def _recheck(self) -> None:
-        now = time.monotonic()
-        if now - self._loaded_at > self.reload_seconds:
-            self.invalidate()
-            self._loaded_at = now
-        if now - self._checked_at > self.recheck_seconds:
-            self._checked_at = now
-            version = await self.store.triggers_version()
-            if version != self._version:
-                self.invalidate()
-                self._version = version
+    def __init__(self) -> None:
+        self.points: dict[str, tuple[int, float]] = {}  # event id -> (time µs, value)
+        self.read: set[str] = set()
 
-    async def routes_for(self, scopes: Iterable[Scope]) -> dict[Scope, Routing]:
-        await self._recheck()
-        found: dict[Scope, Routing] = {}
-        for scope in scopes:
-            routing = self._routes.get(scope)
-            while routing is None:
-                generation = self._generation
-                loaded = await self._load(*scope)
-                if generation == self._generation:
-                    routing = self._routes[scope] = loaded
-            found[scope] = routing
-        return found
+    def load(self, event_id: str, at: int, value: float) -> None:
+        self.points[event_id] = (at, value)
+        self.read.add(event_id)
 
-    async def _load(self, tenant: str, mode: Mode) -> Routing:
-        records = await self.store.list_triggers(tenant, mode)
-        compiled = [compile_trigger(r.id, _decode_rule.decode(r.definition), order) for order, r in enumerate(records)]
-        mappings = await self.store.get_type_mappings(tenant, mode)
-        subscriptions = await self.store.webhook_subscriptions(tenant, mode)
-        return Routing(
-            TriggerSet(compiled, DEFAULT_TYPE_MAPPINGS if mappings is None else mappings), frozenset(subscriptions)
+    def add(self, event_id: str, at: int, value: float) -> None:
+        self.points.setdefault(event_id, (at, value))
+
+    def totals(self, start: int, end: int) -> tuple[int, float]:
+        inside = [value for at, value in self.points.values() if start < at <= end]
+        return len(inside), math.fsum(inside)
+
+    def prune(self, before: int) -> None:
+        for event_id in [e for e, (at, _) in self.points.items() if at < before]:
+            del self.points[event_id]
+
+    def changes(self, trigger_id: str, subject: str, effects: Effects) -> None:
+        effects.window_points.extend(
+            WindowPoint(trigger_id, subject, e, at, value) for e, (at, value) in self.points.items() if e not in self.read
         )
+        effects.window_deletes.extend((trigger_id, subject, e) for e in self.read if e not in self.points)
 
 
-def _crosses_window(state: ProcessingState, trigger: CompiledTrigger, view: EventView, subject: str) -> bool:
+class _Batch:
+    """What one batch reads and changes, in memory."""
+
+    def __init__(self, effects: Effects) -> None:
+        self.effects = effects
+        self.windows: dict[Pair, _Window] = {}
+        self.firings: dict[Pair, list[tuple[int, str]]] = {}  # (event time µs, action id)
+        self.existing: set[str] = set()
+        self.enrolled: dict[tuple[str, Mode, str, str], list[str]] = {}  # active enrolment ids
+        self.profiles: dict[tuple[str, Mode, str], dict[str, Any]] = {}
+        self.changed_profiles: dict[tuple[str, Mode, str], datetime] = {}
+        self.awards = Awards(set(), effects)
+
+
+def _match(events: Sequence[Event], scopes: dict[Scope, ScopeDefinitions]) -> list[_Match]:
+    matches = []
+    for event in events:
+        scope = scopes.get((event.tenant, event.mode))
+        if scope is None or not scope.routes:
+            continue
+        candidates = scope.triggers.for_event_type(event.type)
+        view = EventView(event) if candidates else None
+        fired = tuple(t for t in candidates if t.matches(view)) if view is not None else ()
+        if fired or scope.endpoints:
+            matches.append(_Match(event, view, fired, scope))
+    return matches
+
+
+async def _read(state: StateReads, matches: list[_Match], batch: _Batch) -> None:
+    windows: set[Pair] = set()
+    cooldowns: dict[Pair, list[int]] = {}  # (low, high) event times
+    actions: list[str] = []
+    journeys: set[tuple[str, Mode, str, str]] = set()
+    subjects: set[tuple[str, Mode, str]] = set()
+    participants: set[tuple[str, Mode, str]] = set()
+    for m in matches:
+        event, subject = m.event, m.event.subject or ""
+        at = to_us(event.time)
+        for trigger in m.triggers:
+            pair = (trigger.id, subject)
+            actions.append(action_id(trigger.id, event.id))
+            if trigger.window is not None:
+                windows.add(pair)
+            if trigger.cooldown_us is not None:
+                low, high = cooldowns.get(pair, [at - trigger.cooldown_us, at])
+                cooldowns[pair] = [min(low, at - trigger.cooldown_us), max(high, at)]
+            kind = trigger.action_type
+            if kind == "journey_enroll":
+                journeys.add((event.tenant, event.mode, trigger.action_config["journeyId"], subject))
+            elif kind == "update_attribute" and event.subject is not None:
+                subjects.add((event.tenant, event.mode, event.subject))
+            elif kind == "award_badge" and event.subject is not None:
+                participants.add((event.tenant, event.mode, event.subject))
+    points, firings, existing, enrolled, profiles, held = await asyncio.gather(
+        state.window_points(sorted(windows)),
+        state.firings([(t, s, low, high) for (t, s), (low, high) in sorted(cooldowns.items())]),
+        state.existing_actions(actions),
+        state.active_enrollments(sorted(journeys)),
+        state.profiles(sorted(subjects)),
+        state.held_badges(sorted(participants)),
+    )
+    for pair in windows:
+        batch.windows[pair] = _Window()
+    for p in points:
+        batch.windows[p.trigger_id, p.subject].load(p.event_id, p.time_us, p.value)
+    for pair in cooldowns:
+        batch.firings[pair] = []
+    for trigger_id, subject, at, act in firings:
+        batch.firings[trigger_id, subject].append((at, act))
+    batch.existing = existing
+    for key in journeys:
+        batch.enrolled[key] = []
+    for tenant, mode, journey, subject, id_ in enrolled:
+        batch.enrolled[tenant, mode, journey, subject].append(id_)
+    batch.profiles = profiles
+    batch.awards.held = held
+
+
+def _crosses_window(batch: _Batch, trigger: CompiledTrigger, view: EventView, subject: str) -> bool:
     """Fire when the rolling total first reaches the threshold: before < threshold <= after."""
     window = trigger.window
     assert window is not None
@@ -128,101 +180,114 @@ def _crosses_window(state: ProcessingState, trigger: CompiledTrigger, view: Even
         value = float(raw)
     event = view.event
     at = to_us(event.time)
-    state.window_add(trigger.id, subject, event.id, at, value)
-    count, total = state.window_totals(trigger.id, subject, at - window.within_us, at)
+    points = batch.windows[trigger.id, subject]
+    points.add(event.id, at, value)
+    count, total = points.totals(at - window.within_us, at)
     after = float(count) if window.sum_field is None else total
     before = after - value
     # Points older than two windows can no longer count for any event still arriving in order.
-    state.window_prune(trigger.id, subject, at - 2 * window.within_us)
+    points.prune(at - 2 * window.within_us)
     return before < window.threshold <= after
 
 
-def _cooling_down(state: ProcessingState, trigger: CompiledTrigger, event: Event, subject: str, act: str) -> bool:
+def _cooling_down(batch: _Batch, trigger: CompiledTrigger, event: Event, subject: str, act: str) -> bool:
     assert trigger.cooldown_us is not None
     at = to_us(event.time)
-    last = state.last_firing(trigger.id, subject, at, act)
-    return last is not None and at - last < trigger.cooldown_us
+    times = [t for t, other in batch.firings[trigger.id, subject] if t <= at and other != act]
+    return bool(times) and at - max(times) < trigger.cooldown_us
 
 
-def _subscribed(patterns: frozenset[str], topic: str) -> bool:
-    return any(topic_matches(pattern, topic) for pattern in patterns)
+def _deliver(batch: _Batch, event: Event, topic: str, key: str, body: bytes, at: datetime, targets: list[str]) -> list[str]:
+    ids = [delivery_id(target, key) for target in targets]
+    batch.effects.deliveries.extend(
+        NewDelivery(id_, event.tenant, event.mode, target, topic, key, body, at)
+        for id_, target in zip(ids, targets, strict=True)
+    )
+    return ids
 
 
-def _message(topic: str, at: datetime, **data: Any) -> bytes:
-    return _encode(WebhookMessage(topic, at, data))
+def _enroll(batch: _Batch, event: Event, journey: str, how: str, act: str, at: datetime) -> str:
+    """The enrolment policy: `skip_if_active` (the default), `restart`, `allow_multiple`."""
+    key = (event.tenant, event.mode, journey, event.subject or "")
+    active = batch.enrolled[key]
+    outcome = "enrolled"
+    if active and how == "skip_if_active":
+        return "skipped"
+    if active and how == "restart":
+        batch.effects.ended_enrollments.extend(active)
+        active.clear()
+        outcome = "restarted"
+    new_id = enrollment_id(act)
+    batch.effects.enrollments.append(NewEnrollment(new_id, event.tenant, event.mode, journey, key[3], act, at))
+    active.append(new_id)
+    return outcome
 
 
-def _dispatch(
-    state: ProcessingState, trigger: CompiledTrigger, view: EventView, action: ActionRecord, patterns: frozenset[str]
-) -> None:
-    """Carry out a new action's effects and settle its status."""
-    event = view.event
-    config = trigger.action_config
-    status, error, result = "dispatched", None, None
+def _set_attribute(batch: _Batch, event: Event, config: dict[str, Any], view: EventView, at: datetime) -> str | None:
+    """The error, if the attribute could not be set."""
+    value = config["value"] if "value" in config else view.get(tuple(config["value_from"].split(".")))
+    if value is EventView.MISSING:
+        return f"{config['value_from']} is absent from the event"
+    if event.subject is None:
+        return "the event has no subject to update"
+    key = (event.tenant, event.mode, event.subject)
+    batch.profiles.setdefault(key, {})[config["attribute"]] = value
+    batch.changed_profiles[key] = at
+    return None
+
+
+def _dispatch(batch: _Batch, m: _Match, trigger: CompiledTrigger, action: ActionRecord) -> ActionRecord:
+    """Carry out a new action's effects; the action with its outcome."""
+    event, scope, config = m.event, m.scope, trigger.action_config
+    status: ActionStatus = "dispatched"
+    error: str | None = None
+    result: bytes | None = None
+    at = action.created_at
     topic = f"action.{action.type}"
     if action.type == "webhook":
-        message = _message(topic, action.created_at, action=action, event=event)
-        try:
-            ids = state.enqueue_deliveries(
-                event.tenant, event.mode, "action.webhook", action.id, message, action.created_at, config["endpoint_id"]
-            )
-            result = _encode({"deliveries": ids})
-        except LookupError:
-            status, error = "failed", f"no enabled webhook endpoint {config['endpoint_id']!r}"
+        target = config["endpoint_id"]
+        if target in scope.endpoints:
+            body = message(topic, at, action=action, event=event)
+            result = _encode({"deliveries": _deliver(batch, event, "action.webhook", action.id, body, at, [target])})
+        else:
+            status, error = "failed", f"no enabled webhook endpoint {target!r}"
     else:
         if action.type == "journey_enroll":
-            outcome = state.enroll(
-                event.tenant,
-                event.mode,
-                config["journeyId"],
-                event.subject or "",
-                action.id,
-                config.get("mode", "skip_if_active"),
-                action.created_at,
-            )
+            outcome = _enroll(batch, event, config["journeyId"], config.get("mode", "skip_if_active"), action.id, at)
             result = _encode({"enrollment": outcome})
             if outcome == "skipped":
                 status = "skipped"
         elif action.type in ("award_badge", "award_points"):
             status, error, result = dispatch_award(
-                state, event, action.type, config, action.id, trigger.id, action.created_at
+                batch.awards, event, action.type, config, action.id, trigger.id, at, scope.badges, scope.settings
             )
         elif action.type == "update_attribute":
-            value = config["value"] if "value" in config else view.get(tuple(config["value_from"].split(".")))
-            if value is EventView.MISSING:
-                status, error = "failed", f"{config['value_from']} is absent from the event"
-            elif event.subject is None:
-                status, error = "failed", "the event has no subject to update"
-            else:
-                state.set_attribute(
-                    event.tenant, event.mode, event.subject, config["attribute"], value, action.created_at
-                )
-        if status == "dispatched" and _subscribed(patterns, topic):
-            message = _message(topic, action.created_at, action=action, event=event)
-            state.enqueue_deliveries(event.tenant, event.mode, topic, action.id, message, action.created_at)
-    if (status, error, result) != ("dispatched", None, None):
-        state.settle_action(action.id, status, error, result)  # type: ignore[arg-type]
+            assert m.view is not None
+            error = _set_attribute(batch, event, config, m.view, at)
+            if error is not None:
+                status = "failed"
+        subscribers = scope.subscribers(topic) if status == "dispatched" else []
+        if subscribers:
+            _deliver(batch, event, topic, action.id, message(topic, at, action=action, event=event), at, subscribers)
+    if (status, error, result) == ("dispatched", None, None):
+        return action
+    return msgspec.structs.replace(
+        action, status=status, error=error, result=None if result is None else msgspec.Raw(result)
+    )
 
 
-def fire(
-    state: ProcessingState, trigger_set: TriggerSet, event: Event, now: datetime, patterns: frozenset[str]
-) -> list[ActionRecord]:
-    """Evaluate one event against its tenant's triggers; returns the actions it newly fired.
-    `patterns` are the webhook subscriptions of the event's tenant and mode."""
-    triggers = trigger_set.for_event_type(event.type)
-    if not triggers:
-        return []
-    view = EventView(event)
-    fired: list[ActionRecord] = []
+def _fire(batch: _Batch, m: _Match, now: datetime) -> None:
+    event, view = m.event, m.view
     subject = event.subject or ""
-    for trigger in triggers:
-        if not trigger.matches(view):
-            continue
+    for trigger in m.triggers:
+        assert view is not None, "a trigger matched, so the event's data was read"
         act = action_id(trigger.id, event.id)
-        if trigger.window is not None and not _crosses_window(state, trigger, view, subject):
+        if trigger.window is not None and not _crosses_window(batch, trigger, view, subject):
             continue
-        if trigger.cooldown_us is not None and _cooling_down(state, trigger, event, subject, act):
+        if trigger.cooldown_us is not None and _cooling_down(batch, trigger, event, subject, act):
             continue
+        if act in batch.existing:
+            continue  # applied before (a checkpoint that went back): nothing fires twice
         action = ActionRecord(
             id=act,
             tenant=event.tenant,
@@ -239,23 +304,38 @@ def fire(
             event_time=event.time,
             created_at=now,
         )
-        if state.record_action(action):
-            _dispatch(state, trigger, view, action, patterns)
-            fired.append(action)
-    return fired
+        action = _dispatch(batch, m, trigger, action)
+        batch.existing.add(act)
+        batch.effects.actions.append(action)
+        if action.status != "failed" and trigger.cooldown_us is not None:
+            batch.firings[trigger.id, subject].append((to_us(event.time), act))
 
 
-def apply_triggers(
-    state: ProcessingState, events: Sequence[Event], routes: dict[Scope, Routing], now: datetime
-) -> None:
-    """Apply triggers (and event subscriptions) to a batch of events, in log order."""
-    for event in events:
-        routing = routes.get((event.tenant, event.mode))
-        if not routing:
-            continue
-        patterns = routing.subscriptions
-        if routing.triggers:
-            fire(state, routing.triggers, event, now, patterns)
-        topic = f"event.{event.type}"
-        if patterns and _subscribed(patterns, topic):
-            state.enqueue_deliveries(event.tenant, event.mode, topic, event.id, _message(topic, now, event=event), now)
+async def plan_triggers(
+    events: Sequence[Event],
+    scopes: dict[Scope, ScopeDefinitions],
+    state: StateReads,
+    now: datetime | None = None,
+) -> Effects:
+    """The effects of applying triggers (and event subscriptions) to `events`, in log order.
+    Actions are stamped `now`, or (a replay, which must not read the clock) each with its
+    event's receive time."""
+    effects = Effects()
+    matches = _match(events, scopes)
+    if not matches:
+        return effects
+    batch = _Batch(effects)
+    await _read(state, matches, batch)
+    for m in matches:
+        at = now or m.event.received_at
+        _fire(batch, m, at)
+        topic = f"event.{m.event.type}"
+        subscribers = m.scope.subscribers(topic)
+        if subscribers:
+            body = message(topic, at, event=m.event)
+            _deliver(batch, m.event, topic, m.event.id, body, at, subscribers)
+    for (trigger_id, subject), window in batch.windows.items():
+        window.changes(trigger_id, subject, effects)
+    for key, at in batch.changed_profiles.items():
+        effects.profiles.append(ProfileWrite(*key, batch.profiles[key], at))
+    return effects

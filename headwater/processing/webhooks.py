@@ -38,11 +38,13 @@ from urllib.parse import urlsplit
 
 import certifi
 import httpcore
+import msgspec
 from standardwebhooks import Webhook
 
 from headwater.clock import Clock, system_now
 from headwater.config import Settings
-from headwater.storage.derived import AttemptOutcome, DeliveryAttempt, DueDelivery, WebhookStore
+from headwater.storage.base import Store
+from headwater.storage.records import AttemptOutcome, ClaimedDelivery, DeliveryAttempt
 
 logger = logging.getLogger("headwater.webhooks")
 
@@ -52,6 +54,7 @@ JITTER = 0.1
 LEASE_MARGIN = 60.0  # a claim outlives the longest send by this much
 USER_AGENT = b"Headwater-Webhooks/1"
 ERROR_LENGTH = 500
+GONE = "the endpoint answered 410 Gone"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -76,6 +79,23 @@ LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopb
 
 class DeliveryRefused(httpcore.ConnectError):
     """The SSRF guard refused to connect."""
+
+
+class DueDelivery(msgspec.Struct, frozen=True):
+    """A claimed delivery with what the worker needs to send it: its endpoint's url and secrets."""
+
+    id: str
+    tenant: str
+    mode: str
+    endpoint_id: str
+    topic: str
+    payload: bytes
+    attempts: int  # attempts made so far, in all
+    round_attempts: int  # attempts made since it was (re-)queued: the index into the retry schedule
+    url: str
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -228,6 +248,15 @@ def check_url(url: str, allow_private: bool = False) -> str | None:
     return None
 
 
+def _due(
+    c: ClaimedDelivery, url: str, secret: str, previous: str | None, previous_expires: datetime | None
+) -> DueDelivery:
+    return DueDelivery(
+        c.id, c.tenant, c.mode, c.endpoint_id, c.topic, c.payload, c.attempts, c.round_attempts, url, secret,
+        previous, previous_expires,
+    )  # fmt: skip
+
+
 def signature_headers(delivery: DueDelivery, at: datetime) -> dict[str, str]:
     """The Standard Webhooks headers for one attempt of `delivery` made at `at`."""
     at = at.astimezone(UTC)
@@ -284,7 +313,7 @@ class DeliveryWorker:
 
     def __init__(
         self,
-        store: WebhookStore,
+        store: Store,
         settings: Settings,
         clock: Clock = system_now,
         *,
@@ -374,7 +403,20 @@ class DeliveryWorker:
     async def _claim(self, limit: int) -> list[DueDelivery]:
         now = self.clock()
         lease = now + timedelta(seconds=self.timeout + LEASE_MARGIN)
-        due = await self.store.claim_deliveries(now, limit, lease, self.schedule[0])
+        claimed = await self.store.derived.claim_deliveries(now, limit, lease, self.schedule[0])
+        if not claimed:
+            return []
+        endpoints = await self.store.registry.webhooks_by_id({c.endpoint_id for c in claimed})
+        due = []
+        for c in claimed:
+            endpoint = endpoints.get(c.endpoint_id)
+            if endpoint is None:  # deleted since: so are its deliveries
+                await self.store.derived.forget_endpoint(c.endpoint_id)
+            elif not endpoint.enabled:  # disabled since: its pending deliveries fail
+                await self.store.derived.fail_pending(c.endpoint_id, endpoint.disabled_reason or "disabled")
+            else:
+                due.append(_due(c, endpoint.url, endpoint.secret, endpoint.previous_secret,
+                                endpoint.previous_secret_expires_at))  # fmt: skip
         self._gone.difference_update(d.endpoint_id for d in due)  # claimed again: enabled again
         return due
 
@@ -400,10 +442,13 @@ class DeliveryWorker:
             error=None if response.error is None else _truncate(response.error),
         )
         outcome = self.outcome(delivery, attempt, response)
-        if outcome.disable_endpoint is not None:
-            self._gone.add(delivery.endpoint_id)
         try:
-            await self.store.finish_attempt(outcome)
+            await self.store.derived.finish_attempt(outcome)
+            if response.status == 410:
+                # Gone: the endpoint is disabled and the rest of what is pending for it fails.
+                self._gone.add(delivery.endpoint_id)
+                if await self.store.registry.disable_webhook(delivery.endpoint_id, GONE, at):
+                    await self.store.derived.fail_pending(delivery.endpoint_id, GONE)
         except Exception:  # the claim expires and the delivery is sent again
             logger.exception("recording webhook attempt %s of %s failed", attempt.attempt, delivery.id)
 
@@ -439,7 +484,7 @@ class DeliveryWorker:
         if status is not None and 200 <= status < 300:
             return AttemptOutcome(attempt, "delivered")
         if status == 410:
-            return AttemptOutcome(attempt, "failed", disable_endpoint="the endpoint answered 410 Gone")
+            return AttemptOutcome(attempt, "failed")
         following = delivery.round_attempts + 1
         if following >= len(self.schedule):
             return AttemptOutcome(attempt, "failed")

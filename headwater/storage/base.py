@@ -1,31 +1,23 @@
-"""The storage contract: an append-only event log plus the tenant and key registry.
+"""The storage contract: three protocols, and the one object that bundles them.
 
-The pipeline and the routes talk only to `Store`. A backend (SQLite today,
-PostgreSQL and Redis Streams later) implements it and is picked by `open_store`.
+- `log` (`storage.log.EventLog`): the append-only event log, split into partitions, and
+  the quarantine written with it. The source of truth.
+- `registry` (`storage.registry.Registry`): tenants, keys, schemas and definitions.
+- `derived` (`storage.derived.DerivedState`): everything derived from the log, how
+  workers share it (checkpoints, leases, dead letters), and waiting across processes.
 
-Guarantees every backend gives:
-- `append` returns only once every accepted event is durable, and dedups on
-  (tenant, mode, idempotency_key) against everything retained, including
-  earlier events of the same call. A duplicate reports the original's id.
-- `seq` is the log offset: unique, increasing in commit order, so a consumer
-  that has processed everything up to `seq` never needs to look below it.
-- `append` raises `Backpressure` instead of queueing without bound.
+A backend implements the three and `open_store` picks it. Nothing above `storage/` knows
+which backend it talks to, and nothing below it knows a domain rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
-from typing import Literal, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
-import msgspec
-
-from headwater.events import Event, FieldError, Mode, QuarantinedEvent
-from headwater.storage.derived import TriggerStore, WebhookStore
-from headwater.storage.gamification import GamificationStore
-
-Role = Literal["admin", "editor", "ingest", "viewer"]
-Enforcement = Literal["off", "soft", "strict"]
+from headwater.storage.derived import DerivedState
+from headwater.storage.log import EventLog
+from headwater.storage.registry import Registry
 
 
 class StoreError(Exception):
@@ -40,89 +32,7 @@ class Backpressure(StoreError):
         self.retry_after = retry_after
 
 
-class AppendOutcome(NamedTuple):
-    status: Literal["accepted", "duplicate"]
-    id: str
-    seq: int  # for a duplicate, the original's offset
-
-
-class EventQuery(msgspec.Struct, frozen=True):
-    """A page of one tenant's events, newest `time` first.
-
-    `time_from`/`time_to` bound the event time (from inclusive, to exclusive).
-    `before` is the (time, seq) position of the last row of the previous page.
-    """
-
-    tenant: str
-    mode: Mode
-    types: tuple[str, ...] = ()
-    subject: str | None = None
-    source: str | None = None
-    time_from: datetime | None = None
-    time_to: datetime | None = None
-    before: tuple[datetime, int] | None = None
-    limit: int = 100
-
-
-class KeyRecord(msgspec.Struct, frozen=True):
-    id: str
-    tenant: str
-    role: Role
-    mode: Mode
-    prefix: str
-    name: str | None
-    created_at: datetime
-    revoked_at: datetime | None = None
-
-
-class SchemaVersion(msgspec.Struct, frozen=True):
-    type: str
-    version: int
-    enforcement: Enforcement
-    schema: msgspec.Raw
-    created_at: datetime
-
-
-class QuarantineQuery(msgspec.Struct, frozen=True):
-    """Quarantined items of one tenant and mode, newest first; `ids` selects exact items."""
-
-    tenant: str
-    mode: Mode
-    ids: tuple[str, ...] = ()
-    type: str | None = None
-    status: Literal["quarantined", "replayed"] | None = "quarantined"
-    received_from: datetime | None = None
-    received_to: datetime | None = None
-    before: str | None = None  # the id of the last item of the previous page
-    limit: int = 100
-
-
-class CatalogEntry(msgspec.Struct, frozen=True):
-    type: str
-    count: int
-    first_seen: datetime
-    last_seen: datetime
-    violations: int
-    properties: dict[str, list[str]]
-
-
-class Fact(msgspec.Struct, frozen=True):
-    """What one event established, made by the facts consumer (`processing/facts.py`) as it
-    follows the log. `fact_id` derives from the event id, so re-deriving it changes nothing.
-    Facts and everything they drive are read and listed through `GamificationStore`."""
-
-    fact_id: str
-    fact_type: str
-    participant_id: str | None
-    event_id: str
-    tenant: str
-    mode: Mode
-    data: msgspec.Raw
-    occurred_at: datetime
-    processed_at: datetime
-
-
-class Store(TriggerStore, WebhookStore, GamificationStore, Protocol):
+class Lifecycle(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -130,57 +40,19 @@ class Store(TriggerStore, WebhookStore, GamificationStore, Protocol):
     async def ping(self) -> None:
         """Raise `StoreError` unless the store accepts writes now."""
 
-    # The event log.
-    async def append(self, events: Sequence[Event], quarantine: Sequence[QuarantinedEvent] = ()) -> list[AppendOutcome]:
-        """Append `events` and keep `quarantine` in the same durable write."""
 
-    async def get_event(self, tenant: str, mode: Mode, event_id: str) -> Event | None: ...
+@dataclass(frozen=True)
+class Store:
+    log: EventLog
+    registry: Registry
+    derived: DerivedState
+    lifecycle: Lifecycle
 
-    async def query_events(self, query: EventQuery) -> list[Event]: ...
+    async def start(self) -> None:
+        await self.lifecycle.start()
 
-    async def read_log(self, after_seq: int, limit: int) -> list[Event]:
-        """Events of every tenant with `seq > after_seq`, in log order: what consumers follow."""
+    async def close(self) -> None:
+        await self.lifecycle.close()
 
-    async def log_range(self, after_seq: int, limit: int) -> tuple[int, set[tuple[str, Mode]]]:
-        """For the same range `read_log` would return: its last seq (`after_seq` when empty) and
-        the tenants and modes in it. Cheap: lets a consumer skip ranges it has no rules for."""
-
-    # Tenants and keys.
-    async def ensure_tenant(self, tenant: str) -> bool:
-        """Create the tenant if it is new; True when it was created."""
-
-    async def count_tenants(self) -> int: ...
-
-    async def add_key(self, record: KeyRecord, key_hash: str) -> None: ...
-
-    async def find_key(self, key_hash: str) -> KeyRecord | None: ...
-
-    async def list_keys(self, tenant: str) -> list[KeyRecord]: ...
-
-    async def revoke_key(self, tenant: str, key_id: str, at: datetime) -> bool: ...
-
-    # Schemas.
-    async def put_schema(
-        self, tenant: str, type_: str, schema: bytes, enforcement: Enforcement, at: datetime
-    ) -> SchemaVersion:
-        """Store the next version of the type's schema."""
-
-    async def latest_schemas(self, tenant: str) -> list[SchemaVersion]: ...
-
-    async def schema_versions(self, tenant: str, type_: str) -> list[SchemaVersion]: ...
-
-    # Quarantine.
-    async def list_quarantine(self, query: QuarantineQuery) -> list[QuarantinedEvent]: ...
-
-    async def mark_replayed(self, tenant: str, mode: Mode, outcomes: Sequence[tuple[str, str]], at: datetime) -> None:
-        """Mark quarantined items (id, event id) as replayed."""
-
-    async def update_quarantine_reasons(
-        self, tenant: str, mode: Mode, reasons: Sequence[tuple[str, list[FieldError]]]
-    ) -> None: ...
-
-    # The event catalog, derived from the log.
-    async def refresh_catalog(self, max_events: int) -> int:
-        """Fold up to `max_events` events not yet counted into the catalog; returns how many."""
-
-    async def list_catalog(self, tenant: str, mode: Mode) -> list[CatalogEntry]: ...
+    async def ping(self) -> None:
+        await self.lifecycle.ping()

@@ -1,162 +1,148 @@
-"""The contract for state derived from the log: triggers, actions and what actions touch.
+"""Derived state: everything the consumers make from the log, and how they share the work.
 
-Consumers read the log by offset and apply each batch through `Store.process`, which
-runs their function inside one atomic write together with their checkpoint. Every
-effect has a deterministic id, so a batch applied twice (after a crash, or once by
-the sync path and again by the consumer) changes nothing the second time.
+- `StateReads`: the bulk reads an engine makes before it plans a batch, one query per kind
+  of state however many rows the batch touches.
+- `DerivedState.apply`: a batch's effects, its checkpoint's compare-and-set and the lease
+  check in one transaction (see `storage.effects`).
+- Positions, leases and dead letters: how worker processes split the partitions, survive
+  each other, and skip an event that cannot be applied without stopping the rest.
+- The read models the API serves (actions, enrolments, profiles, the webhook outbox,
+  progress, badges, points, leaderboards, the catalog), and waiting for a checkpoint.
+- `rebuild`: fresh state to replay the log into, swapped in whole at the end.
+
+A backend only reads and writes: which rows a batch changes, and every id in them, is the
+engines' decision (`headwater.processing`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol, TypeVar
-
-import msgspec
+from typing import Any, Protocol
 
 from headwater.events import Mode
-from headwater.storage.gamification import GamificationState
+from headwater.storage.effects import EffectBatch, Effects, NewDelivery, WindowPoint
+from headwater.storage.records import (
+    ActionQuery,
+    ActionRecord,
+    AttemptOutcome,
+    BoardKind,
+    BoardRow,
+    CatalogEntry,
+    ClaimedDelivery,
+    Completion,
+    DeadLetter,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryQuery,
+    Enrollment,
+    ParticipantState,
+    PointsPeriod,
+    ProgressRange,
+    ProgressRow,
+    ProgressValue,
+    SubjectProfile,
+)
 
-T = TypeVar("T")
-ActionStatus = Literal["dispatched", "skipped", "failed"]
-
-
-def topic_matches(subscription: str, topic: str) -> bool:
-    """`action.recommend` matches only itself; `action.*` matches every `action.` topic."""
-    if subscription.endswith(".*"):
-        return topic.startswith(subscription[:-1])
-    return subscription == topic
-
-
-class TriggerRecord(msgspec.Struct, frozen=True):
-    """A trigger as stored; `definition` is the validated rule as the client wrote it."""
-
-    id: str
-    tenant: str
-    mode: Mode
-    definition: msgspec.Raw
-    created_at: datetime
-    updated_at: datetime
-
-
-class ActionRecord(msgspec.Struct, frozen=True):
-    """One firing of one trigger on one event. `id` derives from (trigger, event)."""
-
-    id: str
-    tenant: str
-    mode: Mode
-    trigger_id: str
-    trigger_name: str
-    event_id: str
-    event_type: str
-    subject: str | None
-    type: str
-    config: msgspec.Raw
-    status: ActionStatus
-    priority: int
-    event_time: datetime
-    created_at: datetime
-    error: str | None = None
-    result: msgspec.Raw | None = None
+Pair = tuple[str, str]  # (trigger or challenge id, subject)
 
 
-class ActionQuery(msgspec.Struct, frozen=True):
-    tenant: str
-    mode: Mode
-    type: str | None = None
-    subject: str | None = None
-    trigger_id: str | None = None
-    event_id: str | None = None
-    status: ActionStatus | None = None
-    before: int | None = None  # position of the last row of the previous page
-    limit: int = 100
+class RebuildBusy(Exception):
+    """Another rebuild of the same store is under way: a second would rebuild the same state
+    for nothing, and its swap could set the derived state back to an older position."""
+ScopedSubject = tuple[str, Mode, str]  # (tenant, mode, subject)
 
 
-class Enrollment(msgspec.Struct, frozen=True):
-    id: str
-    journey_id: str
-    subject: str
-    status: Literal["active", "restarted"]
-    action_id: str
-    enrolled_at: datetime
+class StateReads(Protocol):
+    async def window_points(self, pairs: Sequence[Pair]) -> list[WindowPoint]:
+        """Every point of the rolling windows of these (trigger, subject) pairs."""
+
+    async def firings(self, ranges: Sequence[tuple[str, str, int, int]]) -> list[tuple[str, str, int, str]]:
+        """(trigger, subject, event time µs, action id) of the actions that did not fail, for
+        each (trigger, subject, low µs, high µs) range (low exclusive, high inclusive)."""
+
+    async def existing_actions(self, action_ids: Sequence[str]) -> set[str]: ...
+
+    async def active_enrollments(self, keys: Sequence[tuple[str, Mode, str, str]]) -> list[tuple[str, Mode, str, str, str]]:
+        """(tenant, mode, journey, subject, enrolment id) of the active enrolments of the keys
+        (tenant, mode, journey, subject)."""
+
+    async def profiles(self, keys: Sequence[ScopedSubject]) -> dict[ScopedSubject, dict[str, Any]]: ...
+
+    async def progress(self, ranges: Sequence[ProgressRange]) -> list[ProgressValue]: ...
+
+    async def distinct_values(self, ranges: Sequence[ProgressRange]) -> list[tuple[str, str, int, str]]:
+        """(challenge, participant, bucket, value) of the distinct values seen in the ranges."""
+
+    async def completions(self, pairs: Sequence[Pair]) -> list[Completion]:
+        """Every completion of these (challenge, participant) pairs."""
+
+    async def held_badges(self, keys: Sequence[ScopedSubject]) -> set[tuple[str, Mode, str, str]]:
+        """(tenant, mode, participant, badge) of the badges these participants hold."""
 
 
-class SubjectProfile(msgspec.Struct, frozen=True):
-    subject: str
-    attributes: dict[str, Any]
-    updated_at: datetime | None
+class Rebuild(StateReads, Protocol):
+    """Fresh, empty derived state beside the live one (what `headwater replay` fills)."""
+
+    async def write(self, effects: Effects) -> None: ...
+
+    async def swap(self, position: int, checkpoints: Sequence[tuple[str, int]]) -> dict[str, int]:
+        """Replace the live state with this one, and set each (consumer, partition) checkpoint
+        to `position`, in one transaction. Returns the rows per table swapped in."""
+
+    async def discard(self) -> None: ...
 
 
-class ProcessingState(GamificationState, Protocol):
-    """Synchronous operations on derived state, all inside one atomic write (the facts and
-    gamification ones are in `headwater.storage.gamification`)."""
+class DerivedState(StateReads, Protocol):
+    async def apply(self, batch: EffectBatch) -> bool:
+        """Write the batch; False (and nothing written) when its checkpoint had moved, its
+        lease is held by another owner, or the dead letter it retries is no longer retrying."""
 
-    def checkpoint(self, consumer: str) -> int: ...
+    async def enqueue(self, deliveries: Sequence[NewDelivery]) -> None:
+        """Put messages in the outbox outside any batch (an endpoint's test message)."""
 
-    def set_checkpoint(self, consumer: str, seq: int) -> None: ...
+    # Positions and leases.
 
-    def window_add(self, trigger_id: str, subject: str, event_id: str, at_us: int, value: float) -> None:
-        """Record one event in a trigger's rolling window for a subject (idempotent per event)."""
+    async def checkpoint(self, consumer: str, partition: int) -> int: ...
 
-    def window_totals(self, trigger_id: str, subject: str, start_us: int, end_us: int) -> tuple[int, float]:
-        """(count, sum) of the window points with start < time <= end."""
+    async def checkpoints(self) -> dict[tuple[str, int], int]:
+        """Every (consumer, partition) checkpoint there is."""
 
-    def window_prune(self, trigger_id: str, subject: str, before_us: int) -> None: ...
+    async def leases(self, now: datetime) -> dict[str, str]:
+        """The owner of every lease held at `now`."""
 
-    def last_firing(self, trigger_id: str, subject: str, at_or_before_us: int, excluding: str) -> int | None:
-        """Event time of the latest other firing of the trigger for the subject up to a time."""
+    async def heartbeat(self, owner: str, now: datetime, until: datetime) -> list[str]:
+        """Note that `owner` is alive until `until`; returns every owner alive at `now`."""
 
-    def record_action(self, action: ActionRecord) -> bool:
-        """Store the action; False (and nothing written) when its id already exists."""
+    async def take_leases(self, owner: str, names: Sequence[str], now: datetime, until: datetime) -> list[str]:
+        """Take or renew, until `until`, those of the leases that are free, expired or already
+        the owner's; returns the ones the owner now holds."""
 
-    def settle_action(self, action_id: str, status: ActionStatus, error: str | None, result: bytes | None) -> None:
-        """Set the outcome of an action's effects."""
+    async def release_leases(self, owner: str, names: Sequence[str]) -> None: ...
 
-    def enroll(
-        self, tenant: str, mode: Mode, journey_id: str, subject: str, action_id: str, how: str, at: datetime
-    ) -> str:
-        """Enrol per `how` (skip_if_active | restart | allow_multiple); returns enrolled | skipped | restarted."""
+    async def leave(self, owner: str) -> None:
+        """A worker that stops: its leases are free at once and it no longer counts as alive."""
 
-    def set_attribute(self, tenant: str, mode: Mode, subject: str, name: str, value: Any, at: datetime) -> None: ...
+    async def wait_checkpoint(self, consumers: Sequence[str], partition: int, seq: int, timeout: float) -> bool:
+        """Wait until every one of the consumers has passed `seq` in the partition; False on timeout."""
 
-    def enqueue_deliveries(
-        self,
-        tenant: str,
-        mode: Mode,
-        topic: str,
-        message_key: str,
-        payload: bytes,
-        at: datetime,
-        endpoint_id: str | None = None,
-    ) -> list[str]:
-        """Put a webhook message in the outbox for every enabled endpoint of the tenant and mode
-        subscribed to `topic` (or only `endpoint_id`, whatever it subscribes to). Delivery ids
-        derive from (endpoint, message_key), so enqueuing twice sends once. Returns the ids;
-        raises `LookupError` when `endpoint_id` names no enabled endpoint."""
+    # Dead letters.
 
+    async def list_dead_letters(
+        self, tenant: str, mode: Mode, before: int | None = None, limit: int = 100
+    ) -> list[tuple[int, DeadLetter]]:
+        """Newest first, each with its position for paging."""
 
-class TriggerStore(Protocol):
-    async def process(self, fn: Callable[[ProcessingState], T], size: int = 1) -> T:
-        """Run `fn` against the derived state inside one durable write."""
+    async def get_dead_letter(self, tenant: str, mode: Mode, dead_letter_id: str) -> DeadLetter | None: ...
 
-    async def put_trigger(self, record: TriggerRecord) -> None:
-        """Create or replace a trigger."""
+    async def retry_dead_letter(self, tenant: str, mode: Mode, dead_letter_id: str, at: datetime) -> DeadLetter | None:
+        """Ask for a dead letter to be applied again (status `retrying`); None when there is none
+        that is dead."""
 
-    async def get_trigger(self, tenant: str, mode: Mode, trigger_id: str) -> TriggerRecord | None: ...
+    async def retrying(self, partitions: Sequence[int]) -> list[DeadLetter]:
+        """Dead letters of these partitions waiting to be applied again."""
 
-    async def list_triggers(self, tenant: str, mode: Mode) -> list[TriggerRecord]: ...
-
-    async def delete_trigger(self, tenant: str, mode: Mode, trigger_id: str) -> bool: ...
-
-    async def triggers_version(self) -> int:
-        """A counter bumped by every change to any trigger or type mapping (any tenant)."""
-
-    async def get_type_mappings(self, tenant: str, mode: Mode) -> dict[str, list[str]] | None:
-        """The tenant's own mapping, or None when it uses the defaults."""
-
-    async def put_type_mappings(
-        self, tenant: str, mode: Mode, mappings: dict[str, list[str]], at: datetime
-    ) -> None: ...
+    # Triggers.
 
     async def list_actions(self, query: ActionQuery) -> list[tuple[int, ActionRecord]]:
         """Newest first, each with its position for paging."""
@@ -165,132 +151,7 @@ class TriggerStore(Protocol):
 
     async def get_profile(self, tenant: str, mode: Mode, subject: str) -> SubjectProfile | None: ...
 
-
-# Webhooks: endpoints, the delivery outbox and every attempt.
-
-DeliveryStatus = Literal["pending", "delivered", "failed"]
-
-
-class WebhookEndpoint(msgspec.Struct, frozen=True):
-    """A receiver of signed webhook messages. `subscriptions` are topics such as
-    `action.recommend` or `event.purchase`, or a namespace wildcard such as `action.*`.
-    `previous_secret` still signs until `previous_secret_expires_at` after a rotation."""
-
-    id: str
-    tenant: str
-    mode: Mode
-    url: str
-    description: str | None
-    subscriptions: list[str]
-    secret: str
-    previous_secret: str | None
-    previous_secret_expires_at: datetime | None
-    enabled: bool
-    disabled_reason: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-class Delivery(msgspec.Struct, frozen=True):
-    """One message for one endpoint in the outbox. `id` is the stable `webhook-id`."""
-
-    id: str
-    tenant: str
-    mode: Mode
-    endpoint_id: str
-    topic: str
-    message_key: str
-    payload: msgspec.Raw
-    status: DeliveryStatus
-    attempts: int
-    next_attempt_at: datetime | None  # None unless pending
-    last_status: int | None
-    last_error: str | None
-    created_at: datetime
-    delivered_at: datetime | None
-
-
-class DeliveryAttempt(msgspec.Struct, frozen=True):
-    """One HTTP attempt: the response's status code, or the error that prevented one."""
-
-    delivery_id: str
-    endpoint_id: str
-    attempt: int
-    at: datetime
-    status_code: int | None
-    latency_ms: float
-    error: str | None
-
-
-class DeliveryQuery(msgspec.Struct, frozen=True):
-    tenant: str
-    mode: Mode
-    status: DeliveryStatus | None = None
-    endpoint_id: str | None = None
-    before: int | None = None  # position of the last row of the previous page
-    limit: int = 100
-
-
-class DueDelivery(msgspec.Struct, frozen=True):
-    """A claimed delivery with what the worker needs to send it."""
-
-    id: str
-    tenant: str
-    mode: Mode
-    endpoint_id: str
-    topic: str
-    payload: bytes
-    attempts: int  # attempts made so far, in all
-    round_attempts: int  # attempts made since it was (re-)queued: the index into the retry schedule
-    url: str
-    secret: str
-    previous_secret: str | None
-    previous_secret_expires_at: datetime | None
-
-
-class AttemptOutcome(msgspec.Struct, frozen=True):
-    """What became of an attempt: the delivery's new status, when to try again, and
-    whether the endpoint is now disabled (its other pending deliveries then fail too)."""
-
-    attempt: DeliveryAttempt
-    status: DeliveryStatus
-    next_attempt_at: datetime | None = None
-    disable_endpoint: str | None = None
-
-
-class WebhookStore(Protocol):
-    async def webhook_subscriptions(self, tenant: str, mode: Mode) -> set[str]:
-        """Every topic pattern the enabled endpoints of the tenant and mode subscribe to."""
-
-    async def create_webhook(self, endpoint: WebhookEndpoint) -> None: ...
-
-    async def get_webhook(self, tenant: str, mode: Mode, endpoint_id: str) -> WebhookEndpoint | None: ...
-
-    async def list_webhooks(self, tenant: str, mode: Mode) -> list[WebhookEndpoint]: ...
-
-    async def update_webhook(self, endpoint: WebhookEndpoint) -> bool:
-        """Store the endpoint's url, description, subscriptions, enabled, disabled_reason and
-        updated_at. Disabling it fails its pending deliveries. False when it does not exist."""
-
-    async def rotate_webhook_secret(
-        self, tenant: str, mode: Mode, endpoint_id: str, secret: str, previous_expires_at: datetime, at: datetime
-    ) -> WebhookEndpoint | None:
-        """Make `secret` current; the current one becomes the previous until `previous_expires_at`."""
-
-    async def delete_webhook(self, tenant: str, mode: Mode, endpoint_id: str) -> bool:
-        """Delete the endpoint with its deliveries and attempts."""
-
-    async def enqueue_webhook(
-        self,
-        tenant: str,
-        mode: Mode,
-        topic: str,
-        message_key: str,
-        payload: bytes,
-        at: datetime,
-        endpoint_id: str | None = None,
-    ) -> list[str]:
-        """`ProcessingState.enqueue_deliveries` in a write of its own."""
+    # The webhook outbox.
 
     async def get_delivery(self, tenant: str, mode: Mode, delivery_id: str) -> Delivery | None: ...
 
@@ -298,20 +159,64 @@ class WebhookStore(Protocol):
         """Newest first, each with its position for paging."""
 
     async def retry_delivery(self, tenant: str, mode: Mode, delivery_id: str, at: datetime) -> Delivery | None:
-        """Re-queue a failed delivery of an enabled endpoint for `at`, with a fresh retry
-        schedule; None (and nothing changed) when there is no such delivery."""
+        """Re-queue a failed delivery for `at`, with a fresh retry schedule; None (and nothing
+        changed) when there is no such failed delivery."""
 
     async def list_webhook_attempts(
-        self, tenant: str, mode: Mode, endpoint_id: str, before: int | None = None, limit: int = 100
+        self, endpoint_id: str, before: int | None = None, limit: int = 100
     ) -> list[tuple[int, DeliveryAttempt]]:
         """Newest first, each with its position for paging."""
 
+    async def fail_pending(self, endpoint_id: str, reason: str) -> None:
+        """Fail every pending delivery of the endpoint (it was disabled)."""
+
+    async def forget_endpoint(self, endpoint_id: str) -> None:
+        """Delete the endpoint's deliveries and attempts (it was deleted)."""
+
     async def claim_deliveries(
         self, now: datetime, limit: int, lease_until: datetime, first_delay: float = 0.0
-    ) -> list[DueDelivery]:
-        """Take up to `limit` pending deliveries of enabled endpoints that are due at `now` (a
-        first attempt only `first_delay` seconds after it was queued), and hide them from other
-        claims until `lease_until`: a worker that dies mid-send leaves them to be sent again."""
+    ) -> list[ClaimedDelivery]:
+        """Take up to `limit` pending deliveries due at `now` (a first attempt only
+        `first_delay` seconds after it was queued), and hide them from other claims until
+        `lease_until`: a worker that dies mid-send leaves them to be sent again."""
 
     async def finish_attempt(self, outcome: AttemptOutcome) -> None:
-        """Record the attempt and apply its outcome to the delivery (and the endpoint)."""
+        """Record the attempt and apply its outcome to the delivery."""
+
+    # Facts and gamification.
+
+    async def fact_effects(self, fact_id: str) -> bytes | None:
+        """What processing the fact changed (JSON), when it changed anything."""
+
+    async def participant(self, tenant: str, mode: Mode, participant: str) -> ParticipantState: ...
+
+    async def progress_rows(self, challenge_id: str, participant: str, low: int, high: int) -> list[ProgressRow]: ...
+
+    async def distinct_total(self, challenge_id: str, participant: str, low: int, high: int) -> int: ...
+
+    async def list_completions(self, challenge_id: str, participant: str) -> list[Completion]:
+        """Oldest period first."""
+
+    async def points_board(
+        self, tenant: str, mode: Mode, period: PointsPeriod, bucket: int, limit: int
+    ) -> list[BoardRow]:
+        """Most points first; ties: earlier `reached_at`, then participant id."""
+
+    async def challenge_board(
+        self, challenge_id: str, kind: BoardKind, low: int, high: int, limit: int
+    ) -> list[BoardRow]:
+        """Participants by progress over the buckets in [low, high] (`streak`: the run of
+        consecutive buckets ending at or after `low`, up to `high`); ties as `points_board`."""
+
+    # The catalog.
+
+    async def list_catalog(self, tenant: str, mode: Mode) -> list[CatalogEntry]: ...
+
+    async def catalog_types(self, scopes: Sequence[tuple[str, Mode]]) -> set[tuple[str, Mode, str]]:
+        """The (tenant, mode, type) entries the catalog has for these tenants and modes."""
+
+    # Replay.
+
+    async def rebuild(self) -> Rebuild:
+        """Fresh derived state to replay the log into; raises `RebuildBusy` while another
+        rebuild of this store is open."""

@@ -1,11 +1,14 @@
-"""The log consumer's batching: behind the log it doubles its batches up to a cap; a waiter gets
-base-sized batches; a batch whose checkpoint another process moved first is not applied.
-Every event is applied exactly once, in log order."""
+"""The partition consumer: behind the log it doubles its pages up to a cap; a page whose
+checkpoint another worker moved first is not applied; only the events of tenants with
+definitions are read; an event whose planning raises is retried, then dead-lettered and
+passed over, while the events behind it (in its partition and others) go on; a dead letter
+asked to be retried is applied again on its own. Every event is applied exactly once, in log
+order."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,53 +17,83 @@ import msgspec
 from headwater.config import Settings
 from headwater.events import Event
 from headwater.ids import new_event_ids
-from headwater.processing.consumer import LogConsumer
+from headwater.processing.consumer import PartitionConsumer
+from headwater.processing.definitions import Definitions, Scope, ScopeDefinitions
 from headwater.storage import open_store
 from headwater.storage.base import Store
-from headwater.storage.derived import ProcessingState
+from headwater.storage.derived import StateReads
+from headwater.storage.effects import Effects
+from headwater.storage.registry import DefinitionKind, TriggerRecord
 
 
-async def fill(store: Store, count: int) -> int:
+async def define_trigger(store: Store, tenant: str) -> None:
+    """A trigger, so that the tenant's events are read by a consumer of triggers."""
+    now = datetime.now(UTC)
+    rule = {"name": "any", "event_types": ["view"], "action": {"type": "recommend", "config": {}}}
+    await store.registry.put_trigger(TriggerRecord("trg_1", tenant, "live", msgspec.Raw(msgspec.json.encode(rule)), now, now))
+
+
+async def fill(store: Store, count: int, tenant: str = "t") -> list[int]:
+    """`count` events of one subject (one partition); their offsets."""
     now = datetime.now(UTC)
     ids = new_event_ids(count)
     events = [
-        Event(ids[i], "view", f"u{i % 7}", None, None, now, now, None, msgspec.Raw(b"{}"), "t", "live")
+        Event(ids[i], "view", "u", None, None, now, now, None, msgspec.Raw(b"{}"), tenant, "live")
         for i in range(count)
     ]
+    seqs: list[int] = []
     for start in range(0, count, 1000):
-        await store.append(events[start : start + 1000])
-    return count
+        seqs += [o.seq for o in await store.log.append(events[start : start + 1000])]
+    return seqs
 
 
 class Recorder:
-    """A consumer that notes the offsets of every batch it applies."""
+    """An engine that notes the offsets of every page it plans; `poison` offsets raise."""
 
-    def __init__(self, store: Store, name: str = "recorder", **kwargs: Any) -> None:
+    name = "recorder"
+    kinds: tuple[DefinitionKind, ...] = ("triggers",)
+
+    def __init__(self, poison: Sequence[int] = ()) -> None:
         self.batches: list[list[int]] = []
+        self.poison = set(poison)
+        self.tries: dict[int, int] = {}
 
-        async def prepare(events: Sequence[Event]) -> int:
-            return len(events)
-
-        def apply(state: ProcessingState, events: Sequence[Event], prepared: int, now: datetime) -> None:
-            assert prepared == len(events)
-            self.batches.append([e.seq or 0 for e in events])
-
-        self.consumer: LogConsumer[int] = LogConsumer(store, name, prepare, apply, **kwargs)
+    async def plan(
+        self,
+        events: Sequence[Event],
+        scopes: dict[Scope, ScopeDefinitions],
+        state: StateReads,
+        now: datetime | None,
+        retry: bool = False,
+    ) -> Effects:
+        seqs = [e.seq or 0 for e in events]
+        for seq in seqs:
+            if seq in self.poison:
+                self.tries[seq] = self.tries.get(seq, 0) + 1
+                raise ValueError(f"poison at {seq}")
+        self.batches.append(seqs)
+        return Effects()
 
     @property
     def applied(self) -> list[int]:
         return [seq for batch in self.batches for seq in batch]
 
-    async def drain(self) -> None:
-        while await self.consumer.run_once():
-            pass
+
+def consumer(store: Store, engine: Recorder, partition: int, **kwargs: Any) -> PartitionConsumer:
+    return PartitionConsumer(store, Definitions(store.registry), engine, partition, **kwargs)
 
 
-def run(settings: Settings, body: Any) -> Any:
+async def drain(c: PartitionConsumer) -> None:
+    while await c.run_once():
+        pass
+
+
+def run(settings: Settings, body: Callable[[Store], Awaitable[Any]]) -> Any:
     async def main() -> Any:
         store = open_store(settings)
         await store.start()
         try:
+            await define_trigger(store, "t")
             return await body(store)
         finally:
             await store.close()
@@ -68,49 +101,114 @@ def run(settings: Settings, body: Any) -> Any:
     return asyncio.run(main())
 
 
-def test_a_backlog_is_applied_once_in_doubling_batches(settings: Settings) -> None:
+def partition_of_u(store: Store) -> int:
+    from headwater.partitions import partition_of
+
+    return partition_of("t", "live", "u", store.log.partitions)
+
+
+def test_a_backlog_is_applied_once_in_doubling_pages(settings: Settings) -> None:
     async def body(store: Store) -> None:
-        total = await fill(store, 5000)
-        recorder = Recorder(store, batch_size=100, max_batch_size=800)
-        await recorder.drain()
-        assert [len(b) for b in recorder.batches] == [100, 200, 400, *[800] * 5, 300]
-        assert recorder.applied == list(range(1, total + 1))
-        assert await store.process(lambda state: state.checkpoint("recorder")) == total
-        # Caught up: the next batch is back to the base size.
-        await fill(store, 150)
-        await recorder.drain()
-        assert [len(b) for b in recorder.batches[-2:]] == [100, 50]
-        assert recorder.applied == list(range(1, total + 151))
+        seqs = await fill(store, 5000)
+        p = partition_of_u(store)
+        engine = Recorder()
+        c = consumer(store, engine, p, batch_size=100, max_batch_size=800)
+        await drain(c)
+        assert [len(b) for b in engine.batches] == [100, 200, 400, *[800] * 5, 300]
+        assert engine.applied == seqs
+        assert await store.derived.checkpoint("recorder", p) == seqs[-1]
+        # Caught up: the next page is back to the base size.
+        more = await fill(store, 150)
+        await drain(c)
+        assert [len(b) for b in engine.batches[-2:]] == [100, 50]
+        assert engine.applied == seqs + more
 
     run(settings, body)
 
 
-def test_a_waiter_gets_base_sized_batches(settings: Settings) -> None:
+def test_a_page_whose_checkpoint_moved_elsewhere_is_not_applied(settings: Settings) -> None:
     async def body(store: Store) -> None:
-        await fill(store, 1000)
-        recorder = Recorder(store, batch_size=100, max_batch_size=800)
-        waiting = asyncio.create_task(recorder.consumer.wait_processed(1000, timeout=30))
-        await asyncio.sleep(0)  # the waiter registers
-        await recorder.drain()
-        assert await waiting is True
-        assert [len(b) for b in recorder.batches] == [100] * 10
-        assert recorder.applied == list(range(1, 1001))
+        seqs = await fill(store, 3000)
+        p = partition_of_u(store)
+        first, second = Recorder(), Recorder()
+        one = consumer(store, first, p, batch_size=500, max_batch_size=500)
+        other = consumer(store, second, p, batch_size=500, max_batch_size=500)
+        assert await one.run_once() == 500
+        for _ in range(3):  # meanwhile another worker applies the next 1,500
+            assert await other.run_once() == 500
+        assert await one.run_once() == 500  # planned, but its write finds the checkpoint moved: nothing applied
+        await drain(one)
+        assert await store.derived.checkpoint("recorder", p) == seqs[-1]
+        # What `one` wrote is what it planned after its refused page: 1-500, then 2001-3000.
+        refused = first.batches[1]
+        assert refused == seqs[500:1000]
+        assert [s for b in first.batches if b != refused for s in b] == seqs[:500] + seqs[2000:]
+        assert second.applied == seqs[500:2000]
 
     run(settings, body)
 
 
-def test_a_batch_whose_checkpoint_moved_elsewhere_is_not_applied(settings: Settings) -> None:
+def test_events_of_tenants_without_definitions_are_not_read(settings: Settings) -> None:
     async def body(store: Store) -> None:
-        await fill(store, 3000)
-        one = Recorder(store, "shared", batch_size=500, max_batch_size=500)
-        other = Recorder(store, "shared", batch_size=500, max_batch_size=500)
-        assert await one.consumer.run_once() == 500
-        for _ in range(3):  # meanwhile another process applies 501-2000
-            assert await other.consumer.run_once() == 500
-        assert await one.consumer.run_once() == 500  # its write finds the checkpoint moved: nothing applied
-        await one.drain()
-        assert one.applied == [*range(1, 501), *range(2001, 3001)]
-        assert other.applied == list(range(501, 2001))
-        assert await store.process(lambda state: state.checkpoint("shared")) == 3000
+        await fill(store, 300, tenant="nobody")  # no trigger: passed over unread
+        mine = await fill(store, 20)
+        p = partition_of_u(store)
+        engine = Recorder()
+        c = consumer(store, engine, p)
+        await drain(c)
+        from headwater.partitions import partition_of
+
+        if partition_of("nobody", "live", "u", store.log.partitions) == p:
+            assert engine.applied == mine
+        assert await store.derived.checkpoint("recorder", p) == mine[-1]
+
+    run(settings, body)
+
+
+def test_a_poison_event_is_dead_lettered_and_the_rest_go_on(settings: Settings) -> None:
+    async def body(store: Store) -> None:
+        seqs = await fill(store, 10)
+        p = partition_of_u(store)
+        engine = Recorder(poison=[seqs[3]])
+        c = consumer(store, engine, p, attempts=3)
+        await drain(c)
+        assert engine.applied == [s for s in seqs if s != seqs[3]]
+        assert engine.tries == {seqs[3]: 4}  # once in the page, then three times on its own
+        assert await store.derived.checkpoint("recorder", p) == seqs[-1]
+        [(_, dead)] = await store.derived.list_dead_letters("t", "live")
+        assert (dead.consumer, dead.partition, dead.seq, dead.event_type, dead.attempts, dead.status) == (
+            "recorder", p, seqs[3], "view", 3, "dead",
+        )  # fmt: skip
+        assert dead.error == f"ValueError: poison at {seqs[3]}"
+        # Asked to retry: still poison, so dead again, one attempt on.
+        assert await store.derived.retry_dead_letter("t", "live", dead.id, datetime.now(UTC))
+        [retrying] = await store.derived.retrying([p])
+        assert retrying.status == "retrying"
+        assert await c.retry(retrying) is False
+        [(_, again)] = await store.derived.list_dead_letters("t", "live")
+        assert (again.status, again.attempts) == ("dead", 4)
+        # Fixed, and retried: applied on its own, and resolved.
+        engine.poison.clear()
+        assert await store.derived.retry_dead_letter("t", "live", dead.id, datetime.now(UTC))
+        assert await c.retry((await store.derived.retrying([p]))[0]) is True
+        assert engine.batches[-1] == [seqs[3]]
+        [(_, resolved)] = await store.derived.list_dead_letters("t", "live")
+        assert (resolved.status, resolved.attempts) == ("resolved", 4)
+        assert await store.derived.retrying([p]) == []
+
+    run(settings, body)
+
+
+def test_a_write_refused_for_a_lease_held_elsewhere_applies_nothing(settings: Settings) -> None:
+    async def body(store: Store) -> None:
+        seqs = await fill(store, 10)
+        p = partition_of_u(store)
+        now = datetime.now(UTC)
+        assert await store.derived.take_leases("other", ["partition:x"], now, now.replace(year=now.year + 1)) == ["partition:x"]
+        engine = Recorder()
+        c = consumer(store, engine, p, owner="me", lease="partition:x")
+        await c.run_once()
+        assert engine.applied == seqs  # planned
+        assert await store.derived.checkpoint("recorder", p) == 0  # but not written
 
     run(settings, body)

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from headwater.clock import system_now
-from headwater.processing.triggers import TriggerLoader, apply_triggers
+from headwater.processing.definitions import Definitions
+from headwater.processing.triggers import plan_triggers
 from headwater.storage import open_store
+from headwater.storage.effects import EffectBatch, Effects
 from tests.conftest import Api, ServerProcess, run_cli
 
 UPSELL = {
@@ -362,18 +364,24 @@ def test_applying_a_batch_twice_fires_once(api: Api) -> None:
     before = api.client.get("/v1/actions", headers=api.as_(key)).json()["data"]
     assert len(before) == 1
 
-    async def reapply() -> None:
+    async def reapply() -> Effects:
+        """Plan the whole log again on the state it made (as after a checkpoint that went back)."""
         store = open_store(api.settings)
         await store.start()
         try:
-            events = await store.read_log(0, 100)
-            await store.process(lambda s: s.set_checkpoint("triggers", 0))
-            sets = await TriggerLoader(store).routes_for({("acme", "live")})
-            await store.process(lambda s: apply_triggers(s, events, sets, system_now()))
+            events = await store.log.read_log(0, 100)
+            definitions = Definitions(store.registry)
+            await definitions.refresh()
+            scopes = await definitions.for_scopes({("acme", "live")})
+            effects = await plan_triggers(events, scopes, store.derived, system_now())
+            assert await store.derived.apply(EffectBatch(effects, None))
+            return effects
         finally:
             await store.close()
 
-    asyncio.run(reapply())
+    again = asyncio.run(reapply())
+    assert again.actions == []
+    assert again.deliveries == []
     assert api.client.get("/v1/actions", headers=api.as_(key)).json()["data"] == before
 
 

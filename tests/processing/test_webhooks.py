@@ -36,9 +36,12 @@ from headwater.processing.webhooks import (
     forbidden_reason,
     parse_retry_after,
 )
+from headwater.ids import delivery_id
+from headwater.processing.definitions import Definitions
 from headwater.storage import open_store
+from headwater.storage.effects import NewDelivery
 from headwater.storage.base import Store
-from tests.conftest import Api, make_key
+from tests.conftest import Api, WorkerThread, make_key
 
 # Receiver
 
@@ -174,15 +177,25 @@ class Hooks:
         return response.json()
 
     def enqueue(self, topic: str, key: str, endpoint_id: str | None = None, data: Any = None) -> list[str]:
-        """Through the contract the trigger engine uses: `ProcessingState.enqueue_deliveries`."""
+        """As the trigger engine enqueues: for every enabled endpoint of the tenant subscribed to
+        the topic, or for `endpoint_id` alone whatever it subscribes to (when it is enabled),
+        with ids from (endpoint, message key)."""
         at = self.clock()
         payload = json.dumps({"type": topic, "timestamp": at.isoformat(), "data": data or {"n": 1}}).encode()
-        ids: list[str] = self.runner.run(
-            self.store.process(
-                lambda state: state.enqueue_deliveries("acme", "live", topic, key, payload, at, endpoint_id)
-            )
-        )
-        return ids
+
+        async def run() -> list[str]:
+            definitions = Definitions(self.store.registry)
+            await definitions.refresh()
+            scope = (await definitions.for_scopes([("acme", "live")]))[("acme", "live")]
+            if endpoint_id is None:
+                targets = scope.subscribers(topic)
+            else:
+                targets = [endpoint_id] if endpoint_id in scope.endpoints else []
+            rows = [NewDelivery(delivery_id(t, key), "acme", "live", t, topic, key, payload, at) for t in targets]
+            await self.store.derived.enqueue(rows)
+            return [row.id for row in rows]
+
+        return self.runner.run(run())
 
     def get(self, path: str, **params: Any) -> Any:
         response = self.client.get(path, params=params, headers=self.auth)
@@ -213,7 +226,8 @@ def hooks(settings: Settings, receiver: Receiver) -> Iterator[Hooks]:
     runner = asyncio.Runner()
     store = open_store(settings)
     runner.run(store.start())
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    # A worker for triggers and events; deliveries are this test's own `DeliveryWorker` on its clock.
+    with WorkerThread(settings), TestClient(create_app(settings), raise_server_exceptions=False) as client:
         hooks = Hooks(client, settings, key, runner, store, Clock(), receiver)
         try:
             yield hooks
@@ -419,11 +433,9 @@ def test_delivers_signed_to_subscribed_endpoints_once(hooks: Hooks) -> None:
 def test_enqueue_to_a_named_endpoint_and_unknown_ones(hooks: Hooks) -> None:
     endpoint = hooks.endpoint("/named", ["event.purchase"])
     [delivery_id] = hooks.enqueue("action.webhook", "act_9", endpoint_id=endpoint["id"])
-    for missing in ("whe_nope", None):
-        if missing is None:
-            hooks.client.patch(f"/v1/webhooks/{endpoint['id']}", json={"enabled": False}, headers=hooks.auth)
-        with pytest.raises(LookupError):
-            hooks.enqueue("action.webhook", "act_10", endpoint_id=missing or endpoint["id"])
+    assert hooks.enqueue("action.webhook", "act_10", endpoint_id="whe_nope") == []
+    hooks.client.patch(f"/v1/webhooks/{endpoint['id']}", json={"enabled": False}, headers=hooks.auth)
+    assert hooks.enqueue("action.webhook", "act_10", endpoint_id=endpoint["id"]) == []
     # Disabling failed the pending delivery with the reason; nothing is sent.
     assert hooks.deliver() == 0
     delivery = hooks.delivery(delivery_id)
@@ -816,13 +828,13 @@ def test_waits_are_jittered(hooks: Hooks) -> None:
     assert min(waits) < 4.9 and max(waits) > 5.1
 
 
-# The worker inside the server, on the real clock
+# A worker's delivery, on the real clock
 
 
-def test_the_servers_own_worker_delivers_test_messages(settings: Settings, receiver: Receiver) -> None:
+def test_a_workers_delivery_sends_test_messages(settings: Settings, receiver: Receiver) -> None:
     settings = _settings(settings, webhook_worker=True, webhook_poll_interval=0.05)
     key = {"Authorization": f"Bearer {make_key(settings, 'acme', 'editor')}"}
-    with TestClient(create_app(settings)) as client:
+    with WorkerThread(settings), TestClient(create_app(settings)) as client:
         created = client.post(
             "/v1/webhooks", json={"url": receiver.url("/live"), "subscriptions": ["action.*"]}, headers=key
         ).json()

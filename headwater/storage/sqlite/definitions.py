@@ -1,8 +1,8 @@
 """Tables of client-written definitions (triggers, challenges) on SQLite.
 
 Each row is a validated definition kept as the client wrote it, with its tenant, mode and
-times. Every change bumps a version counter, which other processes poll to know their
-compiled copies are stale.
+times. Every change bumps the one version counter (`definition_changes`), which other
+processes poll to know their compiled copies are stale.
 """
 
 from __future__ import annotations
@@ -38,16 +38,18 @@ class Definition(Protocol):
 R = TypeVar("R", bound=Definition)
 
 
-def bump_version(conn: sqlite3.Connection, versions_table: str) -> None:
-    conn.execute(f"INSERT INTO {versions_table} VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET version = version + 1")
+VERSIONS_TABLE = "definition_changes"
+
+
+def bump_version(conn: sqlite3.Connection) -> None:
+    conn.execute(f"INSERT INTO {VERSIONS_TABLE} VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET version = version + 1")
 
 
 class ScopeSetting:
     """One row per (tenant, mode) of a settings-like table (tenant, mode, the value as JSON,
     updated_at): created or replaced, with a version bump, like a definition."""
 
-    def __init__(self, table: str, column: str, versions_table: str) -> None:
-        self.versions_table = versions_table
+    def __init__(self, table: str, column: str) -> None:
         self.put_sql = (
             f"INSERT INTO {table} VALUES (?, ?, ?, ?) ON CONFLICT (tenant, mode) DO UPDATE SET"
             f" {column} = excluded.{column}, updated_at = excluded.updated_at"
@@ -55,16 +57,15 @@ class ScopeSetting:
 
     def put(self, conn: sqlite3.Connection, tenant: str, mode: Mode, value: str, at: datetime) -> None:
         conn.execute(self.put_sql, (tenant, mode, value, to_us(at)))
-        bump_version(conn, self.versions_table)
+        bump_version(conn)
 
 
 class DefinitionTable(Generic[R]):
     """put / get / list / delete for one definitions table, on a connection the caller holds
     (the writer's inside its transaction for changes, a reader's for lookups)."""
 
-    def __init__(self, table: str, versions_table: str, record: Callable[..., R]) -> None:
+    def __init__(self, table: str, record: Callable[..., R]) -> None:
         self.table = table
-        self.versions_table = versions_table
         self.record = record
 
     def _row(self, row: tuple[Any, ...]) -> R:
@@ -84,7 +85,7 @@ class DefinitionTable(Generic[R]):
                 to_us(record.updated_at),
             ),
         )
-        bump_version(conn, self.versions_table)
+        bump_version(conn)
 
     def get(self, conn: sqlite3.Connection, tenant: str, mode: Mode, id_: str) -> R | None:
         row = conn.execute(
@@ -99,5 +100,5 @@ class DefinitionTable(Generic[R]):
     def delete(self, conn: sqlite3.Connection, tenant: str, mode: Mode, id_: str) -> bool:
         cur = conn.execute(f"DELETE FROM {self.table} WHERE id = ? AND tenant = ? AND mode = ?", (id_, tenant, mode))
         if cur.rowcount:
-            bump_version(conn, self.versions_table)
+            bump_version(conn)
         return cur.rowcount == 1

@@ -1,19 +1,27 @@
-"""The embedded store: one SQLite file in WAL mode, one writer thread with group commit.
+"""One SQLite file in WAL mode: one writer thread with group commit, and reader threads.
 
-Requests put write jobs on a bounded queue. The writer takes everything pending,
-runs it in one transaction, commits (one fsync with synchronous=FULL), and only
-then resolves every waiting request. Readers use their own connections on a
-small thread pool, so queries never wait behind the writer.
+Requests put write jobs on a bounded queue. The writer takes everything pending, runs it
+in one transaction, commits (one fsync with synchronous=FULL), and only then resolves
+every waiting request. Readers use their own connections on a small thread pool, so
+queries never wait behind the writer.
+
+Several processes may write the same file (the API and the workers). SQLite lets one
+writer in at a time and makes the others retry by sleeping (1, 2, 5, ... up to 100 ms),
+which would put those sleeps into the ingest path. So every writer first takes an
+exclusive `flock` on a lock file beside the database: the kernel queues the waiters and
+wakes the next one the moment the lock is released, and SQLite's own lock is then free.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,13 +44,17 @@ class Transaction:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        row = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-        self._last_seq: int = row[0]
+        self._last_seq: int | None = None
         # Keys appended earlier in this same transaction, which the index lookup would
         # also find; kept here to skip the query for repeats within one group.
-        self.new_keys: dict[tuple[str, str, str], tuple[str, int]] = {}
+        self.new_keys: dict[tuple[str, str, str], tuple[str, int, int]] = {}
 
     def next_seq(self) -> int:
+        """The next log offset. Offsets are in commit order because the writer holds the
+        file's write lock from here to its commit: no other process can commit in between."""
+        if self._last_seq is None:
+            row = self.conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            self._last_seq = int(row[0])
         self._last_seq += 1
         return self._last_seq
 
@@ -65,6 +77,14 @@ class _Job:
         self.error: BaseException | None = None
 
 
+def _job_error(exc: Exception) -> Exception:
+    """What a failed job's waiter gets. A busy, full or failing disk is the store's trouble
+    (`StoreError`: try again later), not the job's: a consumer must not take it for a bad event."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return StoreError(f"write failed: {exc}")
+    return exc
+
+
 def _settle(jobs: list[_Job]) -> None:
     for job in jobs:
         if job.future.done():  # the waiter went away (client disconnected)
@@ -83,7 +103,6 @@ class SqliteCore:
     """
 
     SCHEMA = ""
-    UPGRADE: Callable[[sqlite3.Connection], None] | None = None
 
     def __init__(
         self,
@@ -92,10 +111,13 @@ class SqliteCore:
         queue_max_events: int = 200_000,
         reader_threads: int = 4,
         busy_timeout_ms: int = 10_000,
+        synchronous: str = "FULL",
     ) -> None:
         self.path = path
         self.queue_max_events = queue_max_events
         self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous
+        self._lock_fd: int | None = None
         self._jobs: deque[_Job] = deque()
         self._pending_size = 0
         self._cond = threading.Condition()
@@ -114,29 +136,57 @@ class SqliteCore:
             self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000
         )
         conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return conn
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """The cross-process writer lock (see the module's docstring), as this store's writer
+        holds it."""
+        assert self._lock_fd is not None, "the store is not started"
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def other_writer(self) -> Iterator[None]:
+        """The same lock for a writer on a connection of its own (a replay's swap): through a
+        file description of its own, so that it excludes this process's writer too."""
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         conn = self._connect()
         conn.execute("PRAGMA journal_mode = WAL")
         # The writer's page cache (SQLite's default is 2 MiB): the consumers update rows all over
         # their tables, and a page read again from the OS costs more than the update itself
         # (bench/gamification.py: progress writes 1.45 s -> 0.90 s per 100k events).
         conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
-        # Each class in the store's hierarchy brings the tables it works on, and may first
-        # change what an older version left (`UPGRADE`, a function of the connection).
-        for cls in reversed(type(self).__mro__):
-            upgrade = cls.__dict__.get("UPGRADE")
-            if upgrade is not None:
-                upgrade(conn)
-        for cls in reversed(type(self).__mro__):
-            if "SCHEMA" in cls.__dict__:
-                conn.executescript(cls.__dict__["SCHEMA"])
+        # Each class in the store's hierarchy brings the tables it works on; `upgrade` may
+        # first change what an older version left.
+        with self.write_lock():
+            self.upgrade(conn)
+            for cls in reversed(type(self).__mro__):
+                if "SCHEMA" in cls.__dict__:
+                    conn.executescript(cls.__dict__["SCHEMA"])
+            self.prepare(conn)
         self._writer_conn = conn
         self._writer = threading.Thread(target=self._write_loop, name="headwater-writer", daemon=True)
         self._writer.start()
+
+    def upgrade(self, conn: sqlite3.Connection) -> None:
+        """Before the schema, under the write lock: change what an older version left."""
+
+    def prepare(self, conn: sqlite3.Connection) -> None:
+        """After the schema, under the write lock: what a subclass sets up once."""
 
     async def close(self) -> None:
         with self._cond:
@@ -151,6 +201,9 @@ class SqliteCore:
         if self._writer_conn is not None:
             self._writer_conn.close()
             self._writer_conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # The writer
 
@@ -201,10 +254,14 @@ class SqliteCore:
             conn.execute("ROLLBACK TO job")
             # Keys the failed job noted are gone with it; the rest are still found by query.
             tx.new_keys.clear()
-            job.error = exc
+            job.error = _job_error(exc)
         conn.execute("RELEASE job")
 
     def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        with self.write_lock():
+            self._run_locked(conn, jobs)
+
+    def _run_locked(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             tx = Transaction(conn)
@@ -214,7 +271,7 @@ class SqliteCore:
                     jobs[0].result = jobs[0].fn(tx)
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting request
                     conn.execute("ROLLBACK")
-                    jobs[0].error = exc
+                    jobs[0].error = _job_error(exc)
                     return
             else:
                 for job in jobs:

@@ -1,0 +1,131 @@
+"""Worker processes: running one, and starting, watching and stopping several.
+
+`headwater worker --processes N` and `headwater serve` (one worker beside the API) start
+child processes of `headwater worker`. A child dies with its parent (Linux's parent-death
+signal, and a look at the parent every second besides), so a killed server never leaves a
+worker behind; a child that dies on its own is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from headwater.config import Settings
+from headwater.runtime import tune_gc
+
+logger = logging.getLogger("headwater.processes")
+RESTART_DELAY = 1.0
+PARENT_CHECK_SECONDS = 1.0
+STOP_SECONDS = 20.0
+PR_SET_PDEATHSIG = 1
+
+
+def run_worker(settings: Settings, stop_with: int | None = None) -> None:
+    """One worker in this process until SIGTERM or SIGINT (or, with `stop_with`, until that
+    process is gone)."""
+    from headwater.processing.worker import Worker
+
+    tune_gc()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        worker = asyncio.create_task(Worker(settings).run(stop))
+        await asyncio.wait([worker, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        # Everything a worker writes survives a crash, so a stop that hangs may end the hard way.
+        done, _ = await asyncio.wait([worker], timeout=STOP_SECONDS)
+        if not done:
+            _dump_tasks()
+            os._exit(1)
+        worker.result()
+
+    if stop_with is not None:
+        threading.Thread(target=_exit_when_gone, args=(stop_with,), name="headwater-parent", daemon=True).start()
+    asyncio.run(main())
+
+
+def _exit_when_gone(parent: int) -> None:
+    """The parent is gone (killed, say): stop, and if stopping takes too long, exit anyway."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(STOP_SECONDS + 5)
+    os._exit(1)
+
+
+def _dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        logger.error("worker stop timed out; task still running: %r", task)
+        task.print_stack(file=sys.stderr)
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: SIGTERM when the parent dies (Linux; elsewhere the
+    worker's own look at its parent does it)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Supervisor:
+    """`count` child worker processes on `data_dir`, started again when one dies."""
+
+    def __init__(self, data_dir: Path, count: int, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.count = count
+        self.env = {**os.environ, **(env or {})}
+        self.children: list[subprocess.Popen[bytes] | None] = [None] * count
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        command = [
+            sys.executable, "-m", "headwater", "worker", "--processes", "1",
+            "--data-dir", str(self.data_dir), "--stop-with", str(os.getpid()),
+        ]  # fmt: skip
+        return subprocess.Popen(command, env=self.env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+    def start(self) -> None:
+        self.children = [self._spawn() for _ in range(self.count)]
+        self._watcher = threading.Thread(target=self._watch, name="headwater-supervisor", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(RESTART_DELAY):
+            for i, child in enumerate(self.children):
+                if child is not None and child.poll() is not None and not self._stopping.is_set():
+                    logger.warning("worker process %d exited with %s; starting it again", child.pid, child.returncode)
+                    self.children[i] = self._spawn()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stopping.set()
+        for child in self.children:
+            if child is not None and child.poll() is None:
+                child.terminate()
+        for child in self.children:
+            if child is None:
+                continue
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+    def wait(self) -> None:
+        """Until SIGTERM or SIGINT; then stop the children."""
+        stopped = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stopped.set())
+        stopped.wait()
+        self.stop()

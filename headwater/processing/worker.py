@@ -1,0 +1,245 @@
+"""The worker: a process that runs the consumers, sharing the partitions with other workers.
+
+Each worker holds leases on partitions and renews them every third of the lease time.
+Every worker takes its share (the partitions divided by the workers alive, rounded up) of
+the free ones, and hands back what it holds beyond its share, so that a worker that joins
+gets partitions and a worker that dies (its leases expire) leaves its partitions to the
+others. For each partition it holds, it runs the facts consumer, then the trigger consumer,
+in a loop that waits for the log to grow when both have caught up. One worker at a time
+also holds the catalog's lease and runs the catalog consumer, and every worker sends due
+webhook deliveries (claimed one by one, so workers share the outbox).
+
+A lease only saves work: correctness is the checkpoint's compare-and-set in the same
+transaction as a batch's effects, plus the check that the writer still holds the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import os
+import socket
+import zlib
+from collections.abc import Sequence
+from datetime import timedelta
+
+from headwater.clock import Clock, system_now
+from headwater.config import Settings
+from headwater.processing.catalog import CatalogConsumer
+from headwater.processing.consumer import ENGINES, Engine, PartitionConsumer
+from headwater.processing.definitions import Definitions
+from headwater.processing.webhooks import DeliveryWorker
+from headwater.storage import open_store
+from headwater.storage.base import Store, StoreError
+
+logger = logging.getLogger("headwater.worker")
+CATALOG_LEASE = "catalog"
+CATALOG_INTERVAL = 0.25  # seconds between catalog pages once caught up
+RETRY_INTERVAL = 0.25  # seconds between looks for dead letters to apply again
+HEAD_TIMEOUT = 0.5
+BACKOFF_SECONDS = 0.5
+_instances = itertools.count(1)
+
+
+def partition_lease(partition: int) -> str:
+    return f"partition:{partition}"
+
+
+def default_owner() -> str:
+    """`host:pid`, with a number for a second worker in the same process (tests)."""
+    n = next(_instances)
+    return f"{socket.gethostname()}:{os.getpid()}" + ("" if n == 1 else f":{n}")
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        owner: str | None = None,
+        clock: Clock = system_now,
+        engines: Sequence[Engine] = ENGINES,
+        deliveries: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self._own_store = store is None
+        self.store = store or open_store(settings)
+        self.owner = owner or default_owner()
+        self.clock = clock
+        self.engines = tuple(engines)
+        self.lease_seconds = settings.lease_seconds
+        self.deliveries = settings.webhook_worker if deliveries is None else deliveries
+        self.definitions = Definitions(self.store.registry)
+        self.head = 0
+        self._grown = asyncio.Condition()
+        self._runners: dict[int, asyncio.Task[None]] = {}
+        self._catalog: asyncio.Task[None] | None = None
+        self.started = asyncio.Event()  # set once the first leases are taken
+
+    @property
+    def partitions(self) -> list[int]:
+        """The partitions this worker runs now."""
+        return sorted(self._runners)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set (or the task is cancelled); then hand every lease back."""
+        if self._own_store:
+            await self.store.start()
+        delivery = DeliveryWorker(self.store, self.settings, self.clock) if self.deliveries else None
+        background = [asyncio.create_task(self._watch_head(), name="headwater-head")]
+        try:
+            if delivery is not None:
+                delivery.start()
+            await self._balance()
+            self.started.set()
+            while stop is None or not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        stop.wait() if stop is not None else asyncio.Event().wait(), self.lease_seconds / 3
+                    )
+                if stop is not None and stop.is_set():
+                    break
+                await self._balance()
+        finally:
+            await self._stop_all()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if delivery is not None:
+                await delivery.stop()
+            with contextlib.suppress(StoreError):
+                await self.store.derived.leave(self.owner)
+            if self._own_store:
+                await self.store.close()
+
+    # Leases
+
+    async def _balance(self) -> None:
+        """Renew what this worker holds, take its share of what is free, hand back the rest."""
+        try:
+            now = self.clock()
+            until = now + timedelta(seconds=self.lease_seconds)
+            alive = await self.store.derived.heartbeat(self.owner, now, until)
+            count = self.store.log.partitions
+            share = math.ceil(count / max(1, len(alive)))
+            held = set(self._runners)
+            # Each worker looks at the partitions in its own order, so that workers starting
+            # together mostly ask for different ones.
+            offset = zlib.crc32(self.owner.encode()) % count
+            order = sorted(range(count), key=lambda p: ((p - offset) % count))
+            wanted = [p for p in order if p in held] + ([p for p in order if p not in held] if len(held) < share else [])
+            taken = await self.store.derived.take_leases(self.owner, [partition_lease(p) for p in wanted], now, until)
+            got = [p for p in wanted if partition_lease(p) in set(taken)]
+            keep, extra = got[:share], got[share:]
+            for p in set(held) - set(keep):
+                await self._stop(p)
+            if extra:
+                await self.store.derived.release_leases(self.owner, [partition_lease(p) for p in extra])
+            for p in keep:
+                if p not in self._runners:
+                    self._runners[p] = asyncio.create_task(self._run_partition(p), name=f"headwater-partition-{p}")
+            catalog = await self.store.derived.take_leases(self.owner, [CATALOG_LEASE], now, until)
+            if catalog and self._catalog is None:
+                self._catalog = asyncio.create_task(self._run_catalog(), name="headwater-catalog")
+            elif not catalog and self._catalog is not None:
+                self._catalog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._catalog
+                self._catalog = None
+        except StoreError:
+            logger.exception("worker %s could not renew its leases; retrying", self.owner)
+
+    async def _stop(self, partition: int) -> None:
+        task = self._runners.pop(partition)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(StoreError):
+            await self.store.derived.release_leases(self.owner, [partition_lease(partition)])
+
+    async def _stop_all(self) -> None:
+        tasks = [*self._runners.values(), *([self._catalog] if self._catalog else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._runners.clear()
+        self._catalog = None
+
+    # The log's head
+
+    async def _watch_head(self) -> None:
+        while True:
+            try:
+                head = await self.store.log.wait_appended(self.head, HEAD_TIMEOUT)
+            except StoreError:
+                await asyncio.sleep(BACKOFF_SECONDS)
+                continue
+            if head != self.head:
+                self.head = head
+                async with self._grown:
+                    self._grown.notify_all()
+
+    async def _wait_for_growth(self, seen: int, timeout: float) -> None:
+        async with self._grown:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._grown.wait_for(lambda: self.head > seen), timeout)
+
+    # Consumers
+
+    async def _run_partition(self, partition: int) -> None:
+        lease = partition_lease(partition)
+        consumers = [
+            PartitionConsumer(
+                self.store, self.definitions, engine, partition, owner=self.owner, lease=lease, clock=self.clock
+            )
+            for engine in self.engines
+        ]
+        retry_at = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            seen = self.head
+            behind = False
+            try:
+                for consumer in consumers:
+                    behind |= await consumer.run_once() >= consumer.batch_size
+                if loop.time() >= retry_at:
+                    retry_at = loop.time() + RETRY_INTERVAL
+                    await self._retry_dead_letters(partition, consumers)
+            except StoreError:
+                logger.exception("partition %d: the store is unavailable; retrying", partition)
+                await asyncio.sleep(BACKOFF_SECONDS)
+                continue
+            except Exception:  # the loop must outlive anything a batch can raise
+                logger.exception("partition %d: processing failed; retrying", partition)
+                await asyncio.sleep(BACKOFF_SECONDS)
+                continue
+            if not behind:
+                await self._wait_for_growth(seen, RETRY_INTERVAL)
+
+    async def _retry_dead_letters(self, partition: int, consumers: list[PartitionConsumer]) -> None:
+        by_name = {c.name: c for c in consumers}
+        for dead in await self.store.derived.retrying([partition]):
+            consumer = by_name.get(dead.consumer)
+            if consumer is not None:
+                await consumer.retry(dead)
+
+    async def _run_catalog(self) -> None:
+        consumer = CatalogConsumer(self.store, self.owner, CATALOG_LEASE)
+        while True:
+            seen = self.head
+            try:
+                if await consumer.run_once() >= consumer.batch_size:
+                    continue
+            except StoreError:
+                logger.exception("catalog: the store is unavailable; retrying")
+                await asyncio.sleep(BACKOFF_SECONDS)
+                continue
+            except Exception:  # the loop must outlive anything a page can raise
+                logger.exception("catalog: folding failed; retrying")
+                await asyncio.sleep(BACKOFF_SECONDS)
+                continue
+            await self._wait_for_growth(seen, CATALOG_INTERVAL)

@@ -1,0 +1,201 @@
+"""The registry: tenants, API keys, schemas and every definition clients write (triggers,
+type mappings, webhook endpoints, badges, challenges, gamification settings).
+
+Written by the API, read by everyone. Every change to a definition bumps one counter,
+`definitions_version`, so a process holding compiled copies (a worker's rules, a server's
+schemas) can tell they are stale with one cheap read.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, Protocol
+
+import msgspec
+
+from headwater.events import Mode
+
+Role = Literal["admin", "editor", "ingest", "viewer"]
+Enforcement = Literal["off", "soft", "strict"]
+DefinitionKind = Literal["triggers", "webhooks", "challenges"]
+
+
+class KeyRecord(msgspec.Struct, frozen=True):
+    id: str
+    tenant: str
+    role: Role
+    mode: Mode
+    prefix: str
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class SchemaVersion(msgspec.Struct, frozen=True):
+    type: str
+    version: int
+    enforcement: Enforcement
+    schema: msgspec.Raw
+    created_at: datetime
+
+
+class TriggerRecord(msgspec.Struct, frozen=True):
+    """A trigger as stored; `definition` is the validated rule as the client wrote it."""
+
+    id: str
+    tenant: str
+    mode: Mode
+    definition: msgspec.Raw
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookEndpoint(msgspec.Struct, frozen=True):
+    """A receiver of signed webhook messages. `subscriptions` are topics such as
+    `action.recommend` or `event.purchase`, or a namespace wildcard such as `action.*`.
+    `previous_secret` still signs until `previous_secret_expires_at` after a rotation."""
+
+    id: str
+    tenant: str
+    mode: Mode
+    url: str
+    description: str | None
+    subscriptions: list[str]
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class BadgeRecord(msgspec.Struct, frozen=True):
+    key: str
+    name: str
+    description: str | None
+    image_url: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ChallengeRecord(msgspec.Struct, frozen=True):
+    """A challenge as stored; `definition` is the validated definition as the client wrote it."""
+
+    id: str
+    tenant: str
+    mode: Mode
+    definition: msgspec.Raw
+    created_at: datetime
+    updated_at: datetime
+
+
+class GamificationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Per tenant and mode. `levels` are ascending point thresholds: a participant's level is
+    how many of them their points reach (null when there are none)."""
+
+    timezone: str = "UTC"
+    levels: list[int] = msgspec.field(default_factory=list)
+
+
+class Registry(Protocol):
+    async def definitions_version(self) -> int:
+        """A counter bumped by every change to any definition of any tenant."""
+
+    async def scopes_with(self, kind: DefinitionKind) -> set[tuple[str, Mode]]:
+        """The tenants and modes that have triggers, enabled webhook endpoints, or challenges."""
+
+    # Tenants and keys.
+
+    async def ensure_tenant(self, tenant: str) -> bool:
+        """Create the tenant if it is new; True when it was created."""
+
+    async def count_tenants(self) -> int: ...
+
+    async def add_key(self, record: KeyRecord, key_hash: str) -> None: ...
+
+    async def find_key(self, key_hash: str) -> KeyRecord | None: ...
+
+    async def list_keys(self, tenant: str) -> list[KeyRecord]: ...
+
+    async def revoke_key(self, tenant: str, key_id: str, at: datetime) -> bool: ...
+
+    # Schemas.
+
+    async def put_schema(
+        self, tenant: str, type_: str, schema: bytes, enforcement: Enforcement, at: datetime
+    ) -> SchemaVersion:
+        """Store the next version of the type's schema."""
+
+    async def latest_schemas(self, tenant: str) -> list[SchemaVersion]: ...
+
+    async def schema_versions(self, tenant: str, type_: str) -> list[SchemaVersion]: ...
+
+    # Triggers and type mappings.
+
+    async def put_trigger(self, record: TriggerRecord) -> None:
+        """Create or replace a trigger."""
+
+    async def get_trigger(self, tenant: str, mode: Mode, trigger_id: str) -> TriggerRecord | None: ...
+
+    async def list_triggers(self, tenant: str, mode: Mode) -> list[TriggerRecord]: ...
+
+    async def delete_trigger(self, tenant: str, mode: Mode, trigger_id: str) -> bool: ...
+
+    async def get_type_mappings(self, tenant: str, mode: Mode) -> dict[str, list[str]] | None:
+        """The tenant's own mapping, or None when it uses the defaults."""
+
+    async def put_type_mappings(
+        self, tenant: str, mode: Mode, mappings: dict[str, list[str]], at: datetime
+    ) -> None: ...
+
+    # Webhook endpoints (their deliveries are derived state).
+
+    async def create_webhook(self, endpoint: WebhookEndpoint) -> None: ...
+
+    async def get_webhook(self, tenant: str, mode: Mode, endpoint_id: str) -> WebhookEndpoint | None: ...
+
+    async def list_webhooks(self, tenant: str, mode: Mode) -> list[WebhookEndpoint]: ...
+
+    async def webhooks_by_id(self, endpoint_ids: set[str]) -> dict[str, WebhookEndpoint]:
+        """The endpoints of these ids, of any tenant (what the delivery worker signs with)."""
+
+    async def update_webhook(self, endpoint: WebhookEndpoint) -> bool:
+        """Store the endpoint's url, description, subscriptions, enabled, disabled_reason and
+        updated_at. False when it does not exist."""
+
+    async def disable_webhook(self, endpoint_id: str, reason: str, at: datetime) -> bool:
+        """Disable an enabled endpoint; False when it was not enabled."""
+
+    async def rotate_webhook_secret(
+        self, tenant: str, mode: Mode, endpoint_id: str, secret: str, previous_expires_at: datetime, at: datetime
+    ) -> WebhookEndpoint | None:
+        """Make `secret` current; the current one becomes the previous until `previous_expires_at`."""
+
+    async def delete_webhook(self, tenant: str, mode: Mode, endpoint_id: str) -> bool: ...
+
+    # Gamification definitions.
+
+    async def create_badge(self, tenant: str, mode: Mode, badge: BadgeRecord) -> bool:
+        """False (and nothing written) when the key is taken."""
+
+    async def update_badge(self, tenant: str, mode: Mode, badge: BadgeRecord) -> bool: ...
+
+    async def get_badge(self, tenant: str, mode: Mode, key: str) -> BadgeRecord | None: ...
+
+    async def list_badges(self, tenant: str, mode: Mode) -> list[BadgeRecord]: ...
+
+    async def delete_badge(self, tenant: str, mode: Mode, key: str) -> bool: ...
+
+    async def put_challenge(self, record: ChallengeRecord) -> None:
+        """Create or replace."""
+
+    async def get_challenge(self, tenant: str, mode: Mode, challenge_id: str) -> ChallengeRecord | None: ...
+
+    async def list_challenges(self, tenant: str, mode: Mode) -> list[ChallengeRecord]: ...
+
+    async def delete_challenge(self, tenant: str, mode: Mode, challenge_id: str) -> bool: ...
+
+    async def get_settings(self, tenant: str, mode: Mode) -> GamificationSettings | None: ...
+
+    async def put_settings(self, tenant: str, mode: Mode, settings: GamificationSettings, at: datetime) -> None: ...
