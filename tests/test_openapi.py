@@ -10,11 +10,13 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import schemathesis
 from openapi_spec_validator import validate
 from starlette.routing import Route
@@ -27,7 +29,7 @@ from headwater.ids import hash_api_key
 from headwater.middleware import BodyLimitMiddleware
 from headwater.storage import open_store
 from headwater.storage.registry import KeyRecord
-from tests.conftest import Api
+from tests.conftest import Api, WorkerThread
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # Fixed so CI is deterministic; set them to explore further (e.g. HEADWATER_FUZZ_EXAMPLES=500).
@@ -279,6 +281,14 @@ async def _add_fuzz_key() -> None:
 schema = _fuzz_schema()
 asyncio.run(_add_fuzz_key())
 atexit.register(shutil.rmtree, FUZZ_DIR, ignore_errors=True)
+# The worker the sync routes wait for, for as long as this module's tests run.
+FUZZ_WORKER = WorkerThread(FUZZ_SETTINGS).__enter__()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_the_fuzz_worker() -> Iterator[None]:
+    yield
+    FUZZ_WORKER.__exit__()
 
 
 @schema.parametrize()

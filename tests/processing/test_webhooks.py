@@ -30,17 +30,17 @@ from starlette.testclient import TestClient
 
 from headwater.app import create_app
 from headwater.config import Settings, parse_schedule
+from headwater.ids import delivery_id
+from headwater.processing.definitions import Definitions
 from headwater.processing.webhooks import (
     DeliveryWorker,
     check_url,
     forbidden_reason,
     parse_retry_after,
 )
-from headwater.ids import delivery_id
-from headwater.processing.definitions import Definitions
 from headwater.storage import open_store
-from headwater.storage.effects import NewDelivery
 from headwater.storage.base import Store
+from headwater.storage.effects import NewDelivery
 from tests.conftest import Api, WorkerThread, make_key
 
 # Receiver
