@@ -30,10 +30,13 @@ from headwater.keys import CreatedKey
 from headwater.openapi import (
     AUTH_ERRORS,
     BODY_ERRORS,
+    JSON_MEMBERS,
+    JSON_VALUE,
     NO_AUTH,
     WRITE_KEY,
     Body,
     Doc,
+    JsonObject,
     Param,
     Reply,
     TimeText,
@@ -119,8 +122,8 @@ class _SegmentCommon(msgspec.Struct, kw_only=True):
     messageId: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     timestamp: TimeText | None = None
     sentAt: TimeText | None = None
-    context: dict[str, Any] | None = None
-    integrations: dict[str, Any] | None = None
+    context: JsonObject | None = None
+    integrations: JsonObject | None = None
     writeKey: str | None = None
 
 
@@ -128,13 +131,13 @@ class SegmentTrack(_SegmentCommon, kw_only=True):
     """`track`: an action; `event` is the canonical type."""
 
     event: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    properties: dict[str, Any] | None = None
+    properties: JsonObject | None = None
 
 
 class SegmentIdentify(_SegmentCommon, kw_only=True):
     """`identify`: who the user is."""
 
-    traits: dict[str, Any] | None = None
+    traits: JsonObject | None = None
 
 
 class SegmentPage(_SegmentCommon, kw_only=True):
@@ -142,14 +145,14 @@ class SegmentPage(_SegmentCommon, kw_only=True):
 
     name: str | None = None
     category: str | None = None
-    properties: dict[str, Any] | None = None
+    properties: JsonObject | None = None
 
 
 class SegmentGroup(_SegmentCommon, kw_only=True):
     """`group`: the user joins `groupId`."""
 
     groupId: segment.Id
-    traits: dict[str, Any] | None = None
+    traits: JsonObject | None = None
 
 
 class SegmentAlias(_SegmentCommon, kw_only=True):
@@ -164,7 +167,7 @@ class SegmentBatch(msgspec.Struct):
 
     batch: Annotated[list[Any], msgspec.Meta(max_length=segment.MAX_BATCH_MESSAGES)]
     sentAt: TimeText | None = None
-    context: dict[str, Any] | None = None
+    context: JsonObject | None = None
     writeKey: str | None = None
 
 
@@ -433,6 +436,8 @@ MAPPED_TYPE = {"type": "string", "minLength": 1, "maxLength": 128}
 
 def refine(components: dict[str, Any]) -> None:
     """Add to the generated components what their Structs cannot express."""
+    components["JsonValue"] = JSON_VALUE
+    components["EventIn"]["properties"]["data"] |= JSON_MEMBERS
     components["Condition"] = CONDITION
     trigger = components["TriggerIn"]["properties"]
     trigger["conditions"] = {"anyOf": [_ref("Condition"), {"type": "null"}]}
@@ -443,6 +448,7 @@ def refine(components: dict[str, Any]) -> None:
         name: schema for name, schema in components["TriggerIn"]["properties"].items()
     }
     event = components["CloudEvent"]
+    event["properties"]["data"] = _ref("JsonValue")
     event["propertyNames"] = EXTENSION_NAMES
     event["additionalProperties"] = EXTENSION_VALUE
     event["not"] = {

@@ -14,9 +14,9 @@ from headwater.api.common import authorize, int_param, json_response, read_json
 from headwater.api.events import draft_from
 from headwater.auth import Principal
 from headwater.errors import ApiError, bad_request
-from headwater.events import FieldError, Rejection
+from headwater.events import EventDraft, FieldError, Rejection
 from headwater.ids import new_prefixed_id
-from headwater.parsing import decode_json, field_error
+from headwater.parsing import decode_json, field_error, out_of_range_numbers
 from headwater.processing.conditions import ConditionError, EventView, explain
 from headwater.processing.rules import (
     DEFAULT_TYPE_MAPPINGS,
@@ -183,6 +183,8 @@ class TriggerRoutes:
         else:
             rule = _rule.decode((await self.found(principal, body.trigger_id or "")).definition)
         draft = draft_from(bytes(body.event))
+        if isinstance(draft, EventDraft) and (out_of_range := out_of_range_numbers(draft.data)):
+            draft = Rejection(out_of_range)
         if isinstance(draft, Rejection):
             raise ApiError(
                 400, "invalid sample event", [FieldError(f"event.{e.field}", e.code, e.message) for e in draft.errors]

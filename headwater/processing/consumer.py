@@ -19,6 +19,12 @@ the reads of state, the pages of an index that many events touch) are shared by 
 with the head of the log, or when someone waits for it, it returns to `batch_size`, so a
 waiter never waits behind a large batch.
 
+No one event can stop a consumer: when preparing or applying a batch raises (anything but a
+`StoreError`, which is retried as it is), its events are applied one at a time, each with its
+checkpoint; an event that still fails after `EVENT_ATTEMPTS` tries is logged once, with its id,
+and skipped, and the events behind it, every tenant's, go on. (A dead-letter list for such
+events is the processing redesign's.)
+
 A batch is read, prepared and written one after the other. Reading the next batch while one
 is written was tried and measured: it gained nothing, because both halves are mostly Python
 and take turns on the one interpreter lock (the writer, handing the lock back and forth for
@@ -38,7 +44,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from headwater.clock import Clock, system_now
 from headwater.events import Event, Mode
 from headwater.processing.triggers import TriggerLoader, apply_triggers
-from headwater.storage.base import Store
+from headwater.storage.base import Store, StoreError
 from headwater.storage.derived import ActionQuery, ActionRecord, ProcessingState
 
 logger = logging.getLogger("headwater.consumer")
@@ -48,11 +54,14 @@ Prepare = Callable[[Sequence[Event]], Awaitable[P]]
 Apply = Callable[[ProcessingState, Sequence[Event], P, datetime], Any]
 
 
-class _Batch(NamedTuple, Generic[P]):
+# How often one event is tried on its own before it is skipped.
+EVENT_ATTEMPTS = 3
+
+
+class _Batch(NamedTuple):
     end: int  # the last offset covered
     full: bool  # as many as asked for: the log goes on
     events: Sequence[Event] | None  # None: nothing in the range is wanted
-    prepared: P | None
 
 
 class LogConsumer(Generic[P]):
@@ -114,13 +123,48 @@ class LogConsumer(Generic[P]):
             self._stored, self._stored_at = end, time.monotonic()
         return applied
 
-    async def _fetch(self, start: int, limit: int) -> _Batch[P]:
+    async def _fetch(self, start: int, limit: int) -> _Batch:
         end, scopes = await self.store.log_range(start, limit)
         full = end - start >= limit
         if end == start or (self.wanted is not None and not await self.wanted(scopes)):
-            return _Batch(end, full, None, None)
-        events = [e for e in await self.store.read_log(start, limit) if (e.seq or 0) <= end]
-        return _Batch(end, full, events, await self.prepare(events))
+            return _Batch(end, full, None)
+        return _Batch(end, full, [e for e in await self.store.read_log(start, limit) if (e.seq or 0) <= end])
+
+    async def _apply_batch(self, events: Sequence[Event], end: int) -> bool:
+        """Prepare and apply a batch; if that raises (anything but the store failing), its
+        events one at a time, so that one event can never stop the consumer."""
+        try:
+            return await self._store(events, await self.prepare(events), end)
+        except StoreError:
+            raise
+        except Exception:  # noqa: BLE001 - narrowed down event by event
+            logger.warning("consumer %s: a batch up to seq %d failed; applying it event by event", self.name, end)
+        for event in events:
+            if not await self._apply_one(event):
+                return False
+        return self._stored == end or await self._store(None, None, end)
+
+    async def _apply_one(self, event: Event) -> bool:
+        """Apply one event with its checkpoint, trying it a few times; then skip it (moving
+        the checkpoint past it) with one log line. False when another process moved first."""
+        assert event.seq is not None
+        for attempt in range(1, EVENT_ATTEMPTS + 1):
+            try:
+                return await self._store([event], await self.prepare([event]), event.seq)
+            except StoreError:
+                raise
+            except Exception as exc:  # logged once, then the event is skipped
+                if attempt == EVENT_ATTEMPTS:
+                    logger.error(
+                        "consumer %s skips event %s (seq %d) after %d failed attempts: %r",
+                        self.name,
+                        event.id,
+                        event.seq,
+                        attempt,
+                        exc,
+                        exc_info=exc,
+                    )
+        return await self._store(None, None, event.seq)
 
     async def run_once(self) -> int:
         """Apply one batch; returns how many events it covered."""
@@ -142,7 +186,7 @@ class LogConsumer(Generic[P]):
             if urgent or time.monotonic() - self._stored_at > self.checkpoint_seconds:
                 await self._store(None, None, end)
             self.position = end
-        elif await self._store(batch.events, batch.prepared, end):
+        elif await self._apply_batch(batch.events, end):
             self.position = end
         else:
             self.position = self._stored = await self._checkpoint()

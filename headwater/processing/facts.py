@@ -28,6 +28,7 @@ import msgspec
 
 from headwater.clock import Clock, system_now, to_us
 from headwater.events import Event
+from headwater.parsing import is_number
 from headwater.processing.awards import (
     MAX_AWARD_DEPTH,
     award_depth,
@@ -47,7 +48,6 @@ from headwater.processing.gamification import (
     bucket_label,
     bucket_of,
     local_day,
-    number,
     plain,
 )
 from headwater.storage.base import Fact, Store
@@ -327,7 +327,7 @@ class _FactRun:
             if c.metric == "sum":
                 assert c.field is not None
                 raw = c.field(view)
-                if not number(raw):
+                if not is_number(raw):
                     continue
                 delta = float(raw)
             elif c.metric == "distinct":

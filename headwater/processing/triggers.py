@@ -19,6 +19,7 @@ import msgspec
 
 from headwater.clock import to_us
 from headwater.events import Event, Mode
+from headwater.parsing import is_number
 from headwater.processing.awards import dispatch_award
 from headwater.processing.conditions import EventView
 from headwater.processing.rules import (
@@ -123,7 +124,7 @@ def _crosses_window(state: ProcessingState, trigger: CompiledTrigger, view: Even
     value = 1.0
     if window.sum_field is not None:
         raw = view.get(window.sum_field)
-        if not isinstance(raw, int | float) or isinstance(raw, bool) or not math.isfinite(raw):
+        if not is_number(raw):
             return False
         value = float(raw)
     event = view.event

@@ -7,6 +7,9 @@ Guarantees every backend gives:
 - `append` returns only once every accepted event is durable, and dedups on
   (tenant, mode, idempotency_key) against everything retained, including
   earlier events of the same call. A duplicate reports the original's id.
+  Dedup comes before validation: an item the pipeline refused but whose key
+  may be stored already is passed as a `Refused`, and the same dedup decides,
+  in the same write, whether it is that duplicate or refused (and quarantined).
 - `seq` is the log offset: unique, increasing in commit order, so a consumer
   that has processed everything up to `seq` never needs to look below it.
 - `append` raises `Backpressure` instead of queueing without bound.
@@ -40,10 +43,23 @@ class Backpressure(StoreError):
         self.retry_after = retry_after
 
 
+class Refused(NamedTuple):
+    """An event the pipeline refused (its data breaks a strict schema, or holds a number out of
+    range) that has an idempotency key. A resend of a stored key is a duplicate, whatever its
+    body: so `append` reports it as the duplicate of the event with that key when there is one
+    (in the log, or earlier in the same call), and only otherwise refuses it, keeping
+    `quarantined` (when given) in the same write."""
+
+    tenant: str
+    mode: Mode
+    idempotency_key: str
+    quarantined: QuarantinedEvent | None
+
+
 class AppendOutcome(NamedTuple):
-    status: Literal["accepted", "duplicate"]
-    id: str
-    seq: int  # for a duplicate, the original's offset
+    status: Literal["accepted", "duplicate", "refused"]
+    id: str | None  # None only when refused
+    seq: int | None  # for a duplicate, the original's offset; None only when refused
 
 
 class EventQuery(msgspec.Struct, frozen=True):
@@ -131,8 +147,11 @@ class Store(TriggerStore, WebhookStore, GamificationStore, Protocol):
         """Raise `StoreError` unless the store accepts writes now."""
 
     # The event log.
-    async def append(self, events: Sequence[Event], quarantine: Sequence[QuarantinedEvent] = ()) -> list[AppendOutcome]:
-        """Append `events` and keep `quarantine` in the same durable write."""
+    async def append(
+        self, events: Sequence[Event | Refused], quarantine: Sequence[QuarantinedEvent] = ()
+    ) -> list[AppendOutcome]:
+        """Append `events` and keep `quarantine` in the same durable write; one outcome per
+        item of `events`, in order (a `Refused` is a duplicate or refused, never accepted)."""
 
     async def get_event(self, tenant: str, mode: Mode, event_id: str) -> Event | None: ...
 
@@ -159,15 +178,15 @@ class Store(TriggerStore, WebhookStore, GamificationStore, Protocol):
 
     async def revoke_key(self, tenant: str, key_id: str, at: datetime) -> bool: ...
 
-    # Schemas.
+    # Schemas: per tenant and mode, like everything a tenant defines.
     async def put_schema(
-        self, tenant: str, type_: str, schema: bytes, enforcement: Enforcement, at: datetime
+        self, tenant: str, mode: Mode, type_: str, schema: bytes, enforcement: Enforcement, at: datetime
     ) -> SchemaVersion:
         """Store the next version of the type's schema."""
 
-    async def latest_schemas(self, tenant: str) -> list[SchemaVersion]: ...
+    async def latest_schemas(self, tenant: str, mode: Mode) -> list[SchemaVersion]: ...
 
-    async def schema_versions(self, tenant: str, type_: str) -> list[SchemaVersion]: ...
+    async def schema_versions(self, tenant: str, mode: Mode, type_: str) -> list[SchemaVersion]: ...
 
     # Quarantine.
     async def list_quarantine(self, query: QuarantineQuery) -> list[QuarantinedEvent]: ...

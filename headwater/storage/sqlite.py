@@ -23,6 +23,7 @@ from headwater.storage.base import (
     EventQuery,
     KeyRecord,
     QuarantineQuery,
+    Refused,
     SchemaVersion,
 )
 from headwater.storage.derived import ProcessingState
@@ -31,7 +32,20 @@ from headwater.storage.sqlite_gamification import GamificationStateMixin, Gamifi
 from headwater.storage.sqlite_triggers import SqliteProcessingState, TriggerTables
 from headwater.storage.sqlite_webhooks import WebhookTables
 
-EVENTS_SCHEMA = """
+SCHEMAS_TABLE = """
+CREATE TABLE IF NOT EXISTS schemas (
+    tenant TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    type TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    enforcement TEXT NOT NULL,
+    schema TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, mode, type, version)
+);
+"""
+
+EVENTS_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL,
@@ -75,16 +89,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant, created_at);
 
-CREATE TABLE IF NOT EXISTS schemas (
-    tenant TEXT NOT NULL,
-    type TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    enforcement TEXT NOT NULL,
-    schema TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    PRIMARY KEY (tenant, type, version)
-);
-
+{SCHEMAS_TABLE}
 CREATE TABLE IF NOT EXISTS quarantine (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -126,6 +131,29 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 # What the facts consumer derives is in sqlite_gamification.py (facts themselves are read from this log).
+
+
+def upgrade_schemas(conn: sqlite3.Connection) -> None:
+    """Before the schema: a `schemas` table of the older layout, without a mode, is rebuilt
+    with one. Its schemas applied to both modes; they become live-mode schemas (a test-mode
+    key can put its own), so test events stop being checked by them and nothing live changes."""
+
+    def old_layout() -> bool:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(schemas)")}
+        return bool(columns) and "mode" not in columns
+
+    if not old_layout():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    if old_layout():  # still: another process starting on the same file may have been first
+        conn.execute("ALTER TABLE schemas RENAME TO schemas_without_mode")
+        conn.execute(SCHEMAS_TABLE)
+        conn.execute(
+            "INSERT INTO schemas (tenant, mode, type, version, enforcement, schema, created_at)"
+            " SELECT tenant, 'live', type, version, enforcement, schema, created_at FROM schemas_without_mode"
+        )
+        conn.execute("DROP TABLE schemas_without_mode")
+    conn.execute("COMMIT")
 
 EVENT_COLUMNS = (
     "seq, id, tenant, mode, type, subject, source, channel, time, received_at, idempotency_key, data, violations"
@@ -261,9 +289,10 @@ def _catalog_delta(
     return start, end, counts, properties
 
 
-def _append_events(tx: Transaction, events: Sequence[Event]) -> list[AppendOutcome]:
+def _append_events(tx: Transaction, events: Sequence[Event | Refused]) -> list[AppendOutcome]:
     outcomes: list[AppendOutcome] = []
     rows: list[tuple[Any, ...]] = []
+    quarantined: list[tuple[Any, ...]] = []
     # A batch shares one receive time, and events sent without a time share it too:
     # convert each distinct datetime object once.
     last_time: datetime | None = None
@@ -276,6 +305,11 @@ def _append_events(tx: Transaction, events: Sequence[Event]) -> list[AppendOutco
             if original is not None:
                 outcomes.append(AppendOutcome("duplicate", original[0], original[1]))
                 continue
+        if isinstance(event, Refused):
+            if event.quarantined is not None:
+                quarantined.append(_quarantine_row(event.quarantined))
+            outcomes.append(AppendOutcome("refused", None, None))
+            continue
         seq = tx.next_seq()
         if key is not None:
             tx.new_keys[scope] = (event.id, seq)
@@ -304,6 +338,8 @@ def _append_events(tx: Transaction, events: Sequence[Event]) -> list[AppendOutco
         )
         outcomes.append(AppendOutcome("accepted", event.id, seq))
     tx.conn.executemany(INSERT_EVENT, rows)
+    if quarantined:
+        tx.conn.executemany(INSERT_QUARANTINE, quarantined)
     return outcomes
 
 
@@ -323,13 +359,16 @@ T = TypeVar("T")
 
 class SqliteStore(GamificationTables, TriggerTables, WebhookTables, SqliteCore):
     SCHEMA = EVENTS_SCHEMA
+    UPGRADE = staticmethod(upgrade_schemas)
 
     async def process(self, fn: Callable[[ProcessingState], T], size: int = 1) -> T:
         return await self.write(lambda tx: fn(SqliteState(tx)), size=size)
 
     # The event log
 
-    async def append(self, events: Sequence[Event], quarantine: Sequence[QuarantinedEvent] = ()) -> list[AppendOutcome]:
+    async def append(
+        self, events: Sequence[Event | Refused], quarantine: Sequence[QuarantinedEvent] = ()
+    ) -> list[AppendOutcome]:
         def run(tx: Transaction) -> list[AppendOutcome]:
             if quarantine:
                 tx.conn.executemany(INSERT_QUARANTINE, [_quarantine_row(q) for q in quarantine])
@@ -425,32 +464,32 @@ class SqliteStore(GamificationTables, TriggerTables, WebhookTables, SqliteCore):
     # Schemas
 
     async def put_schema(
-        self, tenant: str, type_: str, schema: bytes, enforcement: Enforcement, at: datetime
+        self, tenant: str, mode: Mode, type_: str, schema: bytes, enforcement: Enforcement, at: datetime
     ) -> SchemaVersion:
         def run(tx: Transaction) -> SchemaVersion:
             row = tx.conn.execute(
-                "SELECT coalesce(max(version), 0) + 1 FROM schemas WHERE tenant = ? AND type = ?",
-                (tenant, type_),
+                "SELECT coalesce(max(version), 0) + 1 FROM schemas WHERE tenant = ? AND mode = ? AND type = ?",
+                (tenant, mode, type_),
             ).fetchone()
             version = int(row[0])
             tx.conn.execute(
-                f"INSERT INTO schemas ({SCHEMA_COLUMNS}, tenant) VALUES (?,?,?,?,?,?)",
-                (type_, version, enforcement, schema.decode(), to_us(at), tenant),
+                f"INSERT INTO schemas ({SCHEMA_COLUMNS}, tenant, mode) VALUES (?,?,?,?,?,?,?)",
+                (type_, version, enforcement, schema.decode(), to_us(at), tenant, mode),
             )
             return SchemaVersion(type_, version, enforcement, msgspec.Raw(schema), at)
 
         return await self.write(run)
 
-    async def latest_schemas(self, tenant: str) -> list[SchemaVersion]:
+    async def latest_schemas(self, tenant: str, mode: Mode) -> list[SchemaVersion]:
         sql = (
-            f"SELECT {SCHEMA_COLUMNS} FROM schemas s WHERE tenant = ? AND version ="
-            " (SELECT max(version) FROM schemas WHERE tenant = s.tenant AND type = s.type) ORDER BY type"
+            f"SELECT {SCHEMA_COLUMNS} FROM schemas s WHERE tenant = ? AND mode = ? AND version = (SELECT max(version)"
+            " FROM schemas WHERE tenant = s.tenant AND mode = s.mode AND type = s.type) ORDER BY type"
         )
-        return await self.read(lambda conn: [_row_to_schema(r) for r in conn.execute(sql, (tenant,))])
+        return await self.read(lambda conn: [_row_to_schema(r) for r in conn.execute(sql, (tenant, mode))])
 
-    async def schema_versions(self, tenant: str, type_: str) -> list[SchemaVersion]:
-        sql = f"SELECT {SCHEMA_COLUMNS} FROM schemas WHERE tenant = ? AND type = ? ORDER BY version"
-        return await self.read(lambda conn: [_row_to_schema(r) for r in conn.execute(sql, (tenant, type_))])
+    async def schema_versions(self, tenant: str, mode: Mode, type_: str) -> list[SchemaVersion]:
+        sql = f"SELECT {SCHEMA_COLUMNS} FROM schemas WHERE tenant = ? AND mode = ? AND type = ? ORDER BY version"
+        return await self.read(lambda conn: [_row_to_schema(r) for r in conn.execute(sql, (tenant, mode, type_))])
 
     # Quarantine
 

@@ -65,6 +65,32 @@ class _Job:
         self.error: BaseException | None = None
 
 
+# Result codes that mean the database itself failed (the disk, a full file, a lock), not the job.
+_STORE_FAILURES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+
+
+def _job_error(exc: Exception) -> BaseException:
+    """What a failed job's waiter gets: a `StoreError` when the database failed under it, as
+    for a failed commit, so that callers retry rather than blame the job (a consumer skips an
+    event whose effects keep failing; it must never skip one because the disk did)."""
+    if isinstance(exc, sqlite3.Error) and (exc.sqlite_errorcode or 0) & 0xFF in _STORE_FAILURES:
+        return StoreError(f"write failed: {exc}")
+    return exc
+
+
 def _settle(jobs: list[_Job]) -> None:
     for job in jobs:
         if job.future.done():  # the waiter went away (client disconnected)
@@ -201,7 +227,7 @@ class SqliteCore:
             conn.execute("ROLLBACK TO job")
             # Keys the failed job noted are gone with it; the rest are still found by query.
             tx.new_keys.clear()
-            job.error = exc
+            job.error = _job_error(exc)
         conn.execute("RELEASE job")
 
     def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
@@ -214,7 +240,7 @@ class SqliteCore:
                     jobs[0].result = jobs[0].fn(tx)
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting request
                     conn.execute("ROLLBACK")
-                    jobs[0].error = exc
+                    jobs[0].error = _job_error(exc)
                     return
             else:
                 for job in jobs:
