@@ -323,8 +323,7 @@ TimeText = Annotated[str, msgspec.Meta(max_length=MAX_TIME_LENGTH, extra_json_sc
 # Client data (`data`, `payload`, `properties`, ...): any JSON whose numbers 64 bits hold, as
 # ingest checks (a float literal such as 1e20 is taken as the float it is).
 JSON_VALUE: dict[str, Any] = {
-    "description": f"Any JSON value whose numbers fit in 64 bits: integers from {MIN_INT} to {MAX_INT}, "
-    "finite floats.",
+    "description": f"Any JSON value whose numbers fit in 64 bits: integers from {MIN_INT} to {MAX_INT}, finite floats.",
     "anyOf": [
         {"type": ["string", "boolean", "null"]},
         {"type": "integer", "minimum": MIN_INT, "maximum": MAX_INT},

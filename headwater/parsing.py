@@ -165,13 +165,18 @@ MAX_NUMBER_ERRORS = 50
 OUT_OF_RANGE = "number_out_of_range"
 OUT_OF_RANGE_MESSAGE = "number out of range: a float must be finite in 64 bits, an integer from -2^63 to 2^64-1"
 
-# Such a number has a run of 20 digits or a 3-digit exponent (2^64-1 has 20 digits; below
-# e100 a float overflows only with more than 200 digits). Digits become `0`, `e`/`E` become
-# `e`, signs go (so `e-400` reads `e400`) and everything else is a space: two substring
-# searches then find every candidate, at C speed. Joined runs (`2026-01-02` reads
-# `20260102`) only cost the exact check.
-_SHAPE = bytes(ord("0") if c in b"0123456789" else ord("e") if c in b"eE" else ord(" ") for c in range(256))
+# Such a number has a run of 20 digits, or of 19 after a minus (2^64-1 and -2^63 have 19 and
+# 20), or an exponent of 3 digits (below e100 a float overflows only with over 200 digits; a
+# negative exponent can only underflow, to a finite 0). Digits become `0`, `e`/`E` become `e`,
+# a `+` goes (`e+400` reads `e400`), a `-` stays and everything else is a space: three
+# substring searches then find every candidate, at C speed. A false alarm (`1e400` in a
+# string) only costs the exact check.
+_SHAPE = bytes(
+    ord("0") if c in b"0123456789" else ord("e") if c in b"eE" else ord("-") if c == ord("-") else ord(" ")
+    for c in range(256)
+)
 _LONG_RUN = b"0" * 20
+_LONG_NEGATIVE = b"-" + b"0" * 19
 _LONG_EXPONENT = b"e000"
 
 
@@ -179,8 +184,8 @@ def may_hold_out_of_range(datas: Sequence[bytes]) -> bool:
     """False when no JSON value of `datas` holds a number out of the 64-bit range, which is
     nearly always. They are scanned as one: a batch of ordinary events pays a fraction of a
     call each."""
-    shape = b" ".join(datas).translate(_SHAPE, b"+-")
-    return shape.find(_LONG_RUN) >= 0 or shape.find(_LONG_EXPONENT) >= 0
+    shape = b" ".join(datas).translate(_SHAPE, b"+")
+    return shape.find(_LONG_RUN) >= 0 or shape.find(_LONG_EXPONENT) >= 0 or shape.find(_LONG_NEGATIVE) >= 0
 
 
 def is_number(value: Any) -> bool:

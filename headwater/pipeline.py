@@ -24,7 +24,7 @@ from headwater.events import (
     Rejection,
 )
 from headwater.ids import new_event_id, new_event_ids, new_prefixed_id
-from headwater.parsing import may_hold_out_of_range, out_of_range_numbers
+from headwater.parsing import OUT_OF_RANGE, may_hold_out_of_range, out_of_range_numbers
 from headwater.schemas import CompiledSchema, SchemaRegistry
 from headwater.storage.base import AppendOutcome, Refused, Store
 
@@ -74,6 +74,10 @@ class Pipeline:
         raw: bytes | None,
         draft: EventDraft | None,
     ) -> QuarantinedEvent:
+        # A draft holding a number out of range is not kept: many JSON readers (Go's, msgspec)
+        # refuse such a number in the listing. The item as sent is kept (as a string), and a
+        # replay reads it again.
+        kept = None if draft is None or reasons[0].code == OUT_OF_RANGE else msgspec.structs.replace(draft, raw=None)
         return QuarantinedEvent(
             id=new_prefixed_id("qua"),
             tenant=principal.tenant,
@@ -83,7 +87,7 @@ class Pipeline:
             received_at=received_at,
             reasons=reasons,
             raw=_raw_text(raw),
-            draft=None if draft is None else msgspec.structs.replace(draft, raw=None),
+            draft=kept,
         )
 
     def _refusal(

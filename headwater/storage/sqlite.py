@@ -155,6 +155,7 @@ def upgrade_schemas(conn: sqlite3.Connection) -> None:
         conn.execute("DROP TABLE schemas_without_mode")
     conn.execute("COMMIT")
 
+
 EVENT_COLUMNS = (
     "seq, id, tenant, mode, type, subject, source, channel, time, received_at, idempotency_key, data, violations"
 )

@@ -1,22 +1,27 @@
 """The log consumer's batching: behind the log it doubles its batches up to a cap; a waiter gets
 base-sized batches; a batch whose checkpoint another process moved first is not applied.
-Every event is applied exactly once, in log order."""
+Every event is applied exactly once, in log order; one that keeps failing is skipped, and
+never stops the events behind it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import pytest
 
 from headwater.config import Settings
 from headwater.events import Event
 from headwater.ids import new_event_ids
-from headwater.processing.consumer import LogConsumer
+from headwater.processing.consumer import EVENT_ATTEMPTS, LogConsumer
 from headwater.storage import open_store
-from headwater.storage.base import Store
+from headwater.storage.base import Store, StoreError
 from headwater.storage.derived import ProcessingState
 
 
@@ -112,5 +117,101 @@ def test_a_batch_whose_checkpoint_moved_elsewhere_is_not_applied(settings: Setti
         assert one.applied == [*range(1, 501), *range(2001, 3001)]
         assert other.applied == list(range(501, 2001))
         assert await store.process(lambda state: state.checkpoint("shared")) == 3000
+
+    run(settings, body)
+
+
+# One event must never stop a consumer.
+
+
+async def append_events(store: Store, tenants: Sequence[str], count: int, start: int = 0) -> list[Event]:
+    now = datetime.now(UTC)
+    ids = new_event_ids(count)
+    events = [
+        Event(
+            ids[i], "view", f"u{i}", None, None, now, now, None, msgspec.Raw(b"{}"), tenants[i % len(tenants)], "live"
+        )
+        for i in range(count)
+    ]
+    await store.append(events)
+    return [e for e in await store.read_log(start, count) if e.seq is not None]
+
+
+class Failing:
+    """A consumer that raises in `prepare` or in `apply` whenever a batch holds one of the
+    `failing` event ids (while `failing` holds them), and notes the events it applied."""
+
+    def __init__(self, store: Store, failing: dict[str, Exception], where: str, **kwargs: Any) -> None:
+        self.failing = failing
+        self.applied: list[int] = []
+        self.attempts: dict[str, int] = {}
+
+        def check(events: Sequence[Event]) -> None:
+            for event in events:
+                if event.id in self.failing:
+                    self.attempts[event.id] = self.attempts.get(event.id, 0) + 1
+                    raise self.failing[event.id]
+
+        async def prepare(events: Sequence[Event]) -> None:
+            if where == "prepare":
+                check(events)
+
+        def apply(state: ProcessingState, events: Sequence[Event], prepared: None, now: datetime) -> None:
+            if where == "apply":
+                check(events)
+            self.applied += [e.seq or 0 for e in events]
+
+        self.consumer: LogConsumer[None] = LogConsumer(store, "failing", prepare, apply, poll_seconds=0.01, **kwargs)
+
+
+@pytest.mark.parametrize("where", ["prepare", "apply"])
+def test_an_event_that_keeps_failing_is_skipped_and_the_rest_go_on(
+    settings: Settings, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(store: Store) -> None:
+        events = await append_events(store, ["t", "u"], 30)
+        bad = events[9]
+        failing = Failing(store, {bad.id: ValueError("cannot apply this one")}, where, batch_size=100)
+        task = asyncio.create_task(failing.consumer.run_forever())
+        try:
+            # What `?wait=processed`, 002's inline results and 003's /sync wait for.
+            assert await failing.consumer.wait_processed(30, timeout=10) is True
+            assert failing.applied == [seq for seq in range(1, 31) if seq != bad.seq]  # both tenants, in order
+            assert failing.attempts == {bad.id: 1 + EVENT_ATTEMPTS}  # the batch, then on its own
+            assert await store.process(lambda state: state.checkpoint("failing")) == 30
+            later = await append_events(store, ["u"], 5, start=30)
+            assert await failing.consumer.wait_processed(35, timeout=10) is True
+            assert failing.applied[-5:] == [e.seq for e in later]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        skipped = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert [r.getMessage() for r in skipped] == [
+            f"consumer failing skips event {bad.id} (seq 10) after 3 failed attempts:"
+            " ValueError('cannot apply this one')"
+        ]
+        assert failing.attempts == {bad.id: 1 + EVENT_ATTEMPTS}  # skipped for good: never tried again
+
+    with caplog.at_level(logging.WARNING, logger="headwater.consumer"):
+        run(settings, body)
+
+
+def test_an_event_whose_write_fails_in_the_database_is_retried_not_skipped(settings: Settings) -> None:
+    """A full disk is the store failing, not the event: the consumer waits for it, and skips nothing."""
+
+    async def body(store: Store) -> None:
+        events = await append_events(store, ["t"], 10)
+        full = sqlite3.OperationalError("database or disk is full")
+        full.sqlite_errorcode = sqlite3.SQLITE_FULL  # as sqlite3 sets it
+        failing = Failing(store, {events[4].id: full}, "apply", batch_size=100)
+        for _ in range(2 * EVENT_ATTEMPTS):
+            with pytest.raises(StoreError, match="database or disk is full"):
+                await failing.consumer.run_once()
+        assert await store.process(lambda state: state.checkpoint("failing")) == 0
+        assert failing.applied == []
+        failing.failing.clear()  # the disk has room again
+        assert await failing.consumer.run_once() == 10
+        assert failing.applied == list(range(1, 11))
 
     run(settings, body)
