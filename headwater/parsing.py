@@ -165,8 +165,8 @@ MAX_NUMBER_ERRORS = 50
 OUT_OF_RANGE = "number_out_of_range"
 OUT_OF_RANGE_MESSAGE = "number out of range: a float must be finite in 64 bits, an integer from -2^63 to 2^64-1"
 
-# Such a number has a run of 20 digits, or of 19 after a minus (2^64-1 and -2^63 have 19 and
-# 20), or an exponent of 3 digits (below e100 a float overflows only with over 200 digits; a
+# Such a number has a run of 20 digits, or of 19 after a minus (2^64-1 has 20 digits, -2^63
+# has 19), or an exponent of 3 digits (below e100 a float overflows only with over 200 digits; a
 # negative exponent can only underflow, to a finite 0). Digits become `0`, `e`/`E` become `e`,
 # a `+` goes (`e+400` reads `e400`), a `-` stays and everything else is a space: three
 # substring searches then find every candidate, at C speed. A false alarm (`1e400` in a

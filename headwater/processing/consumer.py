@@ -20,10 +20,11 @@ with the head of the log, or when someone waits for it, it returns to `batch_siz
 waiter never waits behind a large batch.
 
 No one event can stop a consumer: when preparing or applying a batch raises (anything but a
-`StoreError`, which is retried as it is), its events are applied one at a time, each with its
-checkpoint; an event that still fails after `EVENT_ATTEMPTS` tries is logged once, with its id,
-and skipped, and the events behind it, every tenant's, go on. (A dead-letter list for such
-events is the processing redesign's.)
+`StoreError`, which is retried as it is), the batch is applied again in halves, a failing half
+again in halves, down to the failing event alone; an event that still fails after
+`EVENT_ATTEMPTS` tries on its own is logged once, with its id, and skipped, and the events
+behind it, every tenant's, go on. (A dead-letter list for such events is the processing
+redesign's.)
 
 A batch is read, prepared and written one after the other. Reading the next batch while one
 is written was tried and measured: it gained nothing, because both halves are mostly Python
@@ -130,41 +131,59 @@ class LogConsumer(Generic[P]):
             return _Batch(end, full, None)
         return _Batch(end, full, [e for e in await self.store.read_log(start, limit) if (e.seq or 0) <= end])
 
-    async def _apply_batch(self, events: Sequence[Event], end: int) -> bool:
-        """Prepare and apply a batch; if that raises (anything but the store failing), its
-        events one at a time, so that one event can never stop the consumer."""
+    async def _try(self, events: Sequence[Event], end: int) -> bool | Exception:
+        """Prepare and apply `events` with the checkpoint at `end`; what that raised instead, but
+        a `StoreError`: the store failing is retried as it is, never narrowed down or skipped."""
         try:
             return await self._store(events, await self.prepare(events), end)
         except StoreError:
             raise
-        except Exception:  # noqa: BLE001 - narrowed down event by event
-            logger.warning("consumer %s: a batch up to seq %d failed; applying it event by event", self.name, end)
-        for event in events:
-            if not await self._apply_one(event):
-                return False
-        return self._stored == end or await self._store(None, None, end)
+        except Exception as exc:  # noqa: BLE001 - the caller narrows it down to its event
+            return exc
 
-    async def _apply_one(self, event: Event) -> bool:
-        """Apply one event with its checkpoint, trying it a few times; then skip it (moving
-        the checkpoint past it) with one log line. False when another process moved first."""
-        assert event.seq is not None
-        for attempt in range(1, EVENT_ATTEMPTS + 1):
-            try:
-                return await self._store([event], await self.prepare([event]), event.seq)
-            except StoreError:
-                raise
-            except Exception as exc:  # logged once, then the event is skipped
-                if attempt == EVENT_ATTEMPTS:
-                    logger.error(
-                        "consumer %s skips event %s (seq %d) after %d failed attempts: %r",
-                        self.name,
-                        event.id,
-                        event.seq,
-                        attempt,
-                        exc,
-                        exc_info=exc,
-                    )
-        return await self._store(None, None, event.seq)
+    async def _apply_batch(self, events: Sequence[Event], end: int) -> bool:
+        """Apply a batch; when that fails, again in halves, so that one event can never stop
+        the consumer. False when another process moved the checkpoint first."""
+        applied = await self._try(events, end)
+        if not isinstance(applied, Exception):
+            return applied
+        logger.warning("consumer %s: a batch up to seq %d failed; narrowing it down", self.name, end)
+        return await self._narrow(events, end)
+
+    async def _narrow(self, events: Sequence[Event], end: int) -> bool:
+        """Apply `events` (the log up to `end`) in halves, a failing half again in halves, down
+        to the failing events alone: a few writes find one bad event among thousands, and every
+        other event is applied as usual."""
+        if len(events) <= 1:
+            return await self._apply_one(events[0], end) if events else await self._store(None, None, end)
+        middle = len(events) // 2
+        first_end = events[middle - 1].seq
+        assert first_end is not None
+        for part, part_end in ((events[:middle], first_end), (events[middle:], end)):
+            applied = await self._apply_one(part[0], part_end) if len(part) == 1 else await self._try(part, part_end)
+            if isinstance(applied, Exception):
+                applied = await self._narrow(part, part_end)
+            if not applied:
+                return False
+        return True
+
+    async def _apply_one(self, event: Event, end: int) -> bool:
+        """Apply one event (with the checkpoint at `end`), trying it a few times; then skip it
+        with one log line, moving the checkpoint past it."""
+        for _ in range(EVENT_ATTEMPTS):
+            applied = await self._try([event], end)
+            if not isinstance(applied, Exception):
+                return applied
+        logger.error(
+            "consumer %s skips event %s (seq %s) after %d failed attempts: %r",
+            self.name,
+            event.id,
+            event.seq,
+            EVENT_ATTEMPTS,
+            applied,
+            exc_info=applied,
+        )
+        return await self._store(None, None, end)
 
     async def run_once(self) -> int:
         """Apply one batch; returns how many events it covered."""

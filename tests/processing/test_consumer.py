@@ -144,12 +144,12 @@ class Failing:
     def __init__(self, store: Store, failing: dict[str, Exception], where: str, **kwargs: Any) -> None:
         self.failing = failing
         self.applied: list[int] = []
-        self.attempts: dict[str, int] = {}
+        self.failed: list[int] = []  # the size of each batch that failed
 
         def check(events: Sequence[Event]) -> None:
             for event in events:
                 if event.id in self.failing:
-                    self.attempts[event.id] = self.attempts.get(event.id, 0) + 1
+                    self.failed.append(len(events))
                     raise self.failing[event.id]
 
         async def prepare(events: Sequence[Event]) -> None:
@@ -169,18 +169,19 @@ def test_an_event_that_keeps_failing_is_skipped_and_the_rest_go_on(
     settings: Settings, where: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def body(store: Store) -> None:
-        events = await append_events(store, ["t", "u"], 30)
-        bad = events[9]
-        failing = Failing(store, {bad.id: ValueError("cannot apply this one")}, where, batch_size=100)
+        events = await append_events(store, ["t", "u"], 1000)
+        bad = events[99]
+        failing = Failing(store, {bad.id: ValueError("cannot apply this one")}, where, batch_size=1000)
         task = asyncio.create_task(failing.consumer.run_forever())
         try:
             # What `?wait=processed`, 002's inline results and 003's /sync wait for.
-            assert await failing.consumer.wait_processed(30, timeout=10) is True
-            assert failing.applied == [seq for seq in range(1, 31) if seq != bad.seq]  # both tenants, in order
-            assert failing.attempts == {bad.id: 1 + EVENT_ATTEMPTS}  # the batch, then on its own
-            assert await store.process(lambda state: state.checkpoint("failing")) == 30
-            later = await append_events(store, ["u"], 5, start=30)
-            assert await failing.consumer.wait_processed(35, timeout=10) is True
+            assert await failing.consumer.wait_processed(1000, timeout=20) is True
+            assert failing.applied == [seq for seq in range(1, 1001) if seq != bad.seq]  # both tenants, in order
+            # The batch, then halves down to the event alone (10 of them), then the event alone, thrice.
+            assert failing.failed == [1000, 500, 250, 125, 63, 32, 16, 8, 4, 2, 1, 1, 1]
+            assert await store.process(lambda state: state.checkpoint("failing")) == 1000
+            later = await append_events(store, ["u"], 5, start=1000)
+            assert await failing.consumer.wait_processed(1005, timeout=10) is True
             assert failing.applied[-5:] == [e.seq for e in later]
         finally:
             task.cancel()
@@ -188,10 +189,10 @@ def test_an_event_that_keeps_failing_is_skipped_and_the_rest_go_on(
                 await task
         skipped = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert [r.getMessage() for r in skipped] == [
-            f"consumer failing skips event {bad.id} (seq 10) after 3 failed attempts:"
+            f"consumer failing skips event {bad.id} (seq 100) after 3 failed attempts:"
             " ValueError('cannot apply this one')"
         ]
-        assert failing.attempts == {bad.id: 1 + EVENT_ATTEMPTS}  # skipped for good: never tried again
+        assert len(failing.failed) == 10 + EVENT_ATTEMPTS  # skipped for good: never tried again
 
     with caplog.at_level(logging.WARNING, logger="headwater.consumer"):
         run(settings, body)
