@@ -141,9 +141,10 @@ class Pipeline:
         rejected: int,
     ) -> list[tuple[int, Event | Refused]] | None:
         """For an all-or-nothing request with rejected items: whether each refused one is a
-        duplicate decides the batch, so those are appended first, alone, with the quarantine.
-        Returns the events still to append, or None when the batch is refused (its events are
-        then marked rejected)."""
+        duplicate decides the batch, so those are appended first, alone, with the quarantine
+        (a refused item is then a duplicate only of what is stored already, not of an event
+        earlier in the same request). Returns the events still to append, or None when the
+        batch is refused (its events are then marked rejected)."""
         refused = [(index, a) for index, a in zip(positions, appends, strict=True) if isinstance(a, Refused)]
         outcomes = await self.store.append([a for _, a in refused], quarantined)
         self._note([index for index, _ in refused], outcomes, results, seqs)
