@@ -111,6 +111,10 @@ NATIVE_BODY = {
 # Segment's Tracking API: the typed fields of each call. Every other field is kept in `data`.
 
 SegmentId = segment.Id | None
+WriteKey = Annotated[
+    str,
+    msgspec.Meta(description="The write key, for a request without a key header; beside one, the same key (else 400)."),
+]
 
 
 class _SegmentCommon(msgspec.Struct, kw_only=True):
@@ -121,7 +125,7 @@ class _SegmentCommon(msgspec.Struct, kw_only=True):
     sentAt: TimeText | None = None
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
-    writeKey: str | None = None
+    writeKey: WriteKey | None = None
 
 
 class SegmentTrack(_SegmentCommon, kw_only=True):
@@ -165,7 +169,7 @@ class SegmentBatch(msgspec.Struct):
     batch: Annotated[list[Any], msgspec.Meta(max_length=segment.MAX_BATCH_MESSAGES)]
     sentAt: TimeText | None = None
     context: dict[str, Any] | None = None
-    writeKey: str | None = None
+    writeKey: WriteKey | None = None
 
 
 SEGMENT_TYPES: dict[str, Any] = {
