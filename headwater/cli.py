@@ -175,6 +175,16 @@ def _in_scope(event: Event, tenant: str, mode: str) -> bool:
     return event.tenant == tenant and event.mode == mode
 
 
+def _ndjson_line(event: Event) -> bytes:
+    """The event as exactly one line of compact JSON.
+
+    `data` is stored as the client sent it, and clients (and every vendor document's examples)
+    send it pretty-printed over several lines: encoding it verbatim would split one event
+    over many lines that are not JSON on their own.
+    """
+    return msgspec.json.format(_encoder.encode(event), indent=-1) + b"\n"
+
+
 @events.command("tail")
 @tenant_option
 @mode_option
@@ -205,7 +215,7 @@ def events_tail(
             for event in batch:
                 position = event.seq or position
                 if _in_scope(event, tenant, mode) and (not types or event.type in types):
-                    out.write(_encoder.encode(event) + b"\n")
+                    out.write(_ndjson_line(event))
                     printed += 1
                     if count is not None and printed >= count:
                         break
@@ -251,9 +261,8 @@ def events_export(tenant: str, mode: str, output: IO[bytes], data_dir: Path) -> 
             task = progress.add_task("exporting", total=total)
             while batch := await store.read_log(position, 5000):
                 position = batch[-1].seq or position
-                lines = [_encoder.encode(e) for e in batch if _in_scope(e, tenant, mode)]
-                if lines:
-                    output.write(b"\n".join(lines) + b"\n")
+                lines = [_ndjson_line(e) for e in batch if _in_scope(e, tenant, mode)]
+                output.write(b"".join(lines))
                 written += len(lines)
                 progress.update(task, completed=written)
         return written

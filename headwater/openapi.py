@@ -78,7 +78,7 @@ ERROR_HEADERS: dict[int, dict[str, dict[str, Any]]] = {
 }
 
 # What an authenticated route can always answer, and what a route that reads a body adds.
-AUTH_ERRORS = (401, 403, 503)
+AUTH_ERRORS = (400, 401, 403, 503)
 BODY_ERRORS = (400, 413, 415)
 
 TENANT_HEADER_DESCRIPTION = "Optional: the tenant the caller means. A key of another tenant is refused with 403."

@@ -114,6 +114,10 @@ NATIVE_BODY = {
 # Segment's Tracking API: the typed fields of each call. Every other field is kept in `data`.
 
 SegmentId = segment.Id | None
+WriteKey = Annotated[
+    str,
+    msgspec.Meta(description="The write key, for a request without a key header; beside one, the same key (else 400)."),
+]
 
 
 class _SegmentCommon(msgspec.Struct, kw_only=True):
@@ -124,7 +128,7 @@ class _SegmentCommon(msgspec.Struct, kw_only=True):
     sentAt: TimeText | None = None
     context: JsonObject | None = None
     integrations: JsonObject | None = None
-    writeKey: str | None = None
+    writeKey: WriteKey | None = None
 
 
 class SegmentTrack(_SegmentCommon, kw_only=True):
@@ -168,7 +172,7 @@ class SegmentBatch(msgspec.Struct):
     batch: Annotated[list[Any], msgspec.Meta(max_length=segment.MAX_BATCH_MESSAGES)]
     sentAt: TimeText | None = None
     context: JsonObject | None = None
-    writeKey: str | None = None
+    writeKey: WriteKey | None = None
 
 
 SEGMENT_TYPES: dict[str, Any] = {

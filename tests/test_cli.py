@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -270,6 +271,66 @@ def test_events_export_writes_exactly_the_scope_with_progress(api: Api, tmp_path
     assert export(data_dir, "nobody").stdout == ""
 
 
+def pretty(body: Any) -> str:
+    return json.dumps(body, indent=2)
+
+
+def send_pretty_through_dialects(api: Api, key: str) -> None:
+    """Eight events sent pretty-printed, as every vendor document's examples are, through
+    several dialects."""
+    basic = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+    order = {"type": "order", "idempotency_key": "o-1", "data": {"items": [{"sku": "A1", "qty": 2}], "note": "a\nb"}}
+    native_batch = {"events": [{"type": "keyless", "data": {"n": i, "nested": {"list": [i, None]}}} for i in range(3)]}
+    track = {
+        "type": "track",
+        "userId": "u1",
+        "event": "Order Completed",
+        "messageId": "m-1",
+        "properties": {"total": 9.5, "products": [{"sku": "A1"}]},
+    }
+    cloudevent = {"specversion": "1.0", "id": "c-1", "source": "/orders", "type": "placed", "data": {"a": {"b": [1]}}}
+    binary = {"ce-specversion": "1.0", "ce-id": "c-2", "ce-source": "/orders", "ce-type": "paid"}
+    purchase = {"type": "purchase", "customerId": "CUST-001", "data": {"orderId": "ORD-789", "amount": 49.99}}
+    requests = [
+        ("/v1/events", {"Content-Type": "application/json"}, order),
+        ("/v1/events", {"Content-Type": "application/json"}, native_batch),
+        ("/v1/track", {"Content-Type": "application/json", "Authorization": basic}, track),
+        ("/v1/cloudevents", {"Content-Type": "application/cloudevents+json"}, cloudevent),
+        ("/v1/cloudevents", {**binary, "Content-Type": "application/json"}, {"paid": {"amount": 3}}),
+        ("/api/v1/events/ingest", {"Content-Type": "application/json"}, purchase),
+    ]
+    for path, headers, body in requests:
+        response = api.client.post(path, content=pretty(body), headers={**api.as_(key), **headers})
+        assert response.status_code in (200, 202), response.text
+
+
+def test_events_sent_pretty_printed_export_and_tail_as_one_line_each(api: Api, tmp_path: Path) -> None:
+    key = api.key("t")
+    send_pretty_through_dialects(api, key)
+    sent = 8
+    stored = sorted(list_all(api, key), key=lambda e: e["seq"])
+    assert len(stored) == sent
+
+    result = export(api.settings.data_dir, "t")
+    assert f"exported {sent} events" in result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[-1] == "" and len(lines[:-1]) == sent
+    assert [json.loads(line) for line in lines[:-1]] == stored
+    assert all(line == json.dumps(json.loads(line), separators=(",", ":"), ensure_ascii=False) for line in lines[:-1])
+
+    data_dir = str(api.settings.data_dir)
+    tailed = run_cli("events", "tail", "--tenant", "t", "--from-start", "--count", str(sent), "--data-dir", data_dir)
+    assert tailed.stdout == result.stdout
+
+    dump = tmp_path / "export.ndjson"
+    dump.write_text(result.stdout)
+    target = tmp_path / "target"
+    assert summary(import_(target, dump, "--tenant", "t")) == (sent, 0, 0)
+    fields = ("type", "subject", "source", "channel", "time", "data")
+    imported = ndjson(export(target, "t").stdout)
+    assert [tuple(e[f] for f in fields) for e in imported] == [tuple(e[f] for f in fields) for e in stored]
+
+
 # events import
 
 
@@ -349,10 +410,21 @@ def test_events_import_of_an_export_is_idempotent(tmp_path: Path) -> None:
     assert {(e["tenant"], e["mode"]) for e in imported} == {("t", "test")}
     assert not {e["id"] for e in imported} & {e["id"] for e in exported}
 
-    # Back into the source: the keyless originals get one copy keyed by their old id, once.
-    assert summary(import_(source, dump, "--tenant", "src")) == (40, 10, 0)
+    # Back into the store it came from: every line is its own original, keyed or not.
     assert summary(import_(source, dump, "--tenant", "src")) == (0, 50, 0)
-    assert count(source) == 90
+    assert count(source) == 50
+    assert ndjson(export(source, "src").stdout) == exported
+
+    # The target's export (keyed by the old ids) back into the source adds nothing either,
+    # and into a third store it is new data once.
+    redump = tmp_path / "reexport.ndjson"
+    redump.write_text(export(target, "t", "--mode", "test").stdout)
+    assert summary(import_(source, redump, "--tenant", "src")) == (0, 50, 0)
+    assert count(source) == 50
+    third = tmp_path / "third"
+    assert summary(import_(third, redump, "--tenant", "src")) == (50, 0, 0)
+    assert summary(import_(third, dump, "--tenant", "src")) == (0, 50, 0)
+    assert count(third) == 50
 
 
 def test_events_import_of_an_export_with_schema_violations(api: Api, tmp_path: Path) -> None:

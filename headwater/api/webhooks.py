@@ -31,12 +31,13 @@ TEST_TOPIC = "webhook.test"
 DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "delivered", "failed")
 
 Description = Annotated[str, msgspec.Meta(max_length=500)]
-Subscriptions = Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_SUBSCRIPTIONS)]
+# May be empty: an endpoint that only a trigger's `webhook` action names needs no topic.
+Subscriptions = Annotated[list[str], msgspec.Meta(max_length=MAX_SUBSCRIPTIONS)]
 
 
 class WebhookCreate(msgspec.Struct, forbid_unknown_fields=True):
     url: str
-    subscriptions: Subscriptions
+    subscriptions: Subscriptions = msgspec.field(default_factory=list)
     description: Description | None = None
     enabled: bool = True
 

@@ -6,7 +6,9 @@ PostgreSQL and Redis Streams later) implements it and is picked by `open_store`.
 Guarantees every backend gives:
 - `append` returns only once every accepted event is durable, and dedups on
   (tenant, mode, idempotency_key) against everything retained, including
-  earlier events of the same call. A duplicate reports the original's id.
+  earlier events of the same call. A key that is the id of an event of the same
+  tenant and mode is a duplicate of that event too (an import keys an exported
+  event that had no key by its old id). A duplicate reports the original's id.
   Dedup comes before validation: an item the pipeline refused but whose key
   may be stored already is passed as a `Refused`, and the same dedup decides,
   in the same write, whether it is that duplicate or refused (and quarantined).

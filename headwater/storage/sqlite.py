@@ -16,6 +16,7 @@ import msgspec
 
 from headwater.clock import from_us, to_us
 from headwater.events import Event, EventDraft, FieldError, Mode, QuarantinedEvent
+from headwater.ids import looks_like_event_id
 from headwater.storage.base import (
     AppendOutcome,
     CatalogEntry,
@@ -164,6 +165,7 @@ _field_errors = msgspec.json.Decoder(list[FieldError])
 _draft = msgspec.json.Decoder(EventDraft)
 _encode = msgspec.json.encode
 FIND_DUPLICATE = "SELECT id, seq FROM events WHERE tenant = ? AND mode = ? AND idempotency_key = ?"
+FIND_BY_ID = "SELECT id, seq FROM events WHERE tenant = ? AND mode = ? AND id = ?"
 
 
 def _row_to_event(row: tuple[Any, ...]) -> Event:
@@ -303,6 +305,9 @@ def _append_events(tx: Transaction, events: Sequence[Event | Refused]) -> list[A
         if key is not None:
             scope = (event.tenant, event.mode, key)
             original = tx.new_keys.get(scope) or tx.conn.execute(FIND_DUPLICATE, scope).fetchone()
+            # Only a key shaped like an event id can name one: other keys cost no second lookup.
+            if original is None and looks_like_event_id(key):
+                original = tx.conn.execute(FIND_BY_ID, scope).fetchone()
             if original is not None:
                 outcomes.append(AppendOutcome("duplicate", original[0], original[1]))
                 continue
