@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import errno
-import os
 import socket
 import sys
 import time
@@ -17,7 +16,6 @@ from typing import IO, Any, TypeVar
 
 import click
 import msgspec
-from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -31,18 +29,8 @@ from rich.table import Table
 
 from headwater.api.events import draft_from_line
 from headwater.auth import ROLES, Principal
-from headwater.config import (
-    LOG_LEVEL,
-    PATH,
-    PORT,
-    TEXT,
-    Form,
-    SettingError,
-    Settings,
-    choice,
-    environment_problems,
-    unknown_variables,
-)
+from headwater.cli_settings import CheckedGroup, FormType, Misconfigured
+from headwater.config import LOG_LEVEL, PATH, PORT, TEXT, Settings, choice
 from headwater.events import Event
 from headwater.keys import create_key
 from headwater.pipeline import Pipeline
@@ -55,109 +43,19 @@ err = Console(stderr=True)
 _encoder = msgspec.json.Encoder()
 
 
-class Misconfigured(click.ClickException):
-    """Settings or flags the command cannot start with: one line each, exit status 2."""
-
-    exit_code = 2
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        for problem in self.problems:
-            click.echo(f"headwater: {problem}", err=True)
-
-
-def _envvar(param: click.Parameter, ctx: click.Context) -> str | None:
-    if isinstance(param.envvar, str):
-        return param.envvar
-    if isinstance(param, click.Option) and param.allow_from_autoenv and ctx.auto_envvar_prefix and param.name:
-        return f"{ctx.auto_envvar_prefix}_{param.name.upper()}"
-    return None
-
-
-def _where(param: click.Parameter | None, ctx: click.Context | None) -> str:
-    """The variable a bad value came from, or else its flag."""
-    if param is None:
-        return "a value"
-    if ctx is not None and param.name and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
-        return _envvar(param, ctx) or param.human_readable_name
-    flags = [opt for opt in param.opts if opt.startswith("--")]
-    return flags[0] if flags else param.human_readable_name
-
-
-class Setting(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2 on
-    """A flag read by a `headwater.config.Form`, the one parser of settings, flags and variables alike."""
-
-    def __init__(self, form: Form[Any]) -> None:
-        self.form = form
-        self.name = form.expected
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if not isinstance(value, str):
-            return value  # a default, already of its type
-        try:
-            return self.form.read(_where(param, ctx), value)
-        except SettingError as exc:
-            raise Misconfigured([str(exc)]) from None
-
-
-def _known_variables(command: click.Command, prefix: str) -> set[str]:
-    """Every HEADWATER_* name something reads: the settings, and each option's variable."""
-    known = set(Settings.variables())
-    for param in command.params:
-        if isinstance(param, click.Option) and param.expose_value:
-            known.update([param.envvar] if isinstance(param.envvar, str) else param.envvar or ())
-            if param.allow_from_autoenv and param.name:
-                known.add(f"{prefix}_{param.name.upper()}")
-    if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
-            known |= _known_variables(sub, f"{prefix}_{name.upper().replace('-', '_')}")
-    return known
-
-
-class CheckedCommand(click.Command):
-    """Checks every setting before it runs: a bad flag value (the first; flags are parsed in
-    turn) and every bad HEADWATER_* variable, one line each; unknown variables are warned about."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        root = ctx.find_root()
-        known = _known_variables(root.command, root.auto_envvar_prefix or "HEADWATER")
-        for name, closest in unknown_variables(os.environ, known):
-            hint = f" (did you mean {closest}?)" if closest else ""
-            click.echo(f"headwater: warning: {name} is not a Headwater setting and is ignored{hint}", err=True)
-        problems = environment_problems()
-        try:
-            rest = super().parse_args(ctx, args)
-        except Misconfigured as exc:
-            raise Misconfigured(exc.problems + problems) from None
-        except click.BadParameter as exc:
-            message = exc.message.rstrip(".")
-            raise Misconfigured([f"{_where(exc.param, exc.ctx)} is not valid: {message}", *problems]) from None
-        if problems:
-            raise Misconfigured(problems)
-        return rest
-
-
-class CheckedGroup(click.Group):
-    command_class = CheckedCommand
-    group_class = type
-
-
 data_dir_option = click.option(
     "--data-dir",
     envvar="HEADWATER_DATA_DIR",
-    type=Setting(PATH),
+    type=FormType(PATH),
     default=Path("./headwater-data"),
     show_default=True,
     help="Where the SQLite store lives.",
 )
 tenant_option = click.option(
-    "--tenant", envvar="HEADWATER_TENANT", type=Setting(TEXT), default="default", show_default=True
+    "--tenant", envvar="HEADWATER_TENANT", type=FormType(TEXT), default="default", show_default=True
 )
 mode_option = click.option(
-    "--mode", envvar="HEADWATER_MODE", type=Setting(choice("live", "test")), default="live", show_default=True
+    "--mode", envvar="HEADWATER_MODE", type=FormType(choice("live", "test")), default="live", show_default=True
 )
 
 
@@ -217,16 +115,16 @@ def _logging(log_level: str) -> dict[str, Any]:
 
 
 @main.command()
-@click.option("--host", envvar="HEADWATER_HOST", type=Setting(TEXT), default="127.0.0.1", show_default=True)
-@click.option("--port", envvar="HEADWATER_PORT", type=Setting(PORT), default=8000, show_default=True)
+@click.option("--host", envvar="HEADWATER_HOST", type=FormType(TEXT), default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="HEADWATER_PORT", type=FormType(PORT), default=8000, show_default=True)
 @data_dir_option
 @click.option(
     "--log-level",
     envvar="HEADWATER_LOG_LEVEL",
-    type=Setting(LOG_LEVEL),
+    type=FormType(LOG_LEVEL),
     default="warning",
     show_default=True,
-    help="info and below: one line per request.",
+    help="At info, debug or trace: a line per request too.",
 )
 def serve(host: str, port: int, data_dir: Path, log_level: str) -> None:
     """Run the HTTP server (creates tenant `default` and an admin key on first start)."""
@@ -268,7 +166,7 @@ def keys() -> None:
 
 @keys.command("create")
 @tenant_option
-@click.option("--role", envvar="HEADWATER_ROLE", type=Setting(choice(*ROLES)), required=True)
+@click.option("--role", envvar="HEADWATER_ROLE", type=FormType(choice(*ROLES)), required=True)
 @mode_option
 @click.option("--name", envvar="HEADWATER_KEY_NAME", default=None, help="A label for the key.")
 @data_dir_option

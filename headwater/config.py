@@ -4,6 +4,7 @@ value and the form expected (the CLI checks them all before a command runs)."""
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ class Form(Generic[T]):
 
     parse: Callable[[str], T]
     expected: str
+    metavar: str = "TEXT"  # how a flag's help names it
 
     def read(self, where: str, text: str) -> T:
         try:
@@ -40,9 +42,9 @@ class SettingsError(ValueError):
         self.problems = problems
 
 
-def _whole(text: str, low: int = 1, high: int = 2**63 - 1) -> int:
+def _whole(text: str, low: int, high: int | None) -> int:
     value = int(text.strip())
-    if not low <= value <= high:
+    if value < low or (high is not None and value > high):
         raise ValueError(text)
     return value
 
@@ -79,7 +81,7 @@ def _switch(text: str) -> bool:
 
 
 def _path(text: str) -> Path:
-    if not text.strip():
+    if not text.strip() or Path(text).is_file():
         raise ValueError(text)
     return Path(text)
 
@@ -90,9 +92,9 @@ def _text(text: str) -> str:
     return text
 
 
-def whole(what: str, example: int, low: int = 1, high: int = 2**63 - 1) -> Form[int]:
-    limits = f"{low} or more" if high == 2**63 - 1 else f"from {low} to {high}"
-    return Form(lambda text: _whole(text, low, high), f"a whole number of {what} ({limits}), e.g. {example}")
+def whole(what: str, example: int, low: int = 1, high: int | None = None) -> Form[int]:
+    limits = f"{low} or more" if high is None else f"from {low} to {high}"
+    return Form(lambda text: _whole(text, low, high), f"a whole number of {what} ({limits}), e.g. {example}", "N")
 
 
 def choice(*values: str) -> Form[str]:
@@ -101,21 +103,21 @@ def choice(*values: str) -> Form[str]:
             raise ValueError(text)
         return text.lower()
 
-    return Form(pick, "one of " + ", ".join(values))
+    return Form(pick, "one of " + ", ".join(values), "[" + "|".join(values) + "]")
 
 
 def optional(form: Form[T]) -> Form[T | None]:
     """The form, or empty text for "not set"."""
-    return Form(lambda text: form.parse(text) if text.strip() else None, f"{form.expected}, or nothing")
+    return Form(lambda text: form.parse(text) if text.strip() else None, f"{form.expected}, or nothing", form.metavar)
 
 
 TEXT = Form(_text, "a non-empty value")
-PATH = Form(_path, "a directory path, e.g. ./headwater-data")
-PORT = Form(lambda text: _whole(text, 1, 65535), "a port number from 1 to 65535, e.g. 8000")
-SECONDS = Form(_seconds, "a number of seconds (0 or more), e.g. 0.5")
-POSITIVE_SECONDS = Form(_positive_seconds, "a number of seconds (more than 0), e.g. 10")
-SCHEDULE = Form(parse_schedule, "comma-separated seconds, e.g. 0,5,300")
-SWITCH = Form(_switch, "1 or 0 (or true/false, yes/no, on/off)")
+PATH = Form(_path, "a directory (new or existing), e.g. ./headwater-data", "DIRECTORY")
+PORT = Form(lambda text: _whole(text, 1, 65535), "a port number from 1 to 65535, e.g. 8000", "PORT")
+SECONDS = Form(_seconds, "a number of seconds (0 or more), e.g. 0.5", "SECONDS")
+POSITIVE_SECONDS = Form(_positive_seconds, "a number of seconds (more than 0), e.g. 10", "SECONDS")
+SCHEDULE = Form(parse_schedule, "comma-separated seconds, e.g. 0,5,300", "SECONDS,...")
+SWITCH = Form(_switch, "1 or 0 (or true/false, yes/no, on/off)", "[1|0]")
 LOG_LEVEL = choice("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -139,6 +141,11 @@ def variable(name: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
+    """What the server and the commands run with. A new setting is one line here: its name
+    (the variable is HEADWATER_<NAME>), type, default and form; the checks at start, the error
+    lines and the unknown-variable hints follow from it (and tests/test_config.py wants it in the
+    README's tables)."""
+
     data_dir: Path = setting(Path("./headwater-data"), PATH)
     max_body_bytes: int = setting(5 * 1024 * 1024, whole("bytes", 5242880))
     max_batch_events: int = setting(1000, whole("events", 1000))
@@ -201,8 +208,6 @@ def environment_problems() -> list[str]:
 
 def unknown_variables(environ: Mapping[str, str], known: set[str]) -> list[tuple[str, str | None]]:
     """`HEADWATER_*` variables that nothing reads, each with the closest known name (or None)."""
-    import difflib
-
     # Compared without the prefix, which every name shares and which would make any two look alike.
     names = {name.removeprefix(PREFIX): name for name in known}
     unknown = sorted(name for name in environ if name.startswith(PREFIX) and name not in known)

@@ -108,6 +108,7 @@ class Step:
 
 
 def steps(block: Block) -> list[Step]:
+    """The block cut after each result: the lines to run and what they must print."""
     found: list[Step] = []
     code: list[str] = []
     result: list[str] = []
@@ -229,10 +230,11 @@ def bootstrap_key(server: ServerProcess) -> str:
     raise AssertionError("the server printed no bootstrap key")
 
 
-def run_section(section: Section, workdir: Path) -> list[tuple[Step, str]]:
+def run_section(section: Section, workdir: Path, server_class: type[ServerProcess]) -> list[tuple[Step, str]]:
     """Each step of the section's runnable blocks, with what it printed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
-    server = ServerProcess(workdir / "headwater-data", env={**env, **section.server_env})
+    server = server_class(workdir / "headwater-data")
+    # The section's variables only, none of the environment the suite runs in.
     server.env = {**env, **section.server_env}
     receiver_port = str(free_port())
     (workdir / ".venv").symlink_to(sys.prefix)
@@ -271,7 +273,6 @@ def run_section(section: Section, workdir: Path) -> list[tuple[Step, str]]:
         )
     finally:
         server.stop()
-        server._close_pipe()
     printed = re.split(r"\n@@step \d+@@\n", done.stdout)
     assert len(printed) == len(all_steps) + 1, done.stdout
     return list(zip(all_steps, printed, strict=False))
@@ -282,10 +283,12 @@ SECTIONS = [s for s in sections(README_TEXT) if any(b.run for b in s.blocks)]
 
 
 @pytest.mark.parametrize("section", SECTIONS, ids=[s.title for s in SECTIONS])
-def test_the_readme_examples_print_what_it_shows(section: Section, tmp_path: Path) -> None:
+def test_the_readme_examples_print_what_it_shows(
+    section: Section, tmp_path: Path, server_factory: type[ServerProcess]
+) -> None:
     mismatches = [
         f"README.md:{step.line}: the lines above it print\n{printed.strip()}\nbut the README shows\n{step.expected}"
-        for step, printed in run_section(section, tmp_path)
+        for step, printed in run_section(section, tmp_path, server_factory)
         if not same_output(step.expected, printed)
     ]
     assert not mismatches, "\n\n".join(mismatches)
@@ -304,3 +307,50 @@ def test_every_example_block_runs_or_says_why_not() -> None:
     ran = [b.line for s in SECTIONS for b in s.blocks if b.run]
     assert sorted(not_run + ran) == [b.line for b in blocks]
     assert len(ran) >= 6, ran
+
+
+@pytest.mark.parametrize(
+    ("expected", "printed", "same"),
+    [
+        ('{"id":"evt_...","n":1}', '{"n": 1, "id": "evt_01ab"}', True),
+        ('{"id":"evt_..."}', '{"id":"key_01ab"}', False),
+        ('{"a":"..."}', '{"a":null}', True),
+        ('{"a":1,...}', '{"a":1,"b":2}', True),
+        ('{"a":1}', '{"a":1,"b":2}', False),
+        ('{"a":1,"b":2}', '{"a":1}', False),
+        ("[1,...]", "[1,2,3]", True),
+        ("[1,...,3]", "[1,2,3]", True),
+        ("[...,3]", "[1,2]", False),
+        ("[1,2]", "[1,2,3]", False),
+        ('{"a":true}', '{"a":1}', False),
+        ('{"a":1}\n{"b":2}', '{"a":1}{"b":2}', True),
+        ('{"a":1}', "not json", False),
+        ("port ... is in use\nexit status 2", "port 1234 is in use\nexit status 2", True),
+        ("exit status 2", "exit status 1", False),
+        ("", "", True),
+        ("", "something", False),
+    ],
+)
+def test_the_placeholder_rule(expected: str, printed: str, same: bool) -> None:
+    assert same_output(expected, printed) is same
+
+
+def test_the_readme_cites_only_files_in_the_repository() -> None:
+    prose = re.sub(r"^```.*?^```", "", README_TEXT, flags=re.DOTALL | re.MULTILINE)
+    cited = set(re.findall(r"\b[\w./-]+\.md\b", prose))
+    cited |= {link for link in re.findall(r"\]\(([^)#][^)]*)\)", prose) if "://" not in link}
+    cited |= set(re.findall(r"`((?:headwater|tests|bench)/[^`\s]*)`", prose))
+    assert sorted(c for c in cited if not (ROOT / c).exists()) == []
+
+
+def test_make_run_installs_only_the_package_and_make_test_the_test_extras(tmp_path: Path) -> None:
+    """What the not-run first block says; `make -n` prints the commands without running them."""
+
+    def installs(target: str) -> list[str]:
+        planned = subprocess.run(
+            ["make", "-n", target, f"VENV={tmp_path}"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        return [line for line in planned.stdout.splitlines() if "pip install" in line and "--upgrade pip" not in line]
+
+    assert installs("run") == [f"{tmp_path}/bin/pip install --quiet -e ."]
+    assert installs("test") == [f"{tmp_path}/bin/pip install --quiet -e '.[test]'"]
