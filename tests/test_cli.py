@@ -171,11 +171,14 @@ def test_serve_prints_bootstrap_admin_key_once(server_factory: type[ServerProces
     assert query(data_dir / "headwater.db", "SELECT count(*) FROM api_keys") == [(1,)]
 
 
+# No HEADWATER_* variables of the suite's own (HEADWATER_FUZZ_SEED, ...): their warnings would be output too.
+CLEAN = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+
+
 def _serve(data_dir: Path, port: int, *args: str) -> subprocess.Popen[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
     return subprocess.Popen(
         [*HEADWATER, "serve", "--port", str(port), "--data-dir", str(data_dir), *args],
-        env=clean,
+        env=CLEAN,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -210,6 +213,7 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         result = subprocess.run(
             [*HEADWATER, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            env=CLEAN,
             capture_output=True,
             text=True,
             timeout=60,
