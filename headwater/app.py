@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
 
 from headwater import dialects, openapi, operations
+from headwater.access_log import AccessLogMiddleware
 from headwater.api import catalog, events, gamification, health, keys, quarantine, schemas, triggers, webhooks
 from headwater.api.common import json_response
 from headwater.config import Settings
@@ -155,4 +156,4 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         lifespan=lifespan,
     )
     starlette.state.services = services
-    return BodyLimitMiddleware(HotPathDispatcher(starlette, hot), settings.max_body_bytes)
+    return AccessLogMiddleware(BodyLimitMiddleware(HotPathDispatcher(starlette, hot), settings.max_body_bytes))

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
+from headwater.access_log import identify
 from headwater.errors import ApiError, bad_request
 from headwater.events import Mode
 from headwater.ids import hash_api_key
@@ -128,6 +129,7 @@ class Authenticator:
             record = await self._lookup(key)
         if record is None or record.revoked_at is not None:
             raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        identify(record)
         if tenant_header is not None and tenant_header != record.tenant:
             raise ApiError(403, "X-Tenant-Id names a tenant this key does not belong to")
         if permission not in ROLE_PERMISSIONS[record.role]:

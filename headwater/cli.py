@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import errno
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,7 +29,8 @@ from rich.table import Table
 
 from headwater.api.events import draft_from_line
 from headwater.auth import ROLES, Principal
-from headwater.config import Settings
+from headwater.cli_settings import CheckedGroup, FormType, Misconfigured
+from headwater.config import LOG_LEVEL, PATH, PORT, TEXT, Settings, choice
 from headwater.events import Event
 from headwater.keys import create_key
 from headwater.pipeline import Pipeline
@@ -38,17 +42,20 @@ T = TypeVar("T")
 err = Console(stderr=True)
 _encoder = msgspec.json.Encoder()
 
+
 data_dir_option = click.option(
     "--data-dir",
     envvar="HEADWATER_DATA_DIR",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FormType(PATH),
     default=Path("./headwater-data"),
     show_default=True,
     help="Where the SQLite store lives.",
 )
-tenant_option = click.option("--tenant", envvar="HEADWATER_TENANT", default="default", show_default=True)
+tenant_option = click.option(
+    "--tenant", envvar="HEADWATER_TENANT", type=FormType(TEXT), default="default", show_default=True
+)
 mode_option = click.option(
-    "--mode", envvar="HEADWATER_MODE", type=click.Choice(["live", "test"]), default="live", show_default=True
+    "--mode", envvar="HEADWATER_MODE", type=FormType(choice("live", "test")), default="live", show_default=True
 )
 
 
@@ -76,17 +83,49 @@ def _run_with_store(data_dir: Path, fn: Callable[[Store], Awaitable[T]]) -> T:
 
 # Options without an explicit variable read HEADWATER_<COMMAND>_<OPTION>, e.g.
 # HEADWATER_EVENTS_TAIL_COUNT; the common ones name theirs (HEADWATER_DATA_DIR, HEADWATER_PORT).
-@click.group(context_settings={"auto_envvar_prefix": "HEADWATER", "show_default": True})
+@click.group(cls=CheckedGroup, context_settings={"auto_envvar_prefix": "HEADWATER", "show_default": True})
 @click.version_option(package_name="headwater")
 def main() -> None:
     """Headwater: durable, multi-tenant event ingestion."""
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound and listening before anything says so; uvicorn serves on it.
+    Connections made before the app has started wait in the backlog."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise Misconfigured([f"port {port} on {host} is in use"]) from None
+        raise Misconfigured([f"cannot listen on {host} port {port}: {exc.strerror or exc}"]) from None
+    return sock
+
+
+def _logging(log_level: str) -> dict[str, Any]:
+    """uvicorn's logging, plus Headwater's own loggers (the access log among them) at the same level."""
+    from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["headwater"] = {"handlers": ["default"], "level": LOG_LEVELS[log_level], "propagate": False}
+    return config
+
+
 @main.command()
-@click.option("--host", envvar="HEADWATER_HOST", default="127.0.0.1", show_default=True)
-@click.option("--port", envvar="HEADWATER_PORT", type=int, default=8000, show_default=True)
+@click.option("--host", envvar="HEADWATER_HOST", type=FormType(TEXT), default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="HEADWATER_PORT", type=FormType(PORT), default=8000, show_default=True)
 @data_dir_option
-@click.option("--log-level", envvar="HEADWATER_LOG_LEVEL", default="warning", show_default=True)
+@click.option(
+    "--log-level",
+    envvar="HEADWATER_LOG_LEVEL",
+    type=FormType(LOG_LEVEL),
+    default="warning",
+    show_default=True,
+    help="At info, debug or trace: a line per request too.",
+)
 def serve(host: str, port: int, data_dir: Path, log_level: str) -> None:
     """Run the HTTP server (creates tenant `default` and an admin key on first start)."""
     import uvicorn
@@ -100,21 +139,24 @@ def serve(host: str, port: int, data_dir: Path, log_level: str) -> None:
         created = await create_key(store, "default", "admin", "live", "bootstrap admin key")
         return created.key
 
+    sock = _listen(host, port)
     key = _run_with_store(data_dir, bootstrap)
     if key is not None:
         click.echo("Created tenant 'default' with an admin key. It is shown only this once:")
         click.echo(f"  {key}")
-    click.echo(f"Headwater listening on http://{host}:{port} (data in {data_dir})", err=True)
+    address = f"[{host}]" if ":" in host else host
+    click.echo(f"Headwater listening on http://{address}:{sock.getsockname()[1]} (data in {data_dir})", err=True)
     tune_gc()
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(_settings(data_dir)),
-        host=host,
-        port=port,
         loop="uvloop",
         http="httptools",
+        # Headwater's own access log (headwater.access_log) names the caller; uvicorn's cannot.
         access_log=False,
         log_level=log_level,
+        log_config=_logging(log_level),
     )
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 @main.group()
@@ -124,7 +166,7 @@ def keys() -> None:
 
 @keys.command("create")
 @tenant_option
-@click.option("--role", envvar="HEADWATER_ROLE", type=click.Choice(ROLES), required=True)
+@click.option("--role", envvar="HEADWATER_ROLE", type=FormType(choice(*ROLES)), required=True)
 @mode_option
 @click.option("--name", envvar="HEADWATER_KEY_NAME", default=None, help="A label for the key.")
 @data_dir_option

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import time
@@ -169,6 +170,110 @@ def test_serve_prints_bootstrap_admin_key_once(server_factory: type[ServerProces
     output = stop_and_read(second)
     assert "hw_" not in output and "Created tenant" not in output
     assert query(data_dir / "headwater.db", "SELECT count(*) FROM api_keys") == [(1,)]
+
+
+# No HEADWATER_* variables of the suite's own (HEADWATER_FUZZ_SEED, ...): their warnings would be output too.
+CLEAN = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+
+
+def _serve(data_dir: Path, port: int, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*HEADWATER, "serve", "--port", str(port), "--data-dir", str(data_dir), *args],
+        env=CLEAN,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    proc.terminate()
+    stdout, stderr = proc.communicate(timeout=10)
+    return stdout, stderr
+
+
+def test_serve_says_it_listens_once_it_does(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _serve(tmp_path / "data", port)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line == f"Headwater listening on http://127.0.0.1:{port} (data in {tmp_path / 'data'})\n"
+        # At once: a connection made the moment the line is read is accepted, and answered
+        # once the app has started.
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        _stop(proc)
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*HEADWATER, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            env=CLEAN,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"headwater: port {port} on 127.0.0.1 is in use\n"
+    # Nothing was created: no tenant, no bootstrap key shown for a server that never ran.
+    assert not (tmp_path / "data").exists()
+
+
+ACCESS_LINE = re.compile(r"^INFO: +(\S+) (\S+) (\d{3}) (\d+\.\d)ms tenant=(\S+) key=(\S+)$")
+
+
+def test_the_access_log_has_a_line_per_request_naming_the_caller_not_the_key(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    key, _ = create(data_dir, "acme", "admin")
+    test_key, _ = create(data_dir, "acme", "ingest", "--mode", "test")
+    port = free_port()
+    proc = _serve(data_dir, port, "--log-level", "info")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert proc.stderr is not None and proc.stderr.readline().startswith("Headwater listening")
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert client.get("/healthz").status_code == 200
+            assert client.post("/v1/events", json={"type": "a"}, headers=auth(key)).status_code == 200
+            sent = client.post("/v1/events?wait=processed", json={"type": "b"}, headers=auth(test_key))
+            assert sent.status_code == 200
+            assert client.get("/v1/keys?limit=5", headers={"X-API-Key": key}).status_code == 200
+            assert client.get("/v1/keys", headers={"X-API-Key": test_key}).status_code == 403
+            assert client.get("/v1/keys", headers=auth("hw_live_" + "x" * 43)).status_code == 401
+            assert client.post("/v1/events", content=b"{" * 10, headers=auth(key)).status_code == 400
+    finally:
+        stdout, stderr = _stop(proc)
+    lines = [m.groups() for m in map(ACCESS_LINE.match, stderr.splitlines()) if m]
+    assert [(method, path, status, tenant, prefix) for method, path, status, _, tenant, prefix in lines] == [
+        ("GET", "/healthz", "200", "-", "-"),
+        ("POST", "/v1/events", "200", "acme", key[:12]),
+        ("POST", "/v1/events", "200", "acme", test_key[:12]),
+        ("GET", "/v1/keys", "200", "acme", key[:12]),
+        ("GET", "/v1/keys", "403", "acme", test_key[:12]),
+        ("GET", "/v1/keys", "401", "-", "-"),
+        ("POST", "/v1/events", "400", "acme", key[:12]),
+    ]
+    assert key not in stdout + stderr and test_key not in stdout + stderr
+    assert key[12:] not in stderr and test_key[12:] not in stderr
+
+
+def test_the_access_log_is_off_at_the_default_level(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    key, _ = create(data_dir, "acme", "admin")
+    port = free_port()
+    proc = _serve(data_dir, port)
+    try:
+        assert proc.stderr is not None and proc.stderr.readline().startswith("Headwater listening")
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/events", json={"type": "a"}, headers=auth(key), timeout=10)
+        assert response.status_code == 200
+    finally:
+        stdout, stderr = _stop(proc)
+    assert (stdout, stderr) == ("", "")
 
 
 def test_environment_variables(tmp_path: Path) -> None:

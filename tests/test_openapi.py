@@ -21,6 +21,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from headwater.access_log import AccessLogMiddleware
 from headwater.app import HotPathDispatcher, create_app
 from headwater.config import Settings
 from headwater.ids import hash_api_key
@@ -38,8 +39,10 @@ SEED = int(os.environ.get("HEADWATER_FUZZ_SEED", "20260412"))
 
 def served_operations(app: ASGIApp) -> set[tuple[str, str]]:
     """Every (method, path) the app answers: Starlette's routes (HEAD aside) and the hot routes."""
-    assert isinstance(app, BodyLimitMiddleware)
-    dispatcher = app.app
+    assert isinstance(app, AccessLogMiddleware)
+    limit = app.app
+    assert isinstance(limit, BodyLimitMiddleware)
+    dispatcher = limit.app
     assert isinstance(dispatcher, HotPathDispatcher)
     found = set(dispatcher.hot)
     starlette: Any = dispatcher.app

@@ -160,6 +160,12 @@ class WebhookRoutes:
     def valid_url(self, url: str) -> str:
         problem = check_url(url, self.settings.allow_private_webhooks)
         if problem is not None:
+            if check_url(url, allow_private=True) is None:
+                # Refused only by the SSRF guard: say how a local set-up lifts it.
+                problem += (
+                    "; start the server with HEADWATER_ALLOW_PRIVATE_WEBHOOKS=1 to allow private addresses"
+                    " (local development)"
+                )
             raise bad_request(problem, "url", "invalid_url")
         return url
 
