@@ -9,15 +9,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# Two stamps: the server needs only the package; the check also needs the test extras.
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-## Install and start the server on embedded SQLite (./headwater-data).
-run: $(VENV)/.installed
+## Install the package and start the server on embedded SQLite (./headwater-data).
+run: $(VENV)/.installed-run
 	$(BIN)/headwater serve
 
-## Install and run the whole check: ruff, mypy, pytest.
+## Install with the test extras and run the whole check: ruff, mypy, pytest.
 test: $(VENV)/.installed
 	$(BIN)/ruff check headwater tests bench
 	$(BIN)/mypy

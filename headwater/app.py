@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
 
 from headwater import dialects, openapi, operations
+from headwater.access_log import AccessLogMiddleware
 from headwater.api import (
     catalog,
     dead_letters,
@@ -138,4 +139,4 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         lifespan=lifespan,
     )
     starlette.state.services = services
-    return BodyLimitMiddleware(HotPathDispatcher(starlette, hot), settings.max_body_bytes)
+    return AccessLogMiddleware(BodyLimitMiddleware(HotPathDispatcher(starlette, hot), settings.max_body_bytes))

@@ -8,7 +8,8 @@ import time
 from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
-from headwater.errors import ApiError
+from headwater.access_log import identify
+from headwater.errors import ApiError, bad_request
 from headwater.events import Mode
 from headwater.ids import hash_api_key
 from headwater.storage.base import Store
@@ -39,27 +40,51 @@ class Credentials(NamedTuple):
     tenant_header: str | None
 
 
-def read_credentials(headers: Iterable[tuple[bytes, bytes]]) -> Credentials:
+def _authorization_key(value: bytes) -> str | None:
+    scheme, _, rest = value.partition(b" ")
+    scheme = scheme.lower()
+    if scheme == b"bearer":
+        return rest.strip().decode("latin-1")
+    if scheme == b"basic":
+        try:
+            user = base64.b64decode(rest.strip(), validate=True).partition(b":")[0]
+        except (binascii.Error, ValueError):
+            return None
+        return user.decode("latin-1")
+    return None
+
+
+def read_credentials(headers: Iterable[tuple[bytes, bytes]], write_key: str | None = None) -> Credentials:
     """The API key from `Authorization: Bearer`, `X-API-Key`, or a Basic-auth username
-    (the form Segment's libraries send their write key in), plus `X-Tenant-Id`."""
-    key: str | None = None
+    (the form Segment's libraries send their write key in), plus `X-Tenant-Id`.
+
+    `write_key` is a key the body carries (Segment's `writeKey`). A request may name its key
+    in several of these places, but it must be the same key: with two different keys, or two
+    `X-Tenant-Id` headers, none of them is more the caller's than the others, so the request
+    is a 400 rather than the last one winning.
+    """
+    found: list[tuple[str, str]] = []  # (where, key)
     tenant: str | None = None
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, rest = value.partition(b" ")
-            scheme = scheme.lower()
-            if scheme == b"bearer":
-                key = rest.strip().decode("latin-1")
-            elif scheme == b"basic":
-                try:
-                    user = base64.b64decode(rest.strip(), validate=True).partition(b":")[0]
-                except (binascii.Error, ValueError):
-                    continue
-                key = user.decode("latin-1")
+            if key := _authorization_key(value):
+                found.append(("Authorization", key))
         elif name == b"x-api-key":
-            key = value.strip().decode("latin-1")
+            if key := value.strip().decode("latin-1"):
+                found.append(("X-API-Key", key))
         elif name == b"x-tenant-id":
+            if tenant is not None:
+                raise bad_request("X-Tenant-Id is sent twice: send it once", "X-Tenant-Id", "duplicate")
             tenant = value.strip().decode("latin-1")
+    if write_key:
+        found.append(("writeKey", write_key))
+    if not found:
+        return Credentials(None, tenant)
+    (first, key), *others = found
+    for place, other in others:
+        if other != key:
+            places = f"two {first} headers" if place == first else f"{first} and {place}"
+            raise bad_request(f"{places} carry different API keys: send one key", place, "conflict")
     return Credentials(key, tenant)
 
 
@@ -90,8 +115,10 @@ class Authenticator:
         self._cache[key] = (record, now + self.ttl)
         return record
 
-    async def authenticate(self, headers: Iterable[tuple[bytes, bytes]], permission: Permission) -> Principal:
-        key, tenant_header = read_credentials(headers)
+    async def authenticate(
+        self, headers: Iterable[tuple[bytes, bytes]], permission: Permission, write_key: str | None = None
+    ) -> Principal:
+        key, tenant_header = read_credentials(headers, write_key)
         if not key:
             raise ApiError(
                 401,
@@ -103,6 +130,7 @@ class Authenticator:
             record = await self._lookup(key)
         if record is None or record.revoked_at is not None:
             raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        identify(record)
         if tenant_header is not None and tenant_header != record.tenant:
             raise ApiError(403, "X-Tenant-Id names a tenant this key does not belong to")
         if permission not in ROLE_PERMISSIONS[record.role]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import errno
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,7 +29,8 @@ from rich.table import Table
 
 from headwater.api.events import draft_from_line
 from headwater.auth import ROLES, Principal
-from headwater.config import Settings
+from headwater.cli_settings import CheckedGroup, FormType, Misconfigured
+from headwater.config import LOG_LEVEL, PATH, PORT, TEXT, Settings, choice, whole
 from headwater.events import Event
 from headwater.keys import create_key
 from headwater.pipeline import Pipeline
@@ -38,17 +42,20 @@ T = TypeVar("T")
 err = Console(stderr=True)
 _encoder = msgspec.json.Encoder()
 
+
 data_dir_option = click.option(
     "--data-dir",
     envvar="HEADWATER_DATA_DIR",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FormType(PATH),
     default=Path("./headwater-data"),
     show_default=True,
     help="Where the SQLite store lives.",
 )
-tenant_option = click.option("--tenant", envvar="HEADWATER_TENANT", default="default", show_default=True)
+tenant_option = click.option(
+    "--tenant", envvar="HEADWATER_TENANT", type=FormType(TEXT), default="default", show_default=True
+)
 mode_option = click.option(
-    "--mode", envvar="HEADWATER_MODE", type=click.Choice(["live", "test"]), default="live", show_default=True
+    "--mode", envvar="HEADWATER_MODE", type=FormType(choice("live", "test")), default="live", show_default=True
 )
 
 
@@ -76,17 +83,49 @@ def _run_with_store(data_dir: Path, fn: Callable[[Store], Awaitable[T]]) -> T:
 
 # Options without an explicit variable read HEADWATER_<COMMAND>_<OPTION>, e.g.
 # HEADWATER_EVENTS_TAIL_COUNT; the common ones name theirs (HEADWATER_DATA_DIR, HEADWATER_PORT).
-@click.group(context_settings={"auto_envvar_prefix": "HEADWATER", "show_default": True})
+@click.group(cls=CheckedGroup, context_settings={"auto_envvar_prefix": "HEADWATER", "show_default": True})
 @click.version_option(package_name="headwater")
 def main() -> None:
     """Headwater: durable, multi-tenant event ingestion."""
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound and listening before anything says so; uvicorn serves on it.
+    Connections made before the app has started wait in the backlog."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise Misconfigured([f"port {port} on {host} is in use"]) from None
+        raise Misconfigured([f"cannot listen on {host} port {port}: {exc.strerror or exc}"]) from None
+    return sock
+
+
+def _logging(log_level: str) -> dict[str, Any]:
+    """uvicorn's logging, plus Headwater's own loggers (the access log among them) at the same level."""
+    from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["headwater"] = {"handlers": ["default"], "level": LOG_LEVELS[log_level], "propagate": False}
+    return config
+
+
 @main.command()
-@click.option("--host", envvar="HEADWATER_HOST", default="127.0.0.1", show_default=True)
-@click.option("--port", envvar="HEADWATER_PORT", type=int, default=8000, show_default=True)
+@click.option("--host", envvar="HEADWATER_HOST", type=FormType(TEXT), default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="HEADWATER_PORT", type=FormType(PORT), default=8000, show_default=True)
 @data_dir_option
-@click.option("--log-level", envvar="HEADWATER_LOG_LEVEL", default="warning", show_default=True)
+@click.option(
+    "--log-level",
+    envvar="HEADWATER_LOG_LEVEL",
+    type=FormType(LOG_LEVEL),
+    default="warning",
+    show_default=True,
+    help="At info, debug or trace: a line per request too.",
+)
 @click.option(
     "--worker/--no-worker",
     envvar="HEADWATER_WORKER",
@@ -108,25 +147,28 @@ def serve(host: str, port: int, data_dir: Path, log_level: str, worker: bool) ->
         created = await create_key(store, "default", "admin", "live", "bootstrap admin key")
         return created.key
 
+    sock = _listen(host, port)
     key = _run_with_store(data_dir, bootstrap)
     if key is not None:
         click.echo("Created tenant 'default' with an admin key. It is shown only this once:")
         click.echo(f"  {key}")
-    click.echo(f"Headwater listening on http://{host}:{port} (data in {data_dir})", err=True)
+    address = f"[{host}]" if ":" in host else host
+    click.echo(f"Headwater listening on http://{address}:{sock.getsockname()[1]} (data in {data_dir})", err=True)
     tune_gc()
     workers = Supervisor(data_dir, 1) if worker else None
     if workers is not None:
         workers.start()
     try:
-        uvicorn.run(
+        config = uvicorn.Config(
             create_app(_settings(data_dir)),
-            host=host,
-            port=port,
             loop="uvloop",
             http="httptools",
+            # Headwater's own access log (headwater.access_log) names the caller; uvicorn's cannot.
             access_log=False,
             log_level=log_level,
+            log_config=_logging(log_level),
         )
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         if workers is not None:
             workers.stop()
@@ -135,13 +177,13 @@ def serve(host: str, port: int, data_dir: Path, log_level: str, worker: bool) ->
 @main.command()
 @click.option(
     "--processes",
-    type=click.IntRange(1, 64),
+    type=FormType(whole("processes", 2, high=64)),
     default=1,
     show_default=True,
     help="Worker processes to run; they split the partitions between them (and with any other worker).",
 )
 @data_dir_option
-@click.option("--stop-with", type=int, default=None, hidden=True, help="Exit when this process is gone.")
+@click.option("--stop-with", type=FormType(whole("a process id", 1)), default=None, hidden=True)
 def worker(processes: int, data_dir: Path, stop_with: int | None) -> None:
     """Run the consumers: triggers, facts, webhook delivery and the catalog."""
     from headwater.processes import Supervisor, run_worker
@@ -181,7 +223,7 @@ def keys() -> None:
 
 @keys.command("create")
 @tenant_option
-@click.option("--role", envvar="HEADWATER_ROLE", type=click.Choice(ROLES), required=True)
+@click.option("--role", envvar="HEADWATER_ROLE", type=FormType(choice(*ROLES)), required=True)
 @mode_option
 @click.option("--name", envvar="HEADWATER_KEY_NAME", default=None, help="A label for the key.")
 @data_dir_option
@@ -232,6 +274,16 @@ def _in_scope(event: Event, tenant: str, mode: str) -> bool:
     return event.tenant == tenant and event.mode == mode
 
 
+def _ndjson_line(event: Event) -> bytes:
+    """The event as exactly one line of compact JSON.
+
+    `data` is stored as the client sent it, and clients (and every vendor document's examples)
+    send it pretty-printed over several lines: encoding it verbatim would split one event
+    over many lines that are not JSON on their own.
+    """
+    return msgspec.json.format(_encoder.encode(event), indent=-1) + b"\n"
+
+
 @events.command("tail")
 @tenant_option
 @mode_option
@@ -262,7 +314,7 @@ def events_tail(
             for event in batch:
                 position = event.seq or position
                 if _in_scope(event, tenant, mode) and (not types or event.type in types):
-                    out.write(_encoder.encode(event) + b"\n")
+                    out.write(_ndjson_line(event))
                     printed += 1
                     if count is not None and printed >= count:
                         break
@@ -308,9 +360,8 @@ def events_export(tenant: str, mode: str, output: IO[bytes], data_dir: Path) -> 
             task = progress.add_task("exporting", total=total)
             while batch := await store.log.read_log(position, 5000):
                 position = batch[-1].seq or position
-                lines = [_encoder.encode(e) for e in batch if _in_scope(e, tenant, mode)]
-                if lines:
-                    output.write(b"\n".join(lines) + b"\n")
+                lines = [_ndjson_line(e) for e in batch if _in_scope(e, tenant, mode)]
+                output.write(b"".join(lines))
                 written += len(lines)
                 progress.update(task, completed=written)
         return written

@@ -86,6 +86,11 @@ def new_event_id() -> str:
     return "evt_" + uuid7_hex()
 
 
+def looks_like_event_id(text: str) -> bool:
+    """Whether `text` has an event id's shape (`evt_` and 32 hex digits, as both makers build)."""
+    return len(text) == 36 and text.startswith("evt_")
+
+
 def new_prefixed_id(prefix: str) -> str:
     return f"{prefix}_{uuid7_hex()}"
 

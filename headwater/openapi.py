@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from headwater.dialects.common import Spec
 from headwater.errors import ErrorBody
-from headwater.parsing import MAX_TIME_LENGTH
+from headwater.parsing import MAX_INT, MAX_TIME_LENGTH, MIN_INT
 
 REF_TEMPLATE = "#/components/schemas/{name}"
 JSON = "application/json"
@@ -78,7 +78,7 @@ ERROR_HEADERS: dict[int, dict[str, dict[str, Any]]] = {
 }
 
 # What an authenticated route can always answer, and what a route that reads a body adds.
-AUTH_ERRORS = (401, 403, 503)
+AUTH_ERRORS = (400, 401, 403, 503)
 BODY_ERRORS = (400, 413, 415)
 
 TENANT_HEADER_DESCRIPTION = "Optional: the tenant the caller means. A key of another tenant is refused with 403."
@@ -320,10 +320,25 @@ def document_operations(
 
 TimeText = Annotated[str, msgspec.Meta(max_length=MAX_TIME_LENGTH, extra_json_schema={"format": "date-time"})]
 
+# Client data (`data`, `payload`, `properties`, ...): any JSON whose numbers 64 bits hold, as
+# ingest checks (a float literal such as 1e20 is taken as the float it is).
+JSON_VALUE: dict[str, Any] = {
+    "description": f"Any JSON value whose numbers fit in 64 bits: integers from {MIN_INT} to {MAX_INT}, finite floats.",
+    "anyOf": [
+        {"type": ["string", "boolean", "null"]},
+        {"type": "integer", "minimum": MIN_INT, "maximum": MAX_INT},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    ],
+}
+JSON_MEMBERS = {"additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
+JsonObject = Annotated[dict[str, Any], msgspec.Meta(extra_json_schema=JSON_MEMBERS)]
+
 
 def _spec_type(spec: Spec) -> Any:
     if spec.kind == "object":
-        return dict[str, Any]
+        return JsonObject
     if spec.kind == "strings":
         return list[str]
     if spec.kind == "time":

@@ -40,10 +40,13 @@ from headwater.keys import CreatedKey
 from headwater.openapi import (
     AUTH_ERRORS,
     BODY_ERRORS,
+    JSON_MEMBERS,
+    JSON_VALUE,
     NO_AUTH,
     WRITE_KEY,
     Body,
     Doc,
+    JsonObject,
     Param,
     Reply,
     TimeText,
@@ -121,6 +124,10 @@ NATIVE_BODY = {
 # Segment's Tracking API: the typed fields of each call. Every other field is kept in `data`.
 
 SegmentId = segment.Id | None
+WriteKey = Annotated[
+    str,
+    msgspec.Meta(description="The write key, for a request without a key header; beside one, the same key (else 400)."),
+]
 
 
 class _SegmentCommon(msgspec.Struct, kw_only=True):
@@ -129,22 +136,22 @@ class _SegmentCommon(msgspec.Struct, kw_only=True):
     messageId: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     timestamp: TimeText | None = None
     sentAt: TimeText | None = None
-    context: dict[str, Any] | None = None
-    integrations: dict[str, Any] | None = None
-    writeKey: str | None = None
+    context: JsonObject | None = None
+    integrations: JsonObject | None = None
+    writeKey: WriteKey | None = None
 
 
 class SegmentTrack(_SegmentCommon, kw_only=True):
     """`track`: an action; `event` is the canonical type."""
 
     event: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    properties: dict[str, Any] | None = None
+    properties: JsonObject | None = None
 
 
 class SegmentIdentify(_SegmentCommon, kw_only=True):
     """`identify`: who the user is."""
 
-    traits: dict[str, Any] | None = None
+    traits: JsonObject | None = None
 
 
 class SegmentPage(_SegmentCommon, kw_only=True):
@@ -152,14 +159,14 @@ class SegmentPage(_SegmentCommon, kw_only=True):
 
     name: str | None = None
     category: str | None = None
-    properties: dict[str, Any] | None = None
+    properties: JsonObject | None = None
 
 
 class SegmentGroup(_SegmentCommon, kw_only=True):
     """`group`: the user joins `groupId`."""
 
     groupId: segment.Id
-    traits: dict[str, Any] | None = None
+    traits: JsonObject | None = None
 
 
 class SegmentAlias(_SegmentCommon, kw_only=True):
@@ -174,8 +181,8 @@ class SegmentBatch(msgspec.Struct):
 
     batch: Annotated[list[Any], msgspec.Meta(max_length=segment.MAX_BATCH_MESSAGES)]
     sentAt: TimeText | None = None
-    context: dict[str, Any] | None = None
-    writeKey: str | None = None
+    context: JsonObject | None = None
+    writeKey: WriteKey | None = None
 
 
 SEGMENT_TYPES: dict[str, Any] = {
@@ -443,6 +450,8 @@ MAPPED_TYPE = {"type": "string", "minLength": 1, "maxLength": 128}
 
 def refine(components: dict[str, Any]) -> None:
     """Add to the generated components what their Structs cannot express."""
+    components["JsonValue"] = JSON_VALUE
+    components["EventIn"]["properties"]["data"] |= JSON_MEMBERS
     components["Condition"] = CONDITION
     trigger = components["TriggerIn"]["properties"]
     trigger["conditions"] = {"anyOf": [_ref("Condition"), {"type": "null"}]}
@@ -453,6 +462,7 @@ def refine(components: dict[str, Any]) -> None:
         name: schema for name, schema in components["TriggerIn"]["properties"].items()
     }
     event = components["CloudEvent"]
+    event["properties"]["data"] = _ref("JsonValue")
     event["propertyNames"] = EXTENSION_NAMES
     event["additionalProperties"] = EXTENSION_VALUE
     event["not"] = {

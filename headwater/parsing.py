@@ -5,8 +5,12 @@ Shared by every dialect, so that each API reports bad input the same way.
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import msgspec
@@ -151,3 +155,89 @@ def decode_json(body: bytes, type_: type[T] | Any) -> T:
     normalized = msgspec.json.encode(_integral(msgspec.json.decode(body)))
     result = msgspec.json.decode(normalized, type=type_)
     return result
+
+
+# JSON allows any number; Headwater keeps only what a 64-bit float or integer holds, so that
+# every consumer (and every client reading events back) can read every event.
+MIN_INT = -(2**63)
+MAX_INT = 2**64 - 1  # signed or unsigned: an unsigned 64-bit id must still fit
+MAX_NUMBER_ERRORS = 50
+OUT_OF_RANGE = "number_out_of_range"
+OUT_OF_RANGE_MESSAGE = "number out of range: a float must be finite in 64 bits, an integer from -2^63 to 2^64-1"
+
+# Such a number has a run of 20 digits, or of 19 after a minus (2^64-1 has 20 digits, -2^63
+# has 19), or an exponent of 3 digits (below e100 a float overflows only with over 200 digits; a
+# negative exponent can only underflow, to a finite 0). Digits become `0`, `e`/`E` become `e`,
+# a `+` goes (`e+400` reads `e400`), a `-` stays and everything else is a space: three
+# substring searches then find every candidate, at C speed. A false alarm (`1e400` in a
+# string) only costs the exact check.
+_SHAPE = bytes(
+    ord("0") if c in b"0123456789" else ord("e") if c in b"eE" else ord("-") if c == ord("-") else ord(" ")
+    for c in range(256)
+)
+_LONG_RUN = b"0" * 20
+_LONG_NEGATIVE = b"-" + b"0" * 19
+_LONG_EXPONENT = b"e000"
+
+
+def may_hold_out_of_range(datas: Sequence[bytes]) -> bool:
+    """False when no JSON value of `datas` holds a number out of the 64-bit range, which is
+    nearly always. They are scanned as one: a batch of ordinary events pays a fraction of a
+    call each."""
+    shape = b" ".join(datas).translate(_SHAPE, b"+")
+    return shape.find(_LONG_RUN) >= 0 or shape.find(_LONG_EXPONENT) >= 0 or shape.find(_LONG_NEGATIVE) >= 0
+
+
+def is_number(value: Any) -> bool:
+    """A number as Headwater takes one: a finite float, or an integer in the 64-bit range
+    (`true` is not one). Data in the log can still hold others; they count as non-numbers."""
+    if type(value) is float:
+        return math.isfinite(value)
+    return type(value) is int and MIN_INT <= value <= MAX_INT
+
+
+def _float(text: str) -> float | Decimal:
+    value = float(text)
+    return value if math.isfinite(value) else Decimal(text)
+
+
+def _int(text: str) -> int | Decimal:
+    # The length first: int() refuses more than 4,300 digits, and 2^64 has 20.
+    if len(text) <= 21 and MIN_INT <= (value := int(text)) <= MAX_INT:
+        return value
+    return Decimal(text)
+
+
+def decode_numbers_safely(data: bytes) -> Any:
+    """JSON as Python values, with each number out of the 64-bit range as a `Decimal`: the one
+    type no condition, metric or window takes for a number, and that encodes (as a string)."""
+    return json.loads(data, parse_float=_float, parse_int=_int)
+
+
+def decode_data(data: bytes) -> Any:
+    """An event's `data` from the log, as Python values. Events stored before ingest refused
+    out-of-range numbers may hold them: msgspec cannot decode such a float (nor an integer of
+    thousands of digits), so that data is decoded again with each of them as a `Decimal`.
+    (Smaller integers past 64 bits decode as ints; `is_number` does not take them either.)"""
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.ValidationError:
+        return decode_numbers_safely(bytes(data))
+
+
+def out_of_range_numbers(data: bytes, prefix: str = "data") -> list[FieldError]:
+    """A field error (`data.items.0.price`) for each number in JSON `data` that a 64-bit float
+    or integer cannot hold; empty, after one cheap scan, for nearly all data."""
+    if not may_hold_out_of_range((data,)):
+        return []
+    errors: list[FieldError] = []
+    pending: list[tuple[str, Any]] = [(prefix, decode_numbers_safely(bytes(data)))]
+    while pending and len(errors) < MAX_NUMBER_ERRORS:
+        path, value = pending.pop()
+        if type(value) is Decimal:
+            errors.append(FieldError(path, OUT_OF_RANGE, OUT_OF_RANGE_MESSAGE))
+        elif type(value) is dict:
+            pending += ((f"{path}.{key}", item) for key, item in reversed(value.items()))
+        elif type(value) is list:
+            pending += ((f"{path}.{index}", item) for index, item in reversed(list(enumerate(value))))
+    return errors

@@ -24,8 +24,10 @@ from headwater.events import (
     Rejection,
 )
 from headwater.ids import new_event_id, new_event_ids, new_prefixed_id
+from headwater.parsing import OUT_OF_RANGE, may_hold_out_of_range, out_of_range_numbers
 from headwater.schemas import CompiledSchema, SchemaRegistry
 from headwater.storage.base import Store
+from headwater.storage.log import AppendOutcome, Refused
 
 
 @dataclass
@@ -40,6 +42,17 @@ class Ingested:
     def positions(self) -> list[tuple[int, int]]:
         """(partition, offset) of every event in the log: what waiting for processing waits on."""
         return [(p, s) for p, s in zip(self.partitions, self.seqs, strict=True) if p is not None and s is not None]
+
+
+class _Placed:
+    """Where each item of a request went in the log, filled in as appends return."""
+
+    def __init__(self, count: int) -> None:
+        self.seqs: list[int | None] = [None] * count
+        self.partitions: list[int | None] = [None] * count
+
+    def result(self, results: list[EventResult]) -> Ingested:
+        return Ingested(_summary(results), self.seqs, self.partitions)
 
 
 def _raw_text(raw: bytes | None) -> str | None:
@@ -78,6 +91,10 @@ class Pipeline:
         raw: bytes | None,
         draft: EventDraft | None,
     ) -> QuarantinedEvent:
+        # A draft holding a number out of range is not kept: many JSON readers (Go's, msgspec)
+        # refuse such a number in the listing. The item as sent is kept (as a string), and a
+        # replay reads it again.
+        kept = None if draft is None or reasons[0].code == OUT_OF_RANGE else msgspec.structs.replace(draft, raw=None)
         return QuarantinedEvent(
             id=new_prefixed_id("qua"),
             tenant=principal.tenant,
@@ -87,8 +104,74 @@ class Pipeline:
             received_at=received_at,
             reasons=reasons,
             raw=_raw_text(raw),
-            draft=None if draft is None else msgspec.structs.replace(draft, raw=None),
+            draft=kept,
         )
+
+    def _refusal(
+        self,
+        principal: Principal,
+        dialect: str,
+        received_at: datetime,
+        draft: EventDraft,
+        problems: list[FieldError],
+        quarantine: bool,
+    ) -> Refused | QuarantinedEvent | None:
+        """What the store is told of a refused draft: a `Refused` when its idempotency key may
+        make it a duplicate (the write that would store that key decides), else its quarantine
+        entry (None when it is not kept)."""
+        kept = self._quarantine(principal, dialect, received_at, problems, draft.raw, draft) if quarantine else None
+        if draft.idempotency_key is not None:
+            return Refused(principal.tenant, principal.mode, draft.idempotency_key, kept)
+        return kept
+
+    def _problems(
+        self, draft: EventDraft, schema: CompiledSchema | None, numbers: bool
+    ) -> tuple[list[FieldError], list[FieldError] | None]:
+        """What refuses a draft (a number out of range; a strict schema's problems), and what a
+        soft schema found (kept with the event as its violations)."""
+        if numbers and (out_of_range := out_of_range_numbers(draft.data)):
+            return out_of_range, None  # no schema can read such data
+        if schema is None or schema.enforcement == "off":
+            return [], None
+        problems = schema.check(draft.data)
+        if schema.enforcement == "strict":
+            return problems, None
+        return [], problems or None
+
+    @staticmethod
+    def _note(positions: list[int], outcomes: list[AppendOutcome], results: list[EventResult], placed: _Placed) -> None:
+        """Each appended item's outcome, in `results` and `placed` at the item's position."""
+        for index, outcome in zip(positions, outcomes, strict=True):
+            placed.seqs[index] = outcome.seq
+            placed.partitions[index] = outcome.partition
+            if outcome.status == "duplicate":
+                results[index] = EventResult(index, "duplicate", outcome.id)
+
+    async def _refused_first(
+        self,
+        positions: list[int],
+        appends: list[Event | Refused],
+        quarantined: list[QuarantinedEvent],
+        results: list[EventResult],
+        placed: _Placed,
+        rejected: int,
+    ) -> list[tuple[int, Event | Refused]] | None:
+        """For an all-or-nothing request with rejected items: whether each refused one is a
+        duplicate decides the batch, so those are appended first, alone, with the quarantine
+        (a refused item is then a duplicate only of what is stored already, not of an event
+        earlier in the same request). Returns the events still to append, or None when the
+        batch is refused (its events are then marked rejected)."""
+        refused = [(index, a) for index, a in zip(positions, appends, strict=True) if isinstance(a, Refused)]
+        outcomes = await self.store.log.append([a for _, a in refused], quarantined)
+        self._note([index for index, _ in refused], outcomes, results, placed)
+        events: list[tuple[int, Event | Refused]] = [
+            (index, a) for index, a in zip(positions, appends, strict=True) if not isinstance(a, Refused)
+        ]
+        if len(refused) == rejected and all(results[index].status == "duplicate" for index, _ in refused):
+            return events
+        for index, _ in events:
+            results[index] = EventResult(index, "rejected", None)
+        return None
 
     async def ingest(
         self,
@@ -98,55 +181,74 @@ class Pipeline:
         dialect: str = "native",
         quarantine: bool = True,
         received_at: datetime | None = None,
+        all_or_nothing: bool = False,
     ) -> Ingested:
         """Append every acceptable draft durably; returns once they are on disk.
 
         A rejected item never sinks the others: each gets its own result, and (unless
         `quarantine` is off, as for a replay) is kept in the quarantine in the same write.
+        Dedup comes before validation: a refused draft whose idempotency key is stored already
+        (or accepted earlier in the same request) is that duplicate, whatever its body.
         Raises `StoreError` (and its `Backpressure`) when nothing could be written.
         `received_at` lets a dialect that derives event times from the receive time (Segment's
         clock-skew correction) use the very instant the events are stamped with.
+        `all_or_nothing` (seed 000's batches) stores no event unless none is rejected; the
+        rejected ones are still quarantined, and every other item is then `rejected` too, with
+        no errors of its own.
         """
         received_at = received_at or datetime.now(UTC)
-        schemas: dict[str, CompiledSchema] = await self.schemas.for_tenant(principal.tenant)
+        schemas: dict[str, CompiledSchema] = await self.schemas.for_scope(principal.tenant, principal.mode)
+        # One scan of every draft's data together; only when it finds a candidate is each draft checked.
+        numbers = may_hold_out_of_range([item.data for item in items if isinstance(item, EventDraft)])
         results: list[EventResult] = []
-        events: list[Event] = []
+        appends: list[Event | Refused] = []
         positions: list[int] = []
         quarantined: list[QuarantinedEvent] = []
         ids = iter(new_event_ids(len(items))) if len(items) > 1 else None
+        rejected = 0
         for index, item in enumerate(items):
             if isinstance(item, Rejection):
+                rejected += 1
                 results.append(EventResult(index, "rejected", None, item.errors))
                 if quarantine:
                     quarantined.append(self._quarantine(principal, dialect, received_at, item.errors, item.raw, None))
                 continue
-            event = self.stamp(principal, item, received_at, next(ids) if ids else None)
             schema = schemas.get(item.type) if schemas else None
-            if schema is not None and schema.enforcement != "off" and (problems := schema.check(item.data)):
-                if schema.enforcement == "strict":
-                    results.append(EventResult(index, "rejected", None, problems))
-                    if quarantine:
-                        quarantined.append(self._quarantine(principal, dialect, received_at, problems, item.raw, item))
-                    continue
-                event = msgspec.structs.replace(event, violations=problems)
+            problems = violations = None
+            if numbers or schema is not None:
+                problems, violations = self._problems(item, schema, numbers)
+            if problems:
+                rejected += 1
+                results.append(EventResult(index, "rejected", None, problems))
+                refusal = self._refusal(principal, dialect, received_at, item, problems, quarantine)
+                if isinstance(refusal, Refused):
+                    positions.append(index)
+                    appends.append(refusal)
+                elif refusal is not None:
+                    quarantined.append(refusal)
+                continue
+            event = self.stamp(principal, item, received_at, next(ids) if ids else None)
+            if violations:
+                event = msgspec.structs.replace(event, violations=violations)
             positions.append(index)
-            events.append(event)
+            appends.append(event)
             results.append(EventResult(index, "accepted", event.id))
-        seqs: list[int | None] = [None] * len(items)
-        partitions: list[int | None] = [None] * len(items)
-        duplicates = 0
-        if events or quarantined:
-            outcomes = await self.store.log.append(events, quarantined)
-            for index, outcome in zip(positions, outcomes, strict=True):
-                seqs[index] = outcome.seq
-                partitions[index] = outcome.partition
-                if outcome.status == "duplicate":
-                    duplicates += 1
-                    results[index] = EventResult(index, "duplicate", outcome.id)
-        result = IngestResult(
-            accepted=len(events) - duplicates,
-            duplicates=duplicates,
-            rejected=len(items) - len(events),
-            results=results,
-        )
-        return Ingested(result, seqs, partitions)
+        placed = _Placed(len(items))
+        if all_or_nothing and rejected:
+            remaining = await self._refused_first(positions, appends, quarantined, results, placed, rejected)
+            if remaining is None:
+                return placed.result(results)
+            positions, appends, quarantined = [index for index, _ in remaining], [a for _, a in remaining], []
+        if appends or quarantined:
+            self._note(positions, await self.store.log.append(appends, quarantined), results, placed)
+        return placed.result(results)
+
+
+def _summary(results: list[EventResult]) -> IngestResult:
+    accepted = duplicates = 0
+    for result in results:
+        if result.status == "accepted":
+            accepted += 1
+        elif result.status == "duplicate":
+            duplicates += 1
+    return IngestResult(accepted, duplicates, len(results) - accepted - duplicates, results)

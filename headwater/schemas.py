@@ -1,4 +1,4 @@
-"""Per-tenant, per-type JSON Schemas (draft 2020-12): compiling them safely and checking `data`.
+"""Per-tenant, per-mode, per-type JSON Schemas (draft 2020-12): compiling them safely and checking `data`.
 
 A schema comes from a tenant, so it is untrusted: its size is capped, `pattern`s run on
 the linear-time regex engine with bounded memory, and nothing is ever fetched for a `$ref`.
@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema_rs
 import msgspec
 
-from headwater.events import FieldError
+from headwater.events import FieldError, Mode
 from headwater.storage.base import Store
 from headwater.storage.registry import Enforcement, SchemaVersion
 
@@ -76,34 +76,34 @@ def _snake(name: str) -> str:
 
 
 class SchemaRegistry:
-    """The current schema of every type of a tenant, compiled once per version.
+    """The current schema of every type of a tenant and mode, compiled once per version.
 
-    A tenant's set is re-read after `ttl` seconds, so a schema stored by another process
+    A scope's set is re-read after `ttl` seconds, so a schema stored by another process
     takes effect within that time; this process's own changes call `forget`.
     """
 
     def __init__(self, store: Store, ttl: float = 1.0) -> None:
         self.store = store
         self.ttl = ttl
-        self._tenants: dict[str, tuple[dict[str, CompiledSchema], float]] = {}
-        self._compiled: dict[tuple[str, str, int], CompiledSchema] = {}
+        self._scopes: dict[tuple[str, Mode], tuple[dict[str, CompiledSchema], float]] = {}
+        self._compiled: dict[tuple[str, Mode, str, int], CompiledSchema] = {}
         self._lock = asyncio.Lock()
 
-    def forget(self, tenant: str) -> None:
-        self._tenants.pop(tenant, None)
+    def forget(self, tenant: str, mode: Mode) -> None:
+        self._scopes.pop((tenant, mode), None)
 
-    async def for_tenant(self, tenant: str) -> dict[str, CompiledSchema]:
-        cached = self._tenants.get(tenant)
+    async def for_scope(self, tenant: str, mode: Mode) -> dict[str, CompiledSchema]:
+        cached = self._scopes.get((tenant, mode))
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
         async with self._lock:
-            versions = await self.store.registry.latest_schemas(tenant)
+            versions = await self.store.registry.latest_schemas(tenant, mode)
             current: dict[str, CompiledSchema] = {}
             for version in versions:
-                key = (tenant, version.type, version.version)
+                key = (tenant, mode, version.type, version.version)
                 compiled = self._compiled.get(key)
                 if compiled is None:
                     compiled = self._compiled[key] = CompiledSchema(version)
                 current[version.type] = compiled
-            self._tenants[tenant] = (current, time.monotonic() + self.ttl)
+            self._scopes[(tenant, mode)] = (current, time.monotonic() + self.ttl)
             return current

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import time
@@ -171,6 +173,110 @@ def test_serve_prints_bootstrap_admin_key_once(server_factory: type[ServerProces
     assert query(data_dir / "headwater.db", "SELECT count(*) FROM api_keys") == [(1,)]
 
 
+# No HEADWATER_* variables of the suite's own (HEADWATER_FUZZ_SEED, ...): their warnings would be output too.
+CLEAN = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+
+
+def _serve(data_dir: Path, port: int, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*HEADWATER, "serve", "--port", str(port), "--data-dir", str(data_dir), *args],
+        env=CLEAN,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    proc.terminate()
+    stdout, stderr = proc.communicate(timeout=10)
+    return stdout, stderr
+
+
+def test_serve_says_it_listens_once_it_does(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _serve(tmp_path / "data", port)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line == f"Headwater listening on http://127.0.0.1:{port} (data in {tmp_path / 'data'})\n"
+        # At once: a connection made the moment the line is read is accepted, and answered
+        # once the app has started.
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        _stop(proc)
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*HEADWATER, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            env=CLEAN,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"headwater: port {port} on 127.0.0.1 is in use\n"
+    # Nothing was created: no tenant, no bootstrap key shown for a server that never ran.
+    assert not (tmp_path / "data").exists()
+
+
+ACCESS_LINE = re.compile(r"^INFO: +(\S+) (\S+) (\d{3}) (\d+\.\d)ms tenant=(\S+) key=(\S+)$")
+
+
+def test_the_access_log_has_a_line_per_request_naming_the_caller_not_the_key(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    key, _ = create(data_dir, "acme", "admin")
+    test_key, _ = create(data_dir, "acme", "ingest", "--mode", "test")
+    port = free_port()
+    proc = _serve(data_dir, port, "--log-level", "info")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert proc.stderr is not None and proc.stderr.readline().startswith("Headwater listening")
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert client.get("/healthz").status_code == 200
+            assert client.post("/v1/events", json={"type": "a"}, headers=auth(key)).status_code == 200
+            sent = client.post("/v1/events?wait=processed", json={"type": "b"}, headers=auth(test_key))
+            assert sent.status_code == 200
+            assert client.get("/v1/keys?limit=5", headers={"X-API-Key": key}).status_code == 200
+            assert client.get("/v1/keys", headers={"X-API-Key": test_key}).status_code == 403
+            assert client.get("/v1/keys", headers=auth("hw_live_" + "x" * 43)).status_code == 401
+            assert client.post("/v1/events", content=b"{" * 10, headers=auth(key)).status_code == 400
+    finally:
+        stdout, stderr = _stop(proc)
+    lines = [m.groups() for m in map(ACCESS_LINE.match, stderr.splitlines()) if m]
+    assert [(method, path, status, tenant, prefix) for method, path, status, _, tenant, prefix in lines] == [
+        ("GET", "/healthz", "200", "-", "-"),
+        ("POST", "/v1/events", "200", "acme", key[:12]),
+        ("POST", "/v1/events", "200", "acme", test_key[:12]),
+        ("GET", "/v1/keys", "200", "acme", key[:12]),
+        ("GET", "/v1/keys", "403", "acme", test_key[:12]),
+        ("GET", "/v1/keys", "401", "-", "-"),
+        ("POST", "/v1/events", "400", "acme", key[:12]),
+    ]
+    assert key not in stdout + stderr and test_key not in stdout + stderr
+    assert key[12:] not in stderr and test_key[12:] not in stderr
+
+
+def test_the_access_log_is_off_at_the_default_level(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    key, _ = create(data_dir, "acme", "admin")
+    port = free_port()
+    proc = _serve(data_dir, port)
+    try:
+        assert proc.stderr is not None and proc.stderr.readline().startswith("Headwater listening")
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/events", json={"type": "a"}, headers=auth(key), timeout=10)
+        assert response.status_code == 200
+    finally:
+        stdout, stderr = _stop(proc)
+    assert (stdout, stderr) == ("", "")
+
+
 def test_environment_variables(tmp_path: Path) -> None:
     data_dir = tmp_path / "envdata"
     port = free_port()
@@ -271,6 +377,66 @@ def test_events_export_writes_exactly_the_scope_with_progress(api: Api, tmp_path
     assert export(data_dir, "nobody").stdout == ""
 
 
+def pretty(body: Any) -> str:
+    return json.dumps(body, indent=2)
+
+
+def send_pretty_through_dialects(api: Api, key: str) -> None:
+    """Eight events sent pretty-printed, as every vendor document's examples are, through
+    several dialects."""
+    basic = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+    order = {"type": "order", "idempotency_key": "o-1", "data": {"items": [{"sku": "A1", "qty": 2}], "note": "a\nb"}}
+    native_batch = {"events": [{"type": "keyless", "data": {"n": i, "nested": {"list": [i, None]}}} for i in range(3)]}
+    track = {
+        "type": "track",
+        "userId": "u1",
+        "event": "Order Completed",
+        "messageId": "m-1",
+        "properties": {"total": 9.5, "products": [{"sku": "A1"}]},
+    }
+    cloudevent = {"specversion": "1.0", "id": "c-1", "source": "/orders", "type": "placed", "data": {"a": {"b": [1]}}}
+    binary = {"ce-specversion": "1.0", "ce-id": "c-2", "ce-source": "/orders", "ce-type": "paid"}
+    purchase = {"type": "purchase", "customerId": "CUST-001", "data": {"orderId": "ORD-789", "amount": 49.99}}
+    requests = [
+        ("/v1/events", {"Content-Type": "application/json"}, order),
+        ("/v1/events", {"Content-Type": "application/json"}, native_batch),
+        ("/v1/track", {"Content-Type": "application/json", "Authorization": basic}, track),
+        ("/v1/cloudevents", {"Content-Type": "application/cloudevents+json"}, cloudevent),
+        ("/v1/cloudevents", {**binary, "Content-Type": "application/json"}, {"paid": {"amount": 3}}),
+        ("/api/v1/events/ingest", {"Content-Type": "application/json"}, purchase),
+    ]
+    for path, headers, body in requests:
+        response = api.client.post(path, content=pretty(body), headers={**api.as_(key), **headers})
+        assert response.status_code in (200, 202), response.text
+
+
+def test_events_sent_pretty_printed_export_and_tail_as_one_line_each(api: Api, tmp_path: Path) -> None:
+    key = api.key("t")
+    send_pretty_through_dialects(api, key)
+    sent = 8
+    stored = sorted(list_all(api, key), key=lambda e: e["seq"])
+    assert len(stored) == sent
+
+    result = export(api.settings.data_dir, "t")
+    assert f"exported {sent} events" in result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[-1] == "" and len(lines[:-1]) == sent
+    assert [json.loads(line) for line in lines[:-1]] == stored
+    assert all(line == json.dumps(json.loads(line), separators=(",", ":"), ensure_ascii=False) for line in lines[:-1])
+
+    data_dir = str(api.settings.data_dir)
+    tailed = run_cli("events", "tail", "--tenant", "t", "--from-start", "--count", str(sent), "--data-dir", data_dir)
+    assert tailed.stdout == result.stdout
+
+    dump = tmp_path / "export.ndjson"
+    dump.write_text(result.stdout)
+    target = tmp_path / "target"
+    assert summary(import_(target, dump, "--tenant", "t")) == (sent, 0, 0)
+    fields = ("type", "subject", "source", "channel", "time", "data")
+    imported = ndjson(export(target, "t").stdout)
+    assert [tuple(e[f] for f in fields) for e in imported] == [tuple(e[f] for f in fields) for e in stored]
+
+
 # events import
 
 
@@ -350,10 +516,21 @@ def test_events_import_of_an_export_is_idempotent(tmp_path: Path) -> None:
     assert {(e["tenant"], e["mode"]) for e in imported} == {("t", "test")}
     assert not {e["id"] for e in imported} & {e["id"] for e in exported}
 
-    # Back into the source: the keyless originals get one copy keyed by their old id, once.
-    assert summary(import_(source, dump, "--tenant", "src")) == (40, 10, 0)
+    # Back into the store it came from: every line is its own original, keyed or not.
     assert summary(import_(source, dump, "--tenant", "src")) == (0, 50, 0)
-    assert count(source) == 90
+    assert count(source) == 50
+    assert ndjson(export(source, "src").stdout) == exported
+
+    # The target's export (keyed by the old ids) back into the source adds nothing either,
+    # and into a third store it is new data once.
+    redump = tmp_path / "reexport.ndjson"
+    redump.write_text(export(target, "t", "--mode", "test").stdout)
+    assert summary(import_(source, redump, "--tenant", "src")) == (0, 50, 0)
+    assert count(source) == 50
+    third = tmp_path / "third"
+    assert summary(import_(third, redump, "--tenant", "src")) == (50, 0, 0)
+    assert summary(import_(third, dump, "--tenant", "src")) == (0, 50, 0)
+    assert count(third) == 50
 
 
 def test_events_import_of_an_export_with_schema_violations(api: Api, tmp_path: Path) -> None:

@@ -82,6 +82,29 @@ def test_duplicate_reports_original_id(api: Api) -> None:
     assert [e["id"] for e in listed["data"]] == [second_id, original]
 
 
+def test_a_key_that_is_an_event_id_is_that_event(api: Api) -> None:
+    """What lets an export (whose keyless events are keyed by their old ids on import) go back
+    into the store it came from without copies; another tenant's or mode's id is just a key."""
+    key, test_key, other = api.key(), api.key(mode="test"), api.key("other")
+    original = ingest(api, key, {"type": "t"})["results"][0]["id"]
+    again = ingest(api, key, {"events": [{"type": "t", "idempotency_key": original}, {"type": "u"}]})
+    new_id = again["results"][1]["id"]
+    assert again == {
+        "accepted": 1,
+        "duplicates": 1,
+        "rejected": 0,
+        "results": [
+            {"index": 0, "status": "duplicate", "id": original, "errors": []},
+            {"index": 1, "status": "accepted", "id": new_id, "errors": []},
+        ],
+    }
+    for scope in (test_key, other):
+        elsewhere = ingest(api, scope, {"type": "t", "idempotency_key": original})
+        assert elsewhere["accepted"] == 1 and elsewhere["results"][0]["id"] != original
+    listed = api.client.get("/v1/events", headers=api.as_(key)).json()
+    assert [e["id"] for e in listed["data"]] == [new_id, original]
+
+
 def test_query_filters_and_cursor(api: Api) -> None:
     key = api.key()
     events = [

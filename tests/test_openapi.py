@@ -23,12 +23,13 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from headwater.access_log import AccessLogMiddleware
 from headwater.app import HotPathDispatcher, create_app
 from headwater.config import Settings
 from headwater.ids import hash_api_key
 from headwater.middleware import BodyLimitMiddleware
 from headwater.storage import open_store
-from headwater.storage.registry import KeyRecord
+from headwater.storage.registry import KeyRecord, WebhookEndpoint
 from tests.conftest import Api, WorkerThread
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -39,8 +40,10 @@ SEED = int(os.environ.get("HEADWATER_FUZZ_SEED", "20260412"))
 
 def served_operations(app: ASGIApp) -> set[tuple[str, str]]:
     """Every (method, path) the app answers: Starlette's routes (HEAD aside) and the hot routes."""
-    assert isinstance(app, BodyLimitMiddleware)
-    dispatcher = app.app
+    assert isinstance(app, AccessLogMiddleware)
+    limit = app.app
+    assert isinstance(limit, BodyLimitMiddleware)
+    dispatcher = limit.app
     assert isinstance(dispatcher, HotPathDispatcher)
     found = set(dispatcher.hot)
     starlette: Any = dispatcher.app
@@ -224,6 +227,7 @@ FUZZ_SETTINGS = replace(
     sync_timeout=5.0,
 )
 FUZZ_KEY = "hw_live_" + secrets.token_urlsafe(32)
+FUZZ_ENDPOINT = "whe_fuzz"
 
 
 class FreshAppPerLifespan:
@@ -265,13 +269,18 @@ def _fuzz_schema() -> Any:
     return loaded
 
 
-async def _add_fuzz_key() -> None:
+async def _add_fuzz_key_and_endpoint() -> None:
     store = open_store(FUZZ_SETTINGS)
     await store.start()
     try:
         await store.registry.ensure_tenant("fuzz")
-        record = KeyRecord("key_fuzz", "fuzz", "admin", "live", FUZZ_KEY[:12], "fuzz", datetime.now(UTC))
+        now = datetime.now(UTC)
+        record = KeyRecord("key_fuzz", "fuzz", "admin", "live", FUZZ_KEY[:12], "fuzz", now)
         await store.registry.add_key(record, hash_api_key(FUZZ_KEY))
+        url, secret = "https://hooks.example.com/fuzz", "whsec_" + "A" * 43 + "="
+        await store.registry.create_webhook(
+            WebhookEndpoint(FUZZ_ENDPOINT, "fuzz", "live", url, None, [], secret, None, None, True, None, now, now)
+        )
     finally:
         await store.close()
 
@@ -279,7 +288,30 @@ async def _add_fuzz_key() -> None:
 # Not fixtures: schemathesis's generated items set fixtures up and tear them down one by one,
 # and the app must live across them. Schemathesis stops its lifespan at exit, then this goes.
 schema = _fuzz_schema()
-asyncio.run(_add_fuzz_key())
+
+
+@schema.hook
+def map_body(ctx: Any, body: Any) -> Any:
+    """What the document cannot describe: which credentials and endpoints exist.
+
+    Without Segment's `writeKey`: beside the header's key any other key is a 400 (two keys),
+    and the fuzz key would authenticate the requests the ignored-auth check sends without one
+    (tests/test_credentials.py covers it). A trigger's `webhook` action names the fuzz
+    tenant's endpoint, as it must (else 400), as the requests carry the fuzz tenant's key.
+    """
+    if not isinstance(body, dict):
+        return body
+    if "writeKey" in body:
+        body = {name: value for name, value in body.items() if name != "writeKey"}
+    action = body.get("action")
+    if isinstance(action, dict) and action.get("type") == "webhook" and isinstance(action.get("config"), dict):
+        named = action["config"].get("endpoint_id")
+        if isinstance(named, str) and 1 <= len(named) <= 256:  # a schema-valid name: not a negative case
+            body = {**body, "action": {**action, "config": {**action["config"], "endpoint_id": FUZZ_ENDPOINT}}}
+    return body
+
+
+asyncio.run(_add_fuzz_key_and_endpoint())
 atexit.register(shutil.rmtree, FUZZ_DIR, ignore_errors=True)
 # The worker the sync routes wait for, for as long as this module's tests run.
 FUZZ_WORKER = WorkerThread(FUZZ_SETTINGS).__enter__()

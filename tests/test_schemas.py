@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from typing import Any
 
+from starlette.testclient import TestClient
+
+from headwater.app import create_app
 from tests.conftest import Api
 
 ORDER_SCHEMA = {
@@ -233,3 +238,145 @@ def test_catalog_discovers_types_and_properties(api: Api) -> None:
             },
         },
     ]
+
+
+def test_schemas_are_per_mode(api: Api) -> None:
+    """A test-mode editor's schema never touches live events, and a test key never sees live schemas."""
+    live, test_editor, test_viewer = api.key(), api.key(role="editor", mode="test"), api.key(role="viewer", mode="test")
+    put_schema(api, live, "order", ORDER_SCHEMA, "soft")
+    assert api.client.get("/v1/schemas", headers=api.as_(test_viewer)).json() == {"data": []}
+    missing = api.client.get("/v1/schemas/order", headers=api.as_(test_viewer))
+    assert (missing.status_code, missing.json()) == (404, {"error": "no schema for this event type", "details": []})
+
+    created = put_schema(api, test_editor, "order", {"type": "object", "required": ["sku"]}, "strict").json()
+    assert (created["version"], created["enforcement"]) == (1, "strict")  # its own versions
+    live_result = ingest(api, live, [{"type": "order", "data": {"amount": 3}}])
+    assert (live_result["accepted"], live_result["rejected"]) == (1, 0)
+    test_result = ingest(api, test_editor, [{"type": "order", "data": {"amount": 3}}])
+    assert test_result["results"][0]["errors"] == [
+        {"field": "data.sku", "code": "schema.required", "message": '"sku" is a required property'}
+    ]
+    listed = api.client.get("/v1/schemas", headers=api.as_(live)).json()["data"]
+    assert [(s["version"], s["enforcement"], s["schema"]) for s in listed] == [(1, "soft", ORDER_SCHEMA)]
+
+    # A test-mode replay is checked against the test-mode schema: the live one would accept it.
+    [item] = api.client.get("/v1/quarantine", headers=api.as_(test_editor)).json()["data"]
+    still = api.client.post("/v1/quarantine/replay", json={"ids": [item["id"]]}, headers=api.as_(test_editor))
+    assert still.json()["still_rejected"] == 1
+    put_schema(api, test_editor, "order", {"type": "object"}, "strict")
+    replayed = api.client.post("/v1/quarantine/replay", json={"ids": [item["id"]]}, headers=api.as_(test_editor))
+    assert replayed.json()["replayed"] == 1
+
+
+def test_schemas_of_an_older_data_file_become_live_mode_schemas(settings: Any) -> None:
+    """A data file from before schemas had a mode still opens; its schemas are the live mode's."""
+    settings.data_dir.mkdir(parents=True)
+    with sqlite3.connect(settings.data_dir / "headwater.db") as conn:
+        conn.execute(
+            "CREATE TABLE schemas (tenant TEXT NOT NULL, type TEXT NOT NULL, version INTEGER NOT NULL,"
+            " enforcement TEXT NOT NULL, schema TEXT NOT NULL, created_at INTEGER NOT NULL,"
+            " PRIMARY KEY (tenant, type, version))"
+        )
+        for version, schema in ((1, {"type": "object"}), (2, ORDER_SCHEMA)):
+            conn.execute(
+                "INSERT INTO schemas VALUES ('acme', 'order', ?, 'strict', ?, 1776000000000000)",
+                (version, json.dumps(schema)),
+            )
+    conn.close()
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        api = Api(client, settings)
+        live, test = api.key(), api.key(mode="test")
+        versions = client.get("/v1/schemas/order/versions", headers=api.as_(live)).json()["data"]
+        assert versions == [
+            {
+                "type": "order",
+                "version": version,
+                "enforcement": "strict",
+                "schema": schema,
+                "created_at": "2026-04-12T13:20:00Z",
+            }
+            for version, schema in ((1, {"type": "object"}), (2, ORDER_SCHEMA))
+        ]
+        assert ingest(api, live, [{"type": "order", "data": {}}])["rejected"] == 1
+        assert client.get("/v1/schemas", headers=api.as_(test)).json() == {"data": []}
+        assert ingest(api, test, [{"type": "order", "data": {}}])["accepted"] == 1
+        assert put_schema(api, live, "order", {"type": "object"}, "off").json()["version"] == 3
+
+
+def test_a_resent_key_is_a_duplicate_whatever_its_body(api: Api) -> None:
+    """Dedup comes before validation: once K is stored, K is a duplicate with the original id,
+    even when a strict schema (or the number check) would refuse what was resent."""
+    key = api.key()
+    first = ingest(api, key, [{"type": "order", "idempotency_key": "K", "data": {"amount": 5}}])
+    original = first["results"][0]["id"]
+    put_schema(api, key, "order", ORDER_SCHEMA, "strict")
+    duplicate = {"accepted": 0, "duplicates": 1, "rejected": 0}
+    resent = ingest(api, key, [{"type": "order", "idempotency_key": "K", "data": {"sku": "changed"}}])
+    assert resent == {**duplicate, "results": [{"index": 0, "status": "duplicate", "id": original, "errors": []}]}
+    response = api.client.post(
+        "/v1/events",
+        content='{"type": "order", "idempotency_key": "K", "data": {"amount": 1e400}}',
+        headers=api.as_(key),
+    )
+    assert response.json() == {
+        **duplicate,
+        "results": [{"index": 0, "status": "duplicate", "id": original, "errors": []}],
+    }
+
+    # In one batch, the store decides in order: a refused copy after an accepted one is its
+    # duplicate; a refused copy before the one that is accepted is refused.
+    both = ingest(
+        api,
+        key,
+        [
+            {"type": "order", "idempotency_key": "A", "data": {"amount": 1}},
+            {"type": "order", "idempotency_key": "A", "data": {}},
+            {"type": "order", "idempotency_key": "B", "data": {}},
+            {"type": "order", "idempotency_key": "B", "data": {"amount": 2}},
+        ],
+    )
+    a_id, b_id = both["results"][0]["id"], both["results"][3]["id"]
+    required = [{"field": "data.amount", "code": "schema.required", "message": '"amount" is a required property'}]
+    assert both == {
+        "accepted": 2,
+        "duplicates": 1,
+        "rejected": 1,
+        "results": [
+            {"index": 0, "status": "accepted", "id": a_id, "errors": []},
+            {"index": 1, "status": "duplicate", "id": a_id, "errors": []},
+            {"index": 2, "status": "rejected", "id": None, "errors": required},
+            {"index": 3, "status": "accepted", "id": b_id, "errors": []},
+        ],
+    }
+    # Only the refusal is kept in the quarantine, not the duplicates.
+    assert [
+        (q["type"], q["reasons"]) for q in api.client.get("/v1/quarantine", headers=api.as_(key)).json()["data"]
+    ] == [("order", required)]
+
+
+def test_a_resent_key_is_a_duplicate_in_every_dialect(api: Api) -> None:
+    key = api.key()
+    headers = {"X-API-Key": key}
+    event = {"event_name": "order", "participant_id": "u1", "idempotency_key": "g-1", "properties": {"amount": 1}}
+    first = api.client.post("/api/v1/ingest/events", json=event, headers=headers)
+    batch = {"events": [{"event_type": "order", "event_id": "d-1", "payload": {"amount": 1}}]}
+    stored_batch = api.client.post("/api/openapi/v1/data/events", json=batch, headers=api.as_(key)).json()
+    put_schema(api, key, "order", {**ORDER_SCHEMA, "required": ["amount", "sku"]}, "strict")
+
+    again = api.client.post("/api/v1/ingest/events", json=event, headers=headers)
+    assert (again.status_code, again.json()) == (202, first.json())
+    # Seed 000's all-or-nothing batch: the resent event counts as sent, the new one is refused.
+    resent = api.client.post("/api/openapi/v1/data/events", json=batch, headers=api.as_(key))
+    assert (resent.status_code, resent.json()) == (200, stored_batch)
+    mixed = {"events": [*batch["events"], {"event_type": "order", "event_id": "d-2", "payload": {"amount": 2}}]}
+    refused = api.client.post("/api/openapi/v1/data/events", json=mixed, headers=api.as_(key))
+    assert (refused.status_code, refused.json()) == (
+        400,
+        {
+            "error": "invalid events: nothing in this batch was stored",
+            "details": [
+                {"field": "events.1.payload.sku", "code": "schema.required", "message": '"sku" is a required property'}
+            ],
+        },
+    )
+    assert len(api.client.get("/v1/events", headers=api.as_(key)).json()["data"]) == 2

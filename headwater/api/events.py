@@ -156,7 +156,10 @@ def draft_from_line(line: bytes) -> EventDraft | Rejection:
     """A native event, or an exported canonical one.
 
     For an exported event the server-owned fields are dropped, and its old id becomes
-    the idempotency key when it had none, so importing the same export twice adds nothing.
+    the idempotency key when it had none. The store takes a key that is an event's id as
+    that event, so an export imported into the store it came from finds its originals, and
+    imported anywhere a second time finds the first import's copies: either way nothing is
+    added twice.
     """
     try:
         fields = _top_level.decode(line)

@@ -1,4 +1,5 @@
-"""`/v1/schemas`: versioned JSON Schemas per event type, with an enforcement mode."""
+"""`/v1/schemas`: versioned JSON Schemas per event type, with an enforcement mode; a key's
+tenant and mode (live or test) has its own, as for every definition."""
 
 from __future__ import annotations
 
@@ -44,25 +45,25 @@ def routes(services: Services) -> list[BaseRoute]:
         except SchemaError as exc:
             raise bad_request(str(exc), "schema", "invalid_schema") from None
         version = await services.store.registry.put_schema(
-            principal.tenant, type_, schema, body.enforcement, datetime.now(UTC).replace(microsecond=0)
+            principal.tenant, principal.mode, type_, schema, body.enforcement, datetime.now(UTC).replace(microsecond=0)
         )
-        services.schemas.forget(principal.tenant)
+        services.schemas.forget(principal.tenant, principal.mode)
         return json_response(version, status=201)
 
     async def list_schemas(request: Request) -> Response:
         principal = await authorize(services, request, "read")
-        return json_response(SchemaList(await services.store.registry.latest_schemas(principal.tenant)))
+        return json_response(SchemaList(await services.store.registry.latest_schemas(principal.tenant, principal.mode)))
 
     async def get_schema(request: Request) -> Response:
         principal = await authorize(services, request, "read")
-        versions = await services.store.registry.schema_versions(principal.tenant, _event_type(request))
+        versions = await services.store.registry.schema_versions(principal.tenant, principal.mode, _event_type(request))
         if not versions:
             raise ApiError(404, "no schema for this event type")
         return json_response(versions[-1])
 
     async def list_versions(request: Request) -> Response:
         principal = await authorize(services, request, "read")
-        versions = await services.store.registry.schema_versions(principal.tenant, _event_type(request))
+        versions = await services.store.registry.schema_versions(principal.tenant, principal.mode, _event_type(request))
         if not versions:
             raise ApiError(404, "no schema for this event type")
         return json_response(SchemaList(versions))

@@ -14,9 +14,9 @@ from headwater.api.common import authorize, int_param, json_response, read_json
 from headwater.api.events import draft_from
 from headwater.auth import Principal
 from headwater.errors import ApiError, bad_request
-from headwater.events import FieldError, Rejection
+from headwater.events import EventDraft, FieldError, Rejection
 from headwater.ids import new_prefixed_id
-from headwater.parsing import decode_json, field_error
+from headwater.parsing import decode_json, field_error, out_of_range_numbers
 from headwater.processing.conditions import ConditionError, EventView, explain
 from headwater.processing.rules import (
     DEFAULT_TYPE_MAPPINGS,
@@ -129,6 +129,17 @@ class TriggerRoutes:
             raise ApiError(404, "no such trigger")
         return record
 
+    async def check_endpoint(self, principal: Principal, rule: TriggerIn) -> None:
+        """A `webhook` action must name an endpoint of the caller's tenant and mode: refused now,
+        not failed at every firing. The message is the same whether the id is unknown or another
+        tenant's or mode's, so it tells nothing about them."""
+        if rule.action.type != "webhook":
+            return
+        endpoint_id = rule.action.config["endpoint_id"]
+        if await self.store.registry.get_webhook(principal.tenant, principal.mode, endpoint_id) is None:
+            message = f"no webhook endpoint {endpoint_id!r} in this tenant and mode"
+            raise ApiError(400, "invalid trigger", [FieldError("action.config.endpoint_id", "not_found", message)])
+
     async def save(self, principal: Principal, rule: TriggerIn, existing: TriggerRecord | None) -> TriggerRecord:
         now = datetime.now(UTC)
         record = TriggerRecord(
@@ -145,6 +156,7 @@ class TriggerRoutes:
     async def create(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "configure")
         rule = _validated(await _body(request))
+        await self.check_endpoint(principal, rule)
         return json_response(_out(await self.save(principal, rule, None)), status=201)
 
     async def list_all(self, request: Request) -> Response:
@@ -163,6 +175,10 @@ class TriggerRoutes:
         merged = msgspec.json.decode(existing.definition, type=dict[str, msgspec.Raw])
         merged.update(changes)
         rule = _validated(_encode(merged))
+        # Only a changed action is checked: a trigger whose endpoint has since been deleted can
+        # still be disabled or renamed.
+        if "action" in changes:
+            await self.check_endpoint(principal, rule)
         return json_response(_out(await self.save(principal, rule, existing)))
 
     async def delete(self, request: Request) -> Response:
@@ -182,6 +198,8 @@ class TriggerRoutes:
         else:
             rule = _rule.decode((await self.found(principal, body.trigger_id or "")).definition)
         draft = draft_from(bytes(body.event))
+        if isinstance(draft, EventDraft) and (out_of_range := out_of_range_numbers(draft.data)):
+            draft = Rejection(out_of_range)
         if isinstance(draft, Rejection):
             raise ApiError(
                 400, "invalid sample event", [FieldError(f"event.{e.field}", e.code, e.message) for e in draft.errors]

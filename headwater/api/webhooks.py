@@ -33,12 +33,13 @@ TEST_TOPIC = "webhook.test"
 DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "delivered", "failed")
 
 Description = Annotated[str, msgspec.Meta(max_length=500)]
-Subscriptions = Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_SUBSCRIPTIONS)]
+# May be empty: an endpoint that only a trigger's `webhook` action names needs no topic.
+Subscriptions = Annotated[list[str], msgspec.Meta(max_length=MAX_SUBSCRIPTIONS)]
 
 
 class WebhookCreate(msgspec.Struct, forbid_unknown_fields=True):
     url: str
-    subscriptions: Subscriptions
+    subscriptions: Subscriptions = msgspec.field(default_factory=list)
     description: Description | None = None
     enabled: bool = True
 
@@ -153,6 +154,12 @@ class WebhookRoutes:
     def valid_url(self, url: str) -> str:
         problem = check_url(url, self.settings.allow_private_webhooks)
         if problem is not None:
+            if check_url(url, allow_private=True) is None:
+                # Refused only by the SSRF guard: say how a local set-up lifts it.
+                problem += (
+                    "; start the server with HEADWATER_ALLOW_PRIVATE_WEBHOOKS=1 to allow private addresses"
+                    " (local development)"
+                )
             raise bad_request(problem, "url", "invalid_url")
         return url
 

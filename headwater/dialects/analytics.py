@@ -17,7 +17,8 @@ Choices where the document is silent:
   event_id and user_id 256 characters; a body that is not JSON) and `validation.enum`; a field
   the document does not list is `validation.unknown_field` (custom data goes in `extras`).
   A tenant's strict schema for the type (it sees `data`: the fields not mapped elsewhere)
-  reports `schema.*` codes on those fields' own names.
+  reports `schema.*` codes on those fields' own names, and so does a number no 64-bit float
+  or integer holds (`number_out_of_range`, e.g. on `extras.amount`).
 - An invalid event is kept in the quarantine (dialect `analytics`); a body that is not a
   JSON object at all is refused without being kept.
 - Re-sending an event_id is a no-op that answers success with the same eventId.
@@ -126,7 +127,7 @@ def routes(services: Services) -> list[BaseRoute]:
         item = Rejection(checked.errors, body) if checked.errors else _draft(checked, body)
         result = (await services.pipeline.ingest(principal, [item], dialect=NAME)).result.results[0]
         if result.status == "rejected":
-            raise ApiError(400, ERROR, data_as(result.errors, ""))
+            raise ApiError(400, ERROR, data_as(item, result.errors, ""))
         assert isinstance(item, EventDraft) and item.idempotency_key is not None
         return json_response(Success("success", item.idempotency_key))
 

@@ -5,7 +5,8 @@
 - batched: `Content-Type: application/cloudevents-batch+json`, the body is a JSON array of
   such events (an empty array is a valid, empty batch);
 - binary: the attributes are `ce-*` headers (percent-decoded), `Content-Type` is the
-  `datacontenttype`, and the body is the event's data.
+  `datacontenttype`, and the body is the event's data; without a `Content-Type`, a body that
+  is JSON is read as JSON (as the CloudEvents SDKs' `from_http` reads it).
 
 Any other `application/cloudevents…` type (another event format) and a request that is none of
 the three get a 415. Authentication is the usual Headwater key (`Authorization: Bearer`,
@@ -27,7 +28,7 @@ of the same event is a duplicate. `data` is:
 - the event's data when it is a JSON object, kept verbatim;
 - `{"data": value}` when it is any other JSON value, or text (a `text/*` or XML content type);
 - `{"data_base64": "..."}` for binary data (binary mode with a non-JSON, non-text content
-  type, or `data_base64` in the JSON format);
+  type, or with none and a body that is not JSON, or `data_base64` in the JSON format);
 - `{}` when there is no data.
 
 Data whose content type is JSON (`application/json`, `text/json`, `*+json`) must be JSON,
@@ -266,11 +267,15 @@ def read_item(raw: bytes) -> EventDraft | Rejection:
     return read_event(raw)
 
 
-def binary_event(headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[bytes, list[FieldError]]:
+def binary_event(
+    headers: list[tuple[bytes, bytes]], body: bytes, max_depth: int = DEFAULT_MAX_DEPTH
+) -> tuple[bytes, list[FieldError]]:
     """A binary-mode request as the same event in the JSON format, plus header problems.
 
     The data goes in as `data` when its content type is JSON and it parses, else as
     `data_base64`, so reading the result applies the same rules as structured mode.
+    Without a content type, a body that is JSON (within the depth limit) is JSON too, as the
+    CloudEvents SDKs' `from_http` reads it; any other stays opaque bytes.
     """
     members: dict[str, object] = {}
     problems: list[FieldError] = []
@@ -296,17 +301,26 @@ def binary_event(headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[bytes
     if content_type is not None:
         members["datacontenttype"] = content_type
     if body:
-        media = _media(content_type)
-        embedded = False
-        if _is_json(media) and _utf8(body):
-            try:
-                members["data"] = _any_json.decode(body)
-                embedded = True
-            except (msgspec.DecodeError, RecursionError):
-                pass
-        if not embedded:
+        data = _json_body(body, _media(content_type), max_depth)
+        if data is None:
             members["data_base64"] = base64.b64encode(body).decode()
+        else:
+            members["data"] = data
     return _encoder.encode(members), problems
+
+
+def _json_body(body: bytes, media: str | None, max_depth: int) -> msgspec.Raw | None:
+    """A binary-mode body as JSON, when its content type is JSON or it has none, and it parses."""
+    if not (media is None or _is_json(media)) or not _utf8(body):
+        return None
+    try:
+        data = _any_json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    # Labelled JSON too deep is a 400 before this; an unlabelled body too deep is just bytes.
+    if media is None and nesting_exceeds(body, max_depth):
+        return None
+    return data
 
 
 def _utf8(body: bytes) -> bool:
@@ -369,7 +383,7 @@ class _Endpoint:
             return [read_event(bytes(raw), depth) for raw in raws]
         if _is_json(media) and body.strip() and nesting_exceeds(body, depth):
             raise bad_request(f"JSON nests deeper than {depth} levels", code="too_deep")
-        raw, problems = binary_event(headers, body)
+        raw, problems = binary_event(headers, body, depth)
         return [Rejection(problems, raw) if problems else read_event(raw, depth)]
 
     async def post(self, request: Request) -> Response:

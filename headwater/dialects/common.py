@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple
 import msgspec
 
 from headwater.errors import ApiError
-from headwater.events import FieldError, Rejection
+from headwater.events import EventDraft, FieldError, Rejection
 from headwater.parsing import nesting_exceeds, parse_time
 
 MAX_TYPE = 128
@@ -197,9 +197,12 @@ def encode_object(fields: dict[str, msgspec.Raw]) -> msgspec.Raw:
     return msgspec.Raw(msgspec.json.encode(fields))
 
 
-def data_as(errors: list[FieldError], name: str) -> list[FieldError]:
-    """A schema's problems name the canonical `data`; a dialect reports them under its own
-    name for it (`""` when its `data` is the body's other fields)."""
+def data_as(item: EventDraft | Rejection, errors: list[FieldError], name: str) -> list[FieldError]:
+    """The errors of an item's result in the dialect's own field names. A rejection's already
+    are; the pipeline's (a schema's problems, an out-of-range number) name the canonical `data`,
+    which the dialect calls `name` (`""` when its `data` is the body's other fields)."""
+    if isinstance(item, Rejection):
+        return errors
     renamed = []
     for error in errors:
         if error.field == "data" or error.field.startswith("data."):

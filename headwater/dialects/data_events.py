@@ -12,15 +12,16 @@ payload is free-form, so a missing or odd timestamp is not an error).
 
 Choices where the document is silent:
 - A batch is all-or-nothing. The response has no per-event status, so a partly stored batch
-  could not say which events were stored. When any event is invalid (its own fields, or the
-  tenant's strict schema for its type), nothing is stored: 400 lists every problem as
+  could not say which events were stored. When any event is invalid (its own fields, the
+  tenant's strict schema for its type, or a number in `payload` that no 64-bit float or
+  integer holds: `number_out_of_range`), nothing is stored: 400 lists every problem as
   `events.<i>.<field>`, the invalid events are kept in the quarantine (dialect `data_events`)
   so operators see what was refused, and the client fixes and resends the batch, which
-  `event_id` makes safe.
+  `event_id` makes safe: a re-sent `event_id` that is already stored counts as sent, whatever
+  its body now (dedup comes before validation).
 - `received` counts the request's events that are now in the log, re-sent ones included, so
   it equals the number sent; `event_ids[i]` is the server id of `events[i]`, the original's
-  for a re-sent `event_id`. (Only a strict schema stored while the request was in flight
-  could still refuse an event in the pipeline: its entry is then null, and it is quarantined.)
+  for a re-sent `event_id`.
 - More than 1,000 events is 413, an empty `events` 400; unknown fields are refused, not dropped.
 - GET lists every event of the key's tenant and mode, whichever API it came through, newest
   first, in the request's shape plus the server's fields: `id`, `event_type`, `event_id` (the
@@ -137,19 +138,6 @@ def read_item(raw: bytes) -> EventDraft | Rejection:
     )
 
 
-async def _with_strict_schemas(services: Services, tenant: str, items: list[EventDraft | Rejection]) -> None:
-    """Refuse, in place, the drafts the tenant's strict schemas refuse, so that the batch is
-    all-or-nothing (the pipeline checks again; a schema changed in between is the only race)."""
-    schemas = await services.schemas.for_tenant(tenant)
-    if not schemas:
-        return
-    for index, item in enumerate(items):
-        if isinstance(item, EventDraft):
-            schema = schemas.get(item.type)
-            if schema is not None and schema.enforcement == "strict" and (problems := schema.check(item.data)):
-                items[index] = Rejection(data_as(problems, "payload"), item.raw)
-
-
 def _at(index: int, field: str) -> str:
     return f"events.{index}.{field}" if field else f"events.{index}"
 
@@ -178,17 +166,15 @@ def routes(services: Services) -> list[BaseRoute]:
         body = read_object(await request.body(), settings.max_json_depth, NATIVE_CODES)
         raws = read_batch(body, "events", min(MAX_EVENTS, settings.max_batch_events), NATIVE_CODES)
         items = [read_item(bytes(raw)) for raw in raws]
-        await _with_strict_schemas(services, principal.tenant, items)
-        refused = [(index, item) for index, item in enumerate(items) if isinstance(item, Rejection)]
-        if refused:
-            # Only the invalid events go to the pipeline: it quarantines them, and stores nothing.
-            await services.pipeline.ingest(principal, [item for _, item in refused], dialect=NAME)
-            details = [FieldError(_at(i, e.field), e.code, e.message) for i, item in refused for e in item.errors]
+        result = (await services.pipeline.ingest(principal, items, dialect=NAME, all_or_nothing=True)).result
+        if result.rejected:
+            details = [
+                FieldError(_at(r.index, e.field), e.code, e.message)
+                for r in result.results
+                for e in data_as(items[r.index], r.errors, "payload")
+            ]
             raise ApiError(400, "invalid events: nothing in this batch was stored", details)
-        result = (await services.pipeline.ingest(principal, items, dialect=NAME)).result
-        ids = [r.id for r in result.results]
-        received = sum(1 for r in result.results if r.status != "rejected")
-        return json_response(PostResponse(True, Received(received, ids)))
+        return json_response(PostResponse(True, Received(len(items), [r.id for r in result.results])))
 
     async def query(request: Request) -> Response:
         principal = await authorize(services, request, "read")

@@ -27,7 +27,8 @@ Choices where the document is silent:
   listing every problem. Every rejected event is kept in the quarantine (dialect
   `gamification`). Unknown fields are refused rather than silently dropped; event names
   are not restricted (soft validation; the catalog discovers them). A tenant's strict schema
-  for an event name checks `properties` and reports its problems as `properties.<path>`.
+  for an event name checks `properties` and reports its problems as `properties.<path>`, as
+  is a number no 64-bit float or integer holds (code `number_out_of_range`).
 - Sync: waits until the facts consumer (and the triggers) have processed the event, then
   answers with its fact: `custom.<event_name>`, `fact_id` = "fact_" + the event id's hex, one
   per event, and `processed_at` its receive time. `progress` lists the challenge progress it
@@ -119,10 +120,10 @@ def message_id(event_id: str, seq: int | None) -> str:
     return f"{int(event_id[4:16], 16)}-{seq}"
 
 
-def _accepted_one(ingested: Ingested) -> tuple[EventResult, int | None, int | None]:
+def _accepted_one(item: EventDraft | Rejection, ingested: Ingested) -> tuple[EventResult, int | None, int | None]:
     result = ingested.result.results[0]
     if result.status == "rejected" or result.id is None:
-        raise ApiError(400, ERROR, data_as(result.errors, "properties"))
+        raise ApiError(400, ERROR, data_as(item, result.errors, "properties"))
     return result, ingested.seqs[0], ingested.partitions[0]
 
 
@@ -138,7 +139,7 @@ def routes(services: Services) -> list[BaseRoute]:
     async def ingest(request: Request) -> Response:
         principal = await authorize(services, request, "ingest")
         item = await read_one(request)
-        result, seq, _ = _accepted_one(await services.pipeline.ingest(principal, [item], dialect=NAME))
+        result, seq, _ = _accepted_one(item, await services.pipeline.ingest(principal, [item], dialect=NAME))
         assert result.id is not None
         return json_response(Accepted(True, message_id(result.id, seq)), 202)
 
@@ -150,7 +151,9 @@ def routes(services: Services) -> list[BaseRoute]:
         results = ingested.result.results
         ids = [message_id(r.id, seq) for r, seq in zip(results, ingested.seqs, strict=True) if r.id is not None]
         errors = [
-            BatchError(r.index, e.field, e.code, e.message) for r in results for e in data_as(r.errors, "properties")
+            BatchError(r.index, e.field, e.code, e.message)
+            for r in results
+            for e in data_as(items[r.index], r.errors, "properties")
         ]
         rejected = ingested.result.rejected
         return json_response(BatchAccepted(len(items) - rejected, rejected, ids, errors or None), 202)
@@ -158,7 +161,7 @@ def routes(services: Services) -> list[BaseRoute]:
     async def ingest_sync(request: Request) -> Response:
         principal = await authorize(services, request, "ingest")
         item = await read_one(request)
-        result, seq, partition = _accepted_one(await services.pipeline.ingest(principal, [item], dialect=NAME))
+        result, seq, partition = _accepted_one(item, await services.pipeline.ingest(principal, [item], dialect=NAME))
         assert result.id is not None and seq is not None and partition is not None
         # For a duplicate these are the original event and its offset: its fact is the answer.
         return json_response(await processed(services, principal, result.id, partition, seq))

@@ -3,8 +3,8 @@
 Segment's libraries (and anything else that speaks the Tracking API) can point their `host`
 at Headwater and keep working. Authentication is the write key — a Headwater `hw_live_`/
 `hw_test_` key with the `ingest` permission — sent as the Basic-auth username (what the
-libraries do), as `Authorization: Bearer`, or as `writeKey` in the body when no header
-carries a key (Segment's curl examples).
+libraries do), as `Authorization: Bearer`, or as `writeKey` in the body (Segment's curl
+examples); a request that carries its key in several of these places must carry the same key.
 
 Mapping of one message to the canonical event:
 
@@ -350,19 +350,17 @@ class _Endpoint:
 
     async def authenticate(self, request: Request, limit: int, what: str) -> tuple[Principal, bytes]:
         """The principal and the (capped) body. A key in the headers is checked before the body
-        is read; without one, the body's `writeKey` stands in (Segment's body authentication)."""
+        is read; the body's `writeKey` stands in when no header carries one (Segment's body
+        authentication), and must be the same key when one does."""
         headers: Iterable[tuple[bytes, bytes]] = request.scope["headers"]
         if read_credentials(headers).key:
-            principal = await self.services.auth.authenticate(headers, "ingest")
-            return principal, await self._body(request, limit, what)
+            await self.services.auth.authenticate(headers, "ingest")
         body = await self._body(request, limit, what)
         try:
-            key = _write_key.decode(body).writeKey
+            write_key = _write_key.decode(body).writeKey
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
-            key = None
-        if key:
-            headers = [*headers, (b"x-api-key", key.encode("utf-8", errors="replace"))]
-        return await self.services.auth.authenticate(headers, "ingest"), body
+            write_key = None
+        return await self.services.auth.authenticate(headers, "ingest", write_key), body
 
     async def _body(self, request: Request, limit: int, what: str) -> bytes:
         try:

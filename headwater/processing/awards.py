@@ -22,6 +22,7 @@ import msgspec
 
 from headwater.events import Event, Mode
 from headwater.ids import award_key, new_event_id, points_entry_id
+from headwater.parsing import decode_data
 from headwater.processing.gamification import bucket_of, local_day, timezone
 from headwater.storage.effects import Effects
 from headwater.storage.records import AWARD_SOURCE, AWARD_TYPES, ActionStatus, BadgeAward, PointsEntry
@@ -42,7 +43,7 @@ def award_depth(event: Event) -> int:
     """0 for a client's event; the depth an award event carries."""
     if not is_award(event):
         return 0
-    data = msgspec.json.decode(event.data)
+    data = decode_data(event.data)
     depth = data.get("depth") if isinstance(data, dict) else None
     return depth if type(depth) is int and depth >= 1 else MAX_AWARD_DEPTH
 

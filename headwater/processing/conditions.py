@@ -7,7 +7,6 @@ code; `matches` runs on a linear-time regex engine, so no pattern can backtrack.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,7 @@ import jsonschema_rs
 import msgspec
 
 from headwater.events import Event
+from headwater.parsing import decode_data, is_number
 
 MAX_DEPTH = 16
 MAX_NODES = 256
@@ -40,6 +40,8 @@ class EventView:
     """An event as conditions see it: envelope fields plus `data`, decoded once.
 
     Built only for events that have candidate rules, so the decode is paid where needed.
+    A number out of the 64-bit range (in an event stored before ingest refused them) is a
+    `Decimal`: no comparison or metric takes it for a number.
     """
 
     __slots__ = ("data", "event")
@@ -47,7 +49,7 @@ class EventView:
 
     def __init__(self, event: Event) -> None:
         self.event = event
-        self.data: Any = msgspec.json.decode(event.data)
+        self.data: Any = decode_data(event.data)
 
     def get(self, path: tuple[str, ...]) -> Any:
         return _accessor(path)(self)
@@ -87,10 +89,6 @@ def _accessor(path: tuple[str, ...]) -> Accessor:
         key = rest[0]
         return lambda e: e.data.get(key, _MISSING) if type(e.data) is dict else _MISSING
     return lambda e: _walk(e.data, rest)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -133,7 +131,7 @@ def _ordering(compare: Callable[[Any, Any], bool], op: str) -> Callable[[Any, st
     def build(value: Any, path: str) -> Test:
         if isinstance(value, str):
             return lambda v: type(v) is str and compare(v, value)
-        if not _number(value):
+        if not is_number(value):
             raise ConditionError(f"{path}.value", f"{op} needs a number or a string")
         # `type(...) is`, not isinstance: `true` is not a number here.
         return lambda v: (type(v) is int or type(v) is float) and compare(v, value)

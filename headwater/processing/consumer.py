@@ -14,10 +14,12 @@ So a crash anywhere keeps all of a batch or none of it, and two workers can neve
 apply a range. At-least-once reading, exactly-once effects.
 
 An event whose planning or writing raises (anything but the store being unavailable) is a
-poison event: the page is applied one event at a time, an event is tried `attempts` times,
-then recorded as a dead letter (with the consumer, the error and the attempts) and passed
-over; the events behind it, in its partition and every other, go on. A dead letter whose
-retry was asked for is applied again on its own.
+poison event: the page is applied in halves down to the events that fail alone, such an
+event is tried `attempts` times, then recorded as a dead letter (with the consumer, the error
+and the attempts) and passed over; the events behind it, in its partition and every other, go
+on. A dead letter whose retry was asked for is applied again on its own. The store being
+unavailable (`StoreError`: a full or failing disk) is never an event's fault: the page is
+tried again later, and nothing is dead-lettered.
 
 Behind the log (a full page), a consumer doubles its next page, up to `max_batch_size`:
 one write then covers more events, and its costs per write (the commit, the reads of state)
@@ -30,7 +32,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -195,37 +197,57 @@ class PartitionConsumer:
         except StoreError:
             raise
         except Exception:  # noqa: BLE001 - one of the events is poison: find it, apply the rest
-            applied = await self._one_by_one(page.events, scopes, start, page.end)
+            applied = await self._isolate(page.events, scopes, start, page.end)
         self.position = page.end if applied else None
         return page.examined
 
-    async def _one_by_one(
+    async def _isolate(
         self, events: Sequence[Event], scopes: dict[Scope, ScopeDefinitions], start: int, end: int
     ) -> bool:
+        """Apply a page that failed as a whole in halves, in order, down to the events that
+        fail alone (for one poison event in 8,000, about 13 writes rather than 8,000); each of
+        those is tried `attempts` times, then dead-lettered. False when another worker moved the
+        checkpoint meanwhile."""
         stored = start
-        for event in events:
-            assert event.seq is not None
-            error: BaseException | None = None
-            for _ in range(self.attempts):
-                try:
-                    effects = await self.engine.plan([event], scopes, self.store.derived, self.clock())
-                    if not await self._write(effects, stored, event.seq):
-                        return False
-                    error = None
-                    break
-                except StoreError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - recorded with the dead letter
-                    error = exc
+        middle = len(events) // 2  # the page as a whole failed already
+        pending: list[Sequence[Event]] = [events[middle:], events[:middle]] if middle else [events]
+        while pending:
+            part = pending.pop()
+            last = part[-1].seq
+            assert last is not None
+            error = await self._try(part, scopes, stored, last, attempts=1 if len(part) > 1 else self.attempts)
+            if error is False:
+                return False
             if error is not None:
+                if len(part) > 1:
+                    middle = len(part) // 2
+                    pending += [part[middle:], part[:middle]]  # the first half is popped first
+                    continue
+                event = part[0]
                 logger.error(
                     "%s consumer, partition %d: event %s failed %d times and is dead-lettered: %s",
                     self.name, self.partition, event.id, self.attempts, _error_text(error),
                 )  # fmt: skip
-                if not await self._write(Effects(), stored, event.seq, [self._dead_letter(event, error)]):
+                if not await self._write(Effects(), stored, last, [self._dead_letter(event, error)]):
                     return False
-            stored = event.seq
+            stored = last
         return stored == end or await self._write(Effects(), stored, end)
+
+    async def _try(
+        self, events: Sequence[Event], scopes: dict[Scope, ScopeDefinitions], stored: int, last: int, attempts: int
+    ) -> BaseException | Literal[False] | None:
+        """Plan and write `events` up to `attempts` times: None once written, False when the
+        checkpoint had moved, or the last error."""
+        error: BaseException | None = None
+        for _ in range(attempts):
+            try:
+                effects = await self.engine.plan(events, scopes, self.store.derived, self.clock())
+                return None if await self._write(effects, stored, last) else False
+            except StoreError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the caller splits the page or dead-letters it
+                error = exc
+        return error
 
     def _dead_letter(self, event: Event, error: BaseException, attempts: int | None = None) -> DeadLetter:
         assert event.seq is not None

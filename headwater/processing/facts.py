@@ -35,6 +35,7 @@ import msgspec
 from headwater.clock import to_us
 from headwater.events import Event, Mode
 from headwater.ids import fact_id_for
+from headwater.parsing import is_number
 from headwater.processing.awards import MAX_AWARD_DEPTH, Awards, award_depth, award_event, completion_key, fact_type_of
 from headwater.processing.conditions import EventView
 from headwater.processing.definitions import Scope, ScopeDefinitions
@@ -44,7 +45,6 @@ from headwater.processing.gamification import (
     bucket_label,
     bucket_of,
     local_day,
-    number,
     plain,
 )
 from headwater.storage.derived import StateReads
@@ -354,7 +354,7 @@ class _FactRun:
             if c.metric == "sum":
                 assert c.field is not None
                 raw = c.field(view)
-                if not number(raw):
+                if not is_number(raw):
                     continue
                 delta = float(raw)
             elif c.metric == "distinct":

@@ -224,10 +224,17 @@ class CompiledChallenge:
     order: int
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def _utc(value: datetime | None, path: str = "") -> datetime | None:
+    """A client's time in UTC; no offset means UTC. `0001-01-01T00:00:00+01:00` is a valid
+    timestamp whose UTC time is before year 1: a DefinitionError, not an OverflowError."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise DefinitionError(path, "out of range: in UTC it falls before year 1 or after year 9999") from None
 
 
 def normalized(rule: ChallengeIn) -> ChallengeIn:
@@ -271,7 +278,7 @@ def compile_challenge(challenge_id: str, rule: ChallengeIn, order: int = 0) -> C
     if metric != "sum" and not float(rule.target).is_integer():
         raise DefinitionError("target", f"a whole number for {metric}")
     # An `ends_at` at or before `starts_at` is an empty window: nothing counts.
-    starts, ends = _utc(rule.starts_at), _utc(rule.ends_at)
+    starts, ends = _utc(rule.starts_at, "starts_at"), _utc(rule.ends_at, "ends_at")
     reward = rule.reward
     if reward is not None and reward.badge is UNSET and reward.points is UNSET:
         raise DefinitionError("reward", "a badge, points or both")
@@ -313,10 +320,6 @@ class ChallengeSet:
 
     def for_fact_type(self, fact_type: str) -> tuple[CompiledChallenge, ...]:
         return self._by_type.get(fact_type, ())
-
-
-def number(value: Any) -> bool:
-    return (type(value) is int or type(value) is float) and math.isfinite(value)
 
 
 def plain(value: float) -> int | float:

@@ -26,6 +26,7 @@ import msgspec
 from headwater.clock import to_us
 from headwater.events import Event, Mode
 from headwater.ids import action_id, delivery_id, enrollment_id
+from headwater.parsing import is_number
 from headwater.processing.awards import Awards, dispatch_award
 from headwater.processing.conditions import EventView
 from headwater.processing.definitions import Scope, ScopeDefinitions
@@ -175,7 +176,7 @@ def _crosses_window(batch: _Batch, trigger: CompiledTrigger, view: EventView, su
     value = 1.0
     if window.sum_field is not None:
         raw = view.get(window.sum_field)
-        if not isinstance(raw, int | float) or isinstance(raw, bool) or not math.isfinite(raw):
+        if not is_number(raw):
             return False
         value = float(raw)
     event = view.event

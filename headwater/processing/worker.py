@@ -37,7 +37,6 @@ from headwater.storage.base import Store, StoreError
 
 logger = logging.getLogger("headwater.worker")
 CATALOG_LEASE = "catalog"
-CATALOG_INTERVAL = 0.25  # seconds between catalog pages once caught up
 RETRY_INTERVAL = 0.25  # seconds between looks for dead letters to apply again
 HEAD_TIMEOUT = 0.5
 BACKOFF_SECONDS = 0.5
@@ -242,4 +241,4 @@ class Worker:
                 logger.exception("catalog: folding failed; retrying")
                 await asyncio.sleep(BACKOFF_SECONDS)
                 continue
-            await self._wait_for_growth(seen, CATALOG_INTERVAL)
+            await self._wait_for_growth(seen, self.settings.catalog_interval)

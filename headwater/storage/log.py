@@ -25,11 +25,24 @@ from headwater.events import Event, FieldError, Mode, QuarantinedEvent
 Scope = tuple[str, Mode]
 
 
+class Refused(NamedTuple):
+    """An event the pipeline refused (its data breaks a strict schema, or holds a number out of
+    range) that has an idempotency key. A resend of a stored key is a duplicate, whatever its
+    body: so `append` reports it as the duplicate of the event with that key when there is one
+    (in the log, or earlier in the same call), and only otherwise refuses it, keeping
+    `quarantined` (when given) in the same write."""
+
+    tenant: str
+    mode: Mode
+    idempotency_key: str
+    quarantined: QuarantinedEvent | None
+
+
 class AppendOutcome(NamedTuple):
-    status: Literal["accepted", "duplicate"]
-    id: str  # for a duplicate, the original's id
-    seq: int  # for a duplicate, the original's offset
-    partition: int  # for a duplicate, the original's partition
+    status: Literal["accepted", "duplicate", "refused"]
+    id: str | None  # for a duplicate, the original's id; None only when refused
+    seq: int | None  # for a duplicate, the original's offset; None only when refused
+    partition: int | None  # for a duplicate, the original's partition; None only when refused
 
 
 class LogPage(NamedTuple):
@@ -81,8 +94,11 @@ class EventLog(Protocol):
     def partitions(self) -> int:
         """How many partitions the log has: fixed when the store was created."""
 
-    async def append(self, events: Sequence[Event], quarantine: Sequence[QuarantinedEvent] = ()) -> list[AppendOutcome]:
-        """Append `events` and keep `quarantine` in the same durable write."""
+    async def append(
+        self, events: Sequence[Event | Refused], quarantine: Sequence[QuarantinedEvent] = ()
+    ) -> list[AppendOutcome]:
+        """Append `events` and keep `quarantine` in the same durable write; one outcome per
+        item of `events`, in order (a `Refused` is a duplicate or refused, never accepted)."""
 
     async def get_event(self, tenant: str, mode: Mode, event_id: str) -> Event | None: ...
 

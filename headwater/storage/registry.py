@@ -120,16 +120,16 @@ class Registry(Protocol):
 
     async def revoke_key(self, tenant: str, key_id: str, at: datetime) -> bool: ...
 
-    # Schemas.
+    # Schemas: per tenant and mode, like everything a tenant defines.
 
     async def put_schema(
-        self, tenant: str, type_: str, schema: bytes, enforcement: Enforcement, at: datetime
+        self, tenant: str, mode: Mode, type_: str, schema: bytes, enforcement: Enforcement, at: datetime
     ) -> SchemaVersion:
         """Store the next version of the type's schema."""
 
-    async def latest_schemas(self, tenant: str) -> list[SchemaVersion]: ...
+    async def latest_schemas(self, tenant: str, mode: Mode) -> list[SchemaVersion]: ...
 
-    async def schema_versions(self, tenant: str, type_: str) -> list[SchemaVersion]: ...
+    async def schema_versions(self, tenant: str, mode: Mode, type_: str) -> list[SchemaVersion]: ...
 
     # Triggers and type mappings.
 

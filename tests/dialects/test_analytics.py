@@ -141,6 +141,7 @@ def test_every_problem_is_reported(api: Api) -> None:
             "experiments": ["exp_a", 2, None],
             "extras": [],
             "utm_source": "mail",
+            "data": {},
         }
     )
     response = post(api, key, body)
@@ -159,6 +160,7 @@ def test_every_problem_is_reported(api: Api) -> None:
         ("experiments.2", "validation.type", "must be a string, got null"),
         ("extras", "validation.type", "must be an object, got array"),
         ("utm_source", "validation.unknown_field", "unknown field"),
+        ("data", "validation.unknown_field", "unknown field"),  # the client's own field, not the body
     ]
     assert (response.status_code, response.json()) == (400, invalid(*expected))
     assert quarantined(api, key) == [quarantine_item("analytics", reasons(*expected), body)]

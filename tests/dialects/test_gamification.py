@@ -150,7 +150,7 @@ def test_batch_partial_failure(api: Api) -> None:
     bad = [
         '{"event_name": "page_view"}',
         "42",
-        '{"event_name": "x", "participant_id": "u", "properties": [1], "points": 5}',
+        '{"event_name": "x", "participant_id": "u", "properties": [1], "points": 5, "data": {}}',
         '{"event_name": "", "participant_id": "u", "timestamp": "yesterday", "idempotency_key": ""}',
     ]
     body = '{"events": [' + ", ".join([page_view, bad[0], add_to_cart, bad[1], bad[2], bad[3], purchase]) + "]}"
@@ -160,7 +160,11 @@ def test_batch_partial_failure(api: Api) -> None:
     problems = [
         [("participant_id", "required", "is required")],
         [("", "invalid_type", "must be an object, got number")],
-        [("properties", "invalid_type", "must be an object, got array"), ("points", "unknown_field", "unknown field")],
+        [
+            ("properties", "invalid_type", "must be an object, got array"),
+            ("points", "unknown_field", "unknown field"),
+            ("data", "unknown_field", "unknown field"),
+        ],
         [
             ("event_name", "too_short", "must not be empty"),
             ("timestamp", "invalid_format", "must be a valid ISO 8601 datetime"),
@@ -300,7 +304,7 @@ def test_sync_duplicate_answers_with_the_original_fact(api: Api) -> None:
 @pytest.mark.parametrize("path", ["/ingest/events", "/ingest/events/sync"])
 def test_invalid_single_event_is_400_and_quarantined(api: Api, path: str) -> None:
     key = api.key()
-    body = '{"participant_id": 7, "properties": "none", "timestamp": "10:30", "event": "x"}'
+    body = '{"participant_id": 7, "properties": "none", "timestamp": "10:30", "event": "x", "data": {}}'
     response = post(api, key, path, body)
     problems = [
         ("event_name", "required", "is required"),
@@ -308,6 +312,7 @@ def test_invalid_single_event_is_400_and_quarantined(api: Api, path: str) -> Non
         ("properties", "invalid_type", "must be an object, got string"),
         ("timestamp", "invalid_format", "must be a valid ISO 8601 datetime"),
         ("event", "unknown_field", "unknown field"),
+        ("data", "unknown_field", "unknown field"),  # the client's own field, not `properties`
     ]
     assert (response.status_code, response.json()) == (400, invalid(*problems))
     assert stored(api, key) == []

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import pytest
 
 from headwater.config import Settings
 from headwater.events import Event
@@ -20,10 +21,11 @@ from headwater.ids import new_event_ids
 from headwater.processing.consumer import PartitionConsumer
 from headwater.processing.definitions import Definitions, Scope, ScopeDefinitions
 from headwater.storage import open_store
-from headwater.storage.base import Store
+from headwater.storage.base import Store, StoreError
 from headwater.storage.derived import StateReads
 from headwater.storage.effects import Effects
 from headwater.storage.registry import DefinitionKind, TriggerRecord
+from headwater.storage.sqlite.derived import SqliteDerived
 
 
 async def define_trigger(store: Store, tenant: str) -> None:
@@ -173,7 +175,9 @@ def test_a_poison_event_is_dead_lettered_and_the_rest_go_on(settings: Settings) 
         c = consumer(store, engine, p, attempts=3)
         await drain(c)
         assert engine.applied == [s for s in seqs if s != seqs[3]]
-        assert engine.tries == {seqs[3]: 4}  # once in the page, then three times on its own
+        # The page, its halves down to the event (10, 5, 3, 2), then the event alone, thrice.
+        assert engine.tries == {seqs[3]: 7}
+        assert engine.batches == [seqs[:2], [seqs[2]], [seqs[4]], seqs[5:]]
         assert await store.derived.checkpoint("recorder", p) == seqs[-1]
         [(_, dead)] = await store.derived.list_dead_letters("t", "live")
         assert (dead.consumer, dead.partition, dead.seq, dead.event_type, dead.attempts, dead.status) == (
@@ -210,5 +214,37 @@ def test_a_write_refused_for_a_lease_held_elsewhere_applies_nothing(settings: Se
         await c.run_once()
         assert engine.applied == seqs  # planned
         assert await store.derived.checkpoint("recorder", p) == 0  # but not written
+
+    run(settings, body)
+
+
+def test_a_store_that_cannot_write_is_retried_and_nothing_is_dead_lettered(settings: Settings) -> None:
+    """A full disk is the store failing, not an event: the consumer raises `StoreError` (its
+    worker waits and tries again), dead-letters nothing, and goes on once there is room."""
+
+    async def body(store: Store) -> None:
+        seqs = await fill(store, 10)
+        p = partition_of_u(store)
+
+        class Heavy(Recorder):
+            async def plan(self, events: Sequence[Event], *args: Any, **kwargs: Any) -> Effects:
+                await super().plan(events, *args, **kwargs)
+                return Effects(fact_effects=[(f"fact_{e.id}", b"x" * 100_000) for e in events])
+
+        engine = Heavy()
+        c = consumer(store, engine, p)
+        derived = store.derived
+        assert isinstance(derived, SqliteDerived)  # SQLite's own way to fill a disk: a page cap
+        pages = (await derived.read(lambda conn: conn.execute("PRAGMA page_count").fetchone()))[0]
+        await derived.write(lambda tx: tx.conn.execute(f"PRAGMA max_page_count = {pages + 5}"))
+        for _ in range(3):
+            with pytest.raises(StoreError, match="full"):
+                await c.run_once()
+        assert await store.derived.checkpoint("recorder", p) == 0
+        assert await store.derived.list_dead_letters("t", "live") == []
+        await derived.write(lambda tx: tx.conn.execute("PRAGMA max_page_count = 1073741823"))  # room again
+        await drain(c)
+        assert await store.derived.checkpoint("recorder", p) == seqs[-1]
+        assert await store.derived.list_dead_letters("t", "live") == []
 
     run(settings, body)

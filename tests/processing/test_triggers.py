@@ -46,6 +46,17 @@ def fired(results: list[dict[str, Any]]) -> list[list[str]]:
     return [[m["trigger_name"] for m in r["triggers_matched"]] for r in results]
 
 
+def endpoint(api: Api, key: str) -> str:
+    """A webhook endpoint that subscribes to nothing: only a `webhook` action reaches it."""
+    response = api.client.post("/v1/webhooks", json={"url": "https://hooks.example.com/in"}, headers=api.as_(key))
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def hook(endpoint_id: str, name: str = "hook") -> dict[str, Any]:
+    return {"name": name, "event_types": ["x"], "action": {"type": "webhook", "config": {"endpoint_id": endpoint_id}}}
+
+
 def test_create_get_patch_delete(api: Api) -> None:
     key = api.key()
     created = create(api, key, UPSELL)
@@ -305,16 +316,39 @@ def test_update_attribute_and_profile(api: Api) -> None:
     assert api.client.get("/v1/subjects/nobody", headers=api.as_(key)).status_code == 404
 
 
-def test_webhook_action_without_endpoint_fails_visibly(api: Api) -> None:
+def test_webhook_action_must_name_an_endpoint_of_the_tenant_and_mode(api: Api) -> None:
     key = api.key()
-    create(
-        api,
-        key,
-        {"name": "hook", "event_types": ["x"], "action": {"type": "webhook", "config": {"endpoint_id": "whe_nope"}}},
-    )
+    own, other_mode, other_tenant = endpoint(api, key), endpoint(api, api.key(mode="test")), endpoint(api, api.key("b"))
+    created = create(api, key, hook(own))
+    refused = {"whe_nope": "no webhook endpoint 'whe_nope' in this tenant and mode"}
+    for endpoint_id in (other_mode, other_tenant):  # the same words as for an id that exists nowhere
+        refused[endpoint_id] = f"no webhook endpoint {endpoint_id!r} in this tenant and mode"
+    for endpoint_id, message in refused.items():
+        error = {
+            "error": "invalid trigger",
+            "details": [{"field": "action.config.endpoint_id", "code": "not_found", "message": message}],
+        }
+        response = api.client.post("/v1/triggers", json=hook(endpoint_id), headers=api.as_(key))
+        assert (response.status_code, response.json()) == (400, error)
+        action = {"action": hook(endpoint_id)["action"]}
+        response = api.client.patch(f"/v1/triggers/{created['id']}", json=action, headers=api.as_(key))
+        assert (response.status_code, response.json()) == (400, error)
+    assert api.client.get("/v1/triggers", headers=api.as_(key)).json() == {"data": [created]}
+
+    # A trigger whose endpoint is gone can still be changed, as long as the change keeps its action.
+    assert api.client.delete(f"/v1/webhooks/{own}", headers=api.as_(key)).status_code == 200
+    response = api.client.patch(f"/v1/triggers/{created['id']}", json={"enabled": False}, headers=api.as_(key))
+    assert (response.status_code, response.json()["enabled"]) == (200, False)
+
+
+def test_webhook_action_whose_endpoint_is_gone_fails_visibly(api: Api) -> None:
+    key = api.key()
+    endpoint_id = endpoint(api, key)
+    create(api, key, hook(endpoint_id))
+    assert api.client.delete(f"/v1/webhooks/{endpoint_id}", headers=api.as_(key)).status_code == 200
     results = send(api, key, {"type": "x"})
     assert [(a["status"], a["error"]) for a in results[0]["actions"]] == [
-        ("failed", "no enabled webhook endpoint 'whe_nope'")
+        ("failed", f"no enabled webhook endpoint {endpoint_id!r}")
     ]
     assert len(api.client.get("/v1/actions", params={"status": "failed"}, headers=api.as_(key)).json()["data"]) == 1
 
@@ -454,6 +488,7 @@ def test_002_documented_examples_list_matches_and_dispatches(api: Api) -> None:
             "action": {"type": "journey_enroll", "config": {"journeyId": "j_cart_recovery"}},
         },
     )
+    gone = endpoint(api, key)
     broken = create(
         api,
         key,
@@ -461,9 +496,10 @@ def test_002_documented_examples_list_matches_and_dispatches(api: Api) -> None:
             "name": "crm",
             "event_types": ["cart_abandon"],
             "priority": -1,
-            "action": {"type": "webhook", "config": {"endpoint_id": "whe_missing"}},
+            "action": {"type": "webhook", "config": {"endpoint_id": gone}},
         },
     )
+    assert api.client.delete(f"/v1/webhooks/{gone}", headers=api.as_(key)).status_code == 200
     headers = {**api.as_(key), "X-Tenant-Id": "my-tenant"}
     purchase = {
         "type": "purchase",
@@ -515,7 +551,7 @@ def test_002_documented_examples_list_matches_and_dispatches(api: Api) -> None:
             {"triggerId": recovery["id"], "actionType": "journey_enroll", "config": {"journeyId": "j_cart_recovery"}},
         ],
         "actionErrors": [
-            {"triggerId": broken["id"], "actionType": "webhook", "error": "no enabled webhook endpoint 'whe_missing'"},
+            {"triggerId": broken["id"], "actionType": "webhook", "error": f"no enabled webhook endpoint {gone!r}"},
         ],
     }
     enrolled = api.client.get("/v1/journeys/j_cart_recovery/enrollments", headers=api.as_(key)).json()["data"]

@@ -77,10 +77,28 @@ class _Job:
         self.error: BaseException | None = None
 
 
-def _job_error(exc: Exception) -> Exception:
-    """What a failed job's waiter gets. A busy, full or failing disk is the store's trouble
-    (`StoreError`: try again later), not the job's: a consumer must not take it for a bad event."""
-    if isinstance(exc, sqlite3.OperationalError):
+# Result codes that mean the database itself failed (the disk, a full file, a lock), not the job.
+_STORE_FAILURES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+
+
+def _job_error(exc: Exception) -> BaseException:
+    """What a failed job's waiter gets: a `StoreError` when the database failed under it, as
+    for a failed commit, so that callers retry rather than blame the job (a consumer skips an
+    event whose effects keep failing; it must never skip one because the disk did)."""
+    if isinstance(exc, sqlite3.Error) and (exc.sqlite_errorcode or 0) & 0xFF in _STORE_FAILURES:
         return StoreError(f"write failed: {exc}")
     return exc
 
@@ -251,6 +269,10 @@ class SqliteCore:
         try:
             job.result = job.fn(tx)
         except Exception as exc:  # noqa: BLE001 - handed to the waiting request
+            if not conn.in_transaction:
+                # SQLite rolled the whole group back itself (a full disk, an I/O error): every
+                # job of the group fails with the store's error.
+                raise exc if isinstance(exc, sqlite3.Error) else sqlite3.OperationalError(str(exc)) from exc
             conn.execute("ROLLBACK TO job")
             # Keys the failed job noted are gone with it; the rest are still found by query.
             tx.new_keys.clear()
@@ -270,7 +292,8 @@ class SqliteCore:
                 try:
                     jobs[0].result = jobs[0].fn(tx)
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting request
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # else SQLite rolled back already (a full disk, say)
+                        conn.execute("ROLLBACK")
                     jobs[0].error = _job_error(exc)
                     return
             else:

@@ -18,8 +18,9 @@ import msgspec
 
 from headwater.clock import from_us, to_us
 from headwater.events import Event, EventDraft, FieldError, Mode, QuarantinedEvent
+from headwater.ids import looks_like_event_id
 from headwater.partitions import DEFAULT_PARTITIONS, partition_of
-from headwater.storage.log import AppendOutcome, EventQuery, LogPage, QuarantineQuery, Scope
+from headwater.storage.log import AppendOutcome, EventQuery, LogPage, QuarantineQuery, Refused, Scope
 from headwater.storage.sqlite.core import SqliteCore, Transaction, where
 
 LOG_SCHEMA = """
@@ -79,6 +80,7 @@ EVENT_COLUMNS = (
 )
 INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}, partition) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 FIND_DUPLICATE = "SELECT id, seq, partition FROM events WHERE tenant = ? AND mode = ? AND idempotency_key = ?"
+FIND_BY_ID = "SELECT id, seq, partition FROM events WHERE tenant = ? AND mode = ? AND id = ?"
 QUARANTINE_COLUMNS = (
     "id, tenant, mode, dialect, type, received_at, reasons, raw, draft, status, replayed_event_id, replayed_at"
 )
@@ -151,9 +153,10 @@ def _row_to_quarantined(row: tuple[Any, ...]) -> QuarantinedEvent:
     )
 
 
-def append_events(tx: Transaction, events: Sequence[Event], partitions: int) -> list[AppendOutcome]:
+def append_events(tx: Transaction, events: Sequence[Event | Refused], partitions: int) -> list[AppendOutcome]:
     outcomes: list[AppendOutcome] = []
     rows: list[tuple[Any, ...]] = []
+    quarantined: list[tuple[Any, ...]] = []
     # A batch shares one receive time, and events sent without a time share it too:
     # convert each distinct datetime object once.
     last_time: datetime | None = None
@@ -163,9 +166,17 @@ def append_events(tx: Transaction, events: Sequence[Event], partitions: int) -> 
         if key is not None:
             scope = (event.tenant, event.mode, key)
             original = tx.new_keys.get(scope) or tx.conn.execute(FIND_DUPLICATE, scope).fetchone()
+            # Only a key shaped like an event id can name one: other keys cost no second lookup.
+            if original is None and looks_like_event_id(key):
+                original = tx.conn.execute(FIND_BY_ID, scope).fetchone()
             if original is not None:
                 outcomes.append(AppendOutcome("duplicate", original[0], original[1], original[2]))
                 continue
+        if isinstance(event, Refused):
+            if event.quarantined is not None:
+                quarantined.append(_quarantine_row(event.quarantined))
+            outcomes.append(AppendOutcome("refused", None, None, None))
+            continue
         seq = tx.next_seq()
         partition = partition_of(event.tenant, event.mode, event.subject, partitions)
         if key is not None:
@@ -196,6 +207,8 @@ def append_events(tx: Transaction, events: Sequence[Event], partitions: int) -> 
         )
         outcomes.append(AppendOutcome("accepted", event.id, seq, partition))
     tx.conn.executemany(INSERT_EVENT, rows)
+    if quarantined:
+        tx.conn.executemany(INSERT_QUARANTINE, quarantined)
     return outcomes
 
 
@@ -234,7 +247,9 @@ class LogTables(SqliteCore):
             )
         self._partitions = recorded
 
-    async def append(self, events: Sequence[Event], quarantine: Sequence[QuarantinedEvent] = ()) -> list[AppendOutcome]:
+    async def append(
+        self, events: Sequence[Event | Refused], quarantine: Sequence[QuarantinedEvent] = ()
+    ) -> list[AppendOutcome]:
         partitions = self._partitions
 
         def run(tx: Transaction) -> list[AppendOutcome]:

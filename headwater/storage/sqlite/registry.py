@@ -25,6 +25,19 @@ from headwater.storage.registry import (
 from headwater.storage.sqlite.core import SqliteCore, Transaction
 from headwater.storage.sqlite.definitions import VERSIONS_TABLE, DefinitionTable, ScopeSetting, bump_version
 
+SCHEMAS_TABLE = """
+CREATE TABLE IF NOT EXISTS schemas (
+    tenant TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    type TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    enforcement TEXT NOT NULL,
+    schema TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, mode, type, version)
+);
+"""
+
 REGISTRY_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tenants (
     name TEXT PRIMARY KEY,
@@ -44,15 +57,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant, created_at);
 
-CREATE TABLE IF NOT EXISTS schemas (
-    tenant TEXT NOT NULL,
-    type TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    enforcement TEXT NOT NULL,
-    schema TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    PRIMARY KEY (tenant, type, version)
-);
+{SCHEMAS_TABLE}
 
 -- Bumped on every change to any definition below, so every process can tell its cache is stale.
 CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (
@@ -276,32 +281,32 @@ class RegistryTables(SqliteCore):
     # Schemas
 
     async def put_schema(
-        self, tenant: str, type_: str, schema: bytes, enforcement: Enforcement, at: datetime
+        self, tenant: str, mode: Mode, type_: str, schema: bytes, enforcement: Enforcement, at: datetime
     ) -> SchemaVersion:
         def run(tx: Transaction) -> SchemaVersion:
             row = tx.conn.execute(
-                "SELECT coalesce(max(version), 0) + 1 FROM schemas WHERE tenant = ? AND type = ?",
-                (tenant, type_),
+                "SELECT coalesce(max(version), 0) + 1 FROM schemas WHERE tenant = ? AND mode = ? AND type = ?",
+                (tenant, mode, type_),
             ).fetchone()
             version = int(row[0])
             tx.conn.execute(
-                f"INSERT INTO schemas ({SCHEMA_COLUMNS}, tenant) VALUES (?,?,?,?,?,?)",
-                (type_, version, enforcement, schema.decode(), to_us(at), tenant),
+                f"INSERT INTO schemas ({SCHEMA_COLUMNS}, tenant, mode) VALUES (?,?,?,?,?,?,?)",
+                (type_, version, enforcement, schema.decode(), to_us(at), tenant, mode),
             )
             return SchemaVersion(type_, version, enforcement, msgspec.Raw(schema), at)
 
         return await self.write(run)
 
-    async def latest_schemas(self, tenant: str) -> list[SchemaVersion]:
+    async def latest_schemas(self, tenant: str, mode: Mode) -> list[SchemaVersion]:
         sql = (
-            f"SELECT {SCHEMA_COLUMNS} FROM schemas s WHERE tenant = ? AND version ="
-            " (SELECT max(version) FROM schemas WHERE tenant = s.tenant AND type = s.type) ORDER BY type"
+            f"SELECT {SCHEMA_COLUMNS} FROM schemas s WHERE tenant = ? AND mode = ? AND version = (SELECT max(version)"
+            " FROM schemas WHERE tenant = s.tenant AND mode = s.mode AND type = s.type) ORDER BY type"
         )
-        return await self.read(lambda conn: [_row_to_schema(r) for r in conn.execute(sql, (tenant,))])
+        return await self.read(lambda conn: [_row_to_schema(r) for r in conn.execute(sql, (tenant, mode))])
 
-    async def schema_versions(self, tenant: str, type_: str) -> list[SchemaVersion]:
-        sql = f"SELECT {SCHEMA_COLUMNS} FROM schemas WHERE tenant = ? AND type = ? ORDER BY version"
-        return await self.read(lambda conn: [_row_to_schema(r) for r in conn.execute(sql, (tenant, type_))])
+    async def schema_versions(self, tenant: str, mode: Mode, type_: str) -> list[SchemaVersion]:
+        sql = f"SELECT {SCHEMA_COLUMNS} FROM schemas WHERE tenant = ? AND mode = ? AND type = ? ORDER BY version"
+        return await self.read(lambda conn: [_row_to_schema(r) for r in conn.execute(sql, (tenant, mode, type_))])
 
     # Triggers and type mappings
 

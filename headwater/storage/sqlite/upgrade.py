@@ -3,7 +3,7 @@
 Two steps, each safe to run again after a crash part-way:
 1. `upgrade_main` (before the main file's schema): the events get their partition, computed
    once for every row with the same function the log appends with; the partition count is
-   recorded.
+   recorded; a `schemas` table without a mode gets one (`upgrade_schemas`).
 2. `move_derived` (once both files are open): the derived tables still in the main file are
    copied into `derived.db` (rows that are there already are kept), the old single
    checkpoint of each consumer becomes its checkpoint in every partition, and the old tables
@@ -19,6 +19,7 @@ from pathlib import Path
 from headwater.partitions import partition_of
 from headwater.storage.records import WHOLE_LOG
 from headwater.storage.sqlite.core import SqliteCore
+from headwater.storage.sqlite.registry import SCHEMAS_TABLE
 
 # Derived tables an older main file may hold; their layout is unchanged in `derived.db`.
 MOVED_TABLES = (
@@ -49,7 +50,26 @@ def _columns(conn: sqlite3.Connection, table: str, schema: str = "main") -> list
     return [row[1] for row in conn.execute(f"PRAGMA {schema}.table_info({table})")]
 
 
+def upgrade_schemas(conn: sqlite3.Connection) -> None:
+    """A `schemas` table of the older layout, without a mode, is rebuilt with one. Its schemas
+    applied to both modes; they become live-mode schemas (a test-mode key can put its own), so
+    test events stop being checked by them and nothing live changes."""
+    columns = _columns(conn, "schemas")
+    if not columns or "mode" in columns:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ALTER TABLE schemas RENAME TO schemas_without_mode")
+    conn.execute(SCHEMAS_TABLE)
+    conn.execute(
+        "INSERT INTO schemas (tenant, mode, type, version, enforcement, schema, created_at)"
+        " SELECT tenant, 'live', type, version, enforcement, schema, created_at FROM schemas_without_mode"
+    )
+    conn.execute("DROP TABLE schemas_without_mode")
+    conn.execute("COMMIT")
+
+
 def upgrade_main(conn: sqlite3.Connection, partitions: int) -> None:
+    upgrade_schemas(conn)
     columns = _columns(conn, "events")
     if not columns or "partition" in columns:
         return
