@@ -94,6 +94,10 @@ class WorkerThread:
         self._thread.join(30)
         if self.error is not None:
             raise self.error
+        if self._thread.is_alive():
+            assert self._loop is not None
+            stuck = "\n".join(repr(task) for task in asyncio.all_tasks(self._loop))
+            raise TimeoutError(f"the worker did not stop within 30 s; its tasks:\n{stuck}")
 
 
 def make_key(settings: Settings, tenant: str, role: str = "admin", mode: str = "live") -> str:

@@ -74,7 +74,7 @@ class Worker:
         self.deliveries = settings.webhook_worker if deliveries is None else deliveries
         self.definitions = Definitions(self.store.registry)
         self.head = 0
-        self._grown = asyncio.Condition()
+        self._grown = asyncio.Event()  # set, and replaced, each time the head moves
         self._runners: dict[int, asyncio.Task[None]] = {}
         self._catalog: asyncio.Task[None] | None = None
         self.started = asyncio.Event()  # set once the first leases are taken
@@ -95,12 +95,12 @@ class Worker:
                 delivery.start()
             await self._balance()
             self.started.set()
-            while stop is None or not stop.is_set():
+            stop = stop or asyncio.Event()
+            while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        stop.wait() if stop is not None else asyncio.Event().wait(), self.lease_seconds / 3
-                    )
-                if stop is not None and stop.is_set():
+                    async with asyncio.timeout(self.lease_seconds / 3):
+                        await stop.wait()
+                if stop.is_set():
                     break
                 await self._balance()
         finally:
@@ -179,13 +179,19 @@ class Worker:
                 continue
             if head != self.head:
                 self.head = head
-                async with self._grown:
-                    self._grown.notify_all()
+                grown, self._grown = self._grown, asyncio.Event()
+                grown.set()
 
     async def _wait_for_growth(self, seen: int, timeout: float) -> None:
-        async with self._grown:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._grown.wait_for(lambda: self.head > seen), timeout)
+        # An event per head rather than a Condition: a wait cancelled while the head moves
+        # (a worker stopping) must end at once, and an Event's wait holds no lock.
+        if self.head > seen:
+            return
+        # asyncio.timeout, not wait_for: wait_for runs the wait as a task of its own, and on 3.11
+        # a cancel that meets its timeout can be lost, leaving a stopping worker stuck here.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._grown.wait()
 
     # Consumers
 
