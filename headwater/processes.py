@@ -94,7 +94,7 @@ class Supervisor:
             sys.executable, "-m", "headwater", "worker", "--processes", "1",
             "--data-dir", str(self.data_dir), "--stop-with", str(os.getpid()),
         ]  # fmt: skip
-        return subprocess.Popen(command, env=self.env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        return subprocess.Popen(command, env=self.env, preexec_fn=_die_with_parent)
 
     def start(self) -> None:
         self.children = [self._spawn() for _ in range(self.count)]

@@ -76,7 +76,7 @@ class WorkerThread:
 
         try:
             asyncio.run(main())
-        except BaseException as exc:  # reported by __exit__
+        except BaseException as exc:  # noqa: BLE001 - reported by __exit__
             self.error = exc
         finally:
             self._ready.set()

@@ -326,7 +326,10 @@ class GamificationRoutes:
         except (DefinitionError, ConditionError) as exc:
             raise _invalid("challenge", exc.path, exc.message) from None
         badge = None if rule.reward is None else rule.reward.badge
-        if isinstance(badge, str) and await self.store.registry.get_badge(principal.tenant, principal.mode, badge) is None:
+        if (
+            isinstance(badge, str)
+            and await self.store.registry.get_badge(principal.tenant, principal.mode, badge) is None
+        ):
             # A reference to what does not exist (yet) conflicts with the tenant's badges: 409.
             message = f"no badge {badge!r}: create it first"
             raise ApiError(409, message, [FieldError("reward.badge", "not_found", message)])
@@ -603,7 +606,9 @@ async def processed(services: Services, principal: Principal, event_id: str, par
     fact = make_fact(event)
     raw = await store.derived.fact_effects(fact.fact_id)
     progress, awards = read_effects(raw)
-    actions = await services.store.derived.list_actions(ActionQuery(principal.tenant, principal.mode, event_id=event_id))
+    actions = await services.store.derived.list_actions(
+        ActionQuery(principal.tenant, principal.mode, event_id=event_id)
+    )
     for _, action in reversed(actions):
         if action.status != "dispatched" or action.type not in ("award_badge", "award_points"):
             continue

@@ -53,7 +53,9 @@ def routes(services: Services) -> list[BaseRoute]:
     async def revoke(request: Request) -> Response:
         principal = await authorize(services, request, "admin")
         key_id = request.path_params["key_id"]
-        visible = {k.id for k in await services.store.registry.list_keys(principal.tenant) if k.mode in _manages(principal)}
+        visible = {
+            k.id for k in await services.store.registry.list_keys(principal.tenant) if k.mode in _manages(principal)
+        }
         if key_id not in visible or not await services.store.registry.revoke_key(
             principal.tenant, key_id, datetime.now(UTC).replace(microsecond=0)
         ):

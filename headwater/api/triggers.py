@@ -269,7 +269,9 @@ class TriggerRoutes:
 
     async def enrollments(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "read")
-        rows = await self.store.derived.list_enrollments(principal.tenant, principal.mode, request.path_params["journey_id"])
+        rows = await self.store.derived.list_enrollments(
+            principal.tenant, principal.mode, request.path_params["journey_id"]
+        )
         return json_response(EnrollmentList(rows))
 
     async def subject(self, request: Request) -> Response:

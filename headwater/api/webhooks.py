@@ -144,7 +144,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-
 class WebhookRoutes:
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -298,7 +297,9 @@ class WebhookRoutes:
 
     async def delivery(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "read")
-        delivery = await self.store.derived.get_delivery(principal.tenant, principal.mode, request.path_params["delivery_id"])
+        delivery = await self.store.derived.get_delivery(
+            principal.tenant, principal.mode, request.path_params["delivery_id"]
+        )
         if delivery is None:
             raise ApiError(404, "no such delivery")
         return json_response(_delivery_out(delivery))

@@ -84,15 +84,15 @@ class Awards:
     def announce(self, event: Event) -> None:
         self.effects.appended.append(event)
 
-    def grant_badge(
-        self, cause: Event, participant: str, badge: str, reason: str, depth: int, now: datetime
-    ) -> bool:
+    def grant_badge(self, cause: Event, participant: str, badge: str, reason: str, depth: int, now: datetime) -> bool:
         """Award the badge unless the participant holds it; True when this call awarded it."""
         key = (cause.tenant, cause.mode, participant, badge)
         if key in self.held:
             return False
         self.held.add(key)
-        self.effects.badges.append(BadgeAward(cause.tenant, cause.mode, participant, badge, cause.time, reason, cause.id))
+        self.effects.badges.append(
+            BadgeAward(cause.tenant, cause.mode, participant, badge, cause.time, reason, cause.id)
+        )
         data = {"badge": badge, "reason": reason, "cause_event_id": cause.id, "depth": depth}
         self.announce(award_event(cause, "badge.awarded", participant, award_key(participant, badge), data, now))
         return True

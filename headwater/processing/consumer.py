@@ -183,10 +183,10 @@ class PartitionConsumer:
             # Readers go by the stored checkpoint (facts are "the events before it"): store it now
             # when caught up, else at most every checkpoint_seconds.
             stale = time.monotonic() - self._stored_at > self.checkpoint_seconds
-            if page.end != self._stored and (not full or stale):
-                if not await self._write(Effects(), self._stored, page.end):
-                    self.position = None  # moved elsewhere: read it again
-                    return page.examined
+            moved = page.end != self._stored and (not full or stale)
+            if moved and not await self._write(Effects(), self._stored, page.end):
+                self.position = None  # moved elsewhere: read it again
+                return page.examined
             self.position = page.end
             return page.examined
         if self.position != self._stored:
@@ -289,4 +289,3 @@ class PartitionConsumer:
             )
             await self.store.derived.apply(EffectBatch(Effects(), None, self.owner, self.lease, [again], dead.id))
             return False
-

@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 
 from headwater.clock import to_us
-from headwater.events import Event, Mode
+from headwater.events import Event
 from headwater.ids import fact_id_for
 from headwater.parsing import is_number
 from headwater.processing.awards import MAX_AWARD_DEPTH, Awards, award_depth, award_event, completion_key, fact_type_of
@@ -482,9 +482,7 @@ class _FactRun:
             return
         # Repeatable: once per window; the windows of two completions never overlap.
         days = c.period.days
-        self.crossings.append(
-            _Crossing(c, change, bucket_label("daily", end), end, (end - days + 1, end + days - 1))
-        )
+        self.crossings.append(_Crossing(c, change, bucket_label("daily", end), end, (end - days + 1, end + days - 1)))
 
     def _streak(self, step: _Step) -> None:
         c, pair, bucket = step.challenge, step.pair, step.bucket
@@ -595,15 +593,23 @@ def _apply_progress(runs: list[_FactRun], progress: _Progress, effects: Effects)
 async def _complete(state: StateReads, crossed: list[_FactRun], effects: Effects, now: datetime | None) -> None:
     pairs = sorted({(x.challenge.id, run.participant) for run in crossed for x in run.crossings})
     participants = sorted(
-        {(run.event.tenant, run.event.mode, run.participant) for run in crossed if any(x.challenge.reward_badge for x in run.crossings)}
+        {
+            (run.event.tenant, run.event.mode, run.participant)
+            for run in crossed
+            if any(x.challenge.reward_badge for x in run.crossings)
+        }
     )
     known, held = await asyncio.gather(state.completions(pairs), state.held_badges(participants))
     book: dict[Pair, dict[str, int]] = {}
     for completion in known:
-        book.setdefault((completion.challenge_id, completion.participant_id), {})[completion.occurrence] = completion.period
+        book.setdefault((completion.challenge_id, completion.participant_id), {})[completion.occurrence] = (
+            completion.period
+        )
     awards = Awards(held, effects)
     for run in crossed:
-        effects.fact_effects.append((fact_id_for(run.event.id), run.complete(book, awards, effects, now or run.event.received_at)))
+        effects.fact_effects.append(
+            (fact_id_for(run.event.id), run.complete(book, awards, effects, now or run.event.received_at))
+        )
 
 
 async def plan_facts(

@@ -23,7 +23,6 @@ N-1 days before it.
 from __future__ import annotations
 
 import functools
-import math
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass

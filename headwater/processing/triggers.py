@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -86,7 +87,9 @@ class _Window:
 
     def changes(self, trigger_id: str, subject: str, effects: Effects) -> None:
         effects.window_points.extend(
-            WindowPoint(trigger_id, subject, e, at, value) for e, (at, value) in self.points.items() if e not in self.read
+            WindowPoint(trigger_id, subject, e, at, value)
+            for e, (at, value) in self.points.items()
+            if e not in self.read
         )
         effects.window_deletes.extend((trigger_id, subject, e) for e in self.read if e not in self.points)
 
@@ -119,50 +122,56 @@ def _match(events: Sequence[Event], scopes: dict[Scope, ScopeDefinitions]) -> li
     return matches
 
 
-async def _read(state: StateReads, matches: list[_Match], batch: _Batch) -> None:
-    windows: set[Pair] = set()
-    cooldowns: dict[Pair, list[int]] = {}  # (low, high) event times
-    actions: list[str] = []
-    journeys: set[tuple[str, Mode, str, str]] = set()
-    subjects: set[tuple[str, Mode, str]] = set()
-    participants: set[tuple[str, Mode, str]] = set()
-    for m in matches:
+@dataclass
+class _Wanted:
+    """The keys of the state a batch's matches read."""
+
+    windows: set[Pair] = field(default_factory=set)
+    cooldowns: dict[Pair, tuple[int, int]] = field(default_factory=dict)  # (low, high] event times
+    actions: list[str] = field(default_factory=list)
+    journeys: set[tuple[str, Mode, str, str]] = field(default_factory=set)
+    subjects: set[tuple[str, Mode, str]] = field(default_factory=set)
+    participants: set[tuple[str, Mode, str]] = field(default_factory=set)
+
+    def add(self, m: _Match) -> None:
         event, subject = m.event, m.event.subject or ""
         at = to_us(event.time)
         for trigger in m.triggers:
             pair = (trigger.id, subject)
-            actions.append(action_id(trigger.id, event.id))
+            self.actions.append(action_id(trigger.id, event.id))
             if trigger.window is not None:
-                windows.add(pair)
+                self.windows.add(pair)
             if trigger.cooldown_us is not None:
-                low, high = cooldowns.get(pair, [at - trigger.cooldown_us, at])
-                cooldowns[pair] = [min(low, at - trigger.cooldown_us), max(high, at)]
+                low, high = self.cooldowns.get(pair, (at - trigger.cooldown_us, at))
+                self.cooldowns[pair] = (min(low, at - trigger.cooldown_us), max(high, at))
             kind = trigger.action_type
             if kind == "journey_enroll":
-                journeys.add((event.tenant, event.mode, trigger.action_config["journeyId"], subject))
-            elif kind == "update_attribute" and event.subject is not None:
-                subjects.add((event.tenant, event.mode, event.subject))
-            elif kind == "award_badge" and event.subject is not None:
-                participants.add((event.tenant, event.mode, event.subject))
+                self.journeys.add((event.tenant, event.mode, trigger.action_config["journeyId"], subject))
+            elif event.subject is not None and kind in ("update_attribute", "award_badge"):
+                keys = self.subjects if kind == "update_attribute" else self.participants
+                keys.add((event.tenant, event.mode, event.subject))
+
+
+async def _read(state: StateReads, matches: list[_Match], batch: _Batch) -> None:
+    wanted = _Wanted()
+    for m in matches:
+        wanted.add(m)
     points, firings, existing, enrolled, profiles, held = await asyncio.gather(
-        state.window_points(sorted(windows)),
-        state.firings([(t, s, low, high) for (t, s), (low, high) in sorted(cooldowns.items())]),
-        state.existing_actions(actions),
-        state.active_enrollments(sorted(journeys)),
-        state.profiles(sorted(subjects)),
-        state.held_badges(sorted(participants)),
+        state.window_points(sorted(wanted.windows)),
+        state.firings([(t, s, low, high) for (t, s), (low, high) in sorted(wanted.cooldowns.items())]),
+        state.existing_actions(wanted.actions),
+        state.active_enrollments(sorted(wanted.journeys)),
+        state.profiles(sorted(wanted.subjects)),
+        state.held_badges(sorted(wanted.participants)),
     )
-    for pair in windows:
-        batch.windows[pair] = _Window()
+    batch.windows = {pair: _Window() for pair in wanted.windows}
     for p in points:
         batch.windows[p.trigger_id, p.subject].load(p.event_id, p.time_us, p.value)
-    for pair in cooldowns:
-        batch.firings[pair] = []
+    batch.firings = {pair: [] for pair in wanted.cooldowns}
     for trigger_id, subject, at, act in firings:
         batch.firings[trigger_id, subject].append((at, act))
     batch.existing = existing
-    for key in journeys:
-        batch.enrolled[key] = []
+    batch.enrolled = {key: [] for key in wanted.journeys}
     for tenant, mode, journey, subject, id_ in enrolled:
         batch.enrolled[tenant, mode, journey, subject].append(id_)
     batch.profiles = profiles
@@ -198,7 +207,9 @@ def _cooling_down(batch: _Batch, trigger: CompiledTrigger, event: Event, subject
     return bool(times) and at - max(times) < trigger.cooldown_us
 
 
-def _deliver(batch: _Batch, event: Event, topic: str, key: str, body: bytes, at: datetime, targets: list[str]) -> list[str]:
+def _deliver(
+    batch: _Batch, event: Event, topic: str, key: str, body: bytes, at: datetime, targets: list[str]
+) -> list[str]:
     ids = [delivery_id(target, key) for target in targets]
     batch.effects.deliveries.extend(
         NewDelivery(id_, event.tenant, event.mode, target, topic, key, body, at)

@@ -34,7 +34,9 @@ async def processed(
     return True
 
 
-async def actions_fired(store: Store, tenant: str, mode: Mode, event_ids: Sequence[str]) -> dict[str, list[ActionRecord]]:
+async def actions_fired(
+    store: Store, tenant: str, mode: Mode, event_ids: Sequence[str]
+) -> dict[str, list[ActionRecord]]:
     """The actions each (processed) event fired, highest priority first."""
     fired: dict[str, list[ActionRecord]] = {}
     for event_id in event_ids:

@@ -129,8 +129,10 @@ class Worker:
             # Each worker looks at the partitions in its own order, so that workers starting
             # together mostly ask for different ones.
             offset = zlib.crc32(self.owner.encode()) % count
-            order = sorted(range(count), key=lambda p: ((p - offset) % count))
-            wanted = [p for p in order if p in held] + ([p for p in order if p not in held] if len(held) < share else [])
+            order = sorted(range(count), key=lambda p: (p - offset) % count)
+            wanted = [p for p in order if p in held] + (
+                [p for p in order if p not in held] if len(held) < share else []
+            )
             taken = await self.store.derived.take_leases(self.owner, [partition_lease(p) for p in wanted], now, until)
             got = [p for p in wanted if partition_lease(p) in set(taken)]
             keep, extra = got[:share], got[share:]

@@ -50,6 +50,8 @@ Pair = tuple[str, str]  # (trigger or challenge id, subject)
 class RebuildBusy(Exception):
     """Another rebuild of the same store is under way: a second would rebuild the same state
     for nothing, and its swap could set the derived state back to an older position."""
+
+
 ScopedSubject = tuple[str, Mode, str]  # (tenant, mode, subject)
 
 
@@ -63,7 +65,9 @@ class StateReads(Protocol):
 
     async def existing_actions(self, action_ids: Sequence[str]) -> set[str]: ...
 
-    async def active_enrollments(self, keys: Sequence[tuple[str, Mode, str, str]]) -> list[tuple[str, Mode, str, str, str]]:
+    async def active_enrollments(
+        self, keys: Sequence[tuple[str, Mode, str, str]]
+    ) -> list[tuple[str, Mode, str, str, str]]:
         """(tenant, mode, journey, subject, enrolment id) of the active enrolments of the keys
         (tenant, mode, journey, subject)."""
 

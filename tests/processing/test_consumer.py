@@ -32,7 +32,9 @@ async def define_trigger(store: Store, tenant: str) -> None:
     """A trigger, so that the tenant's events are read by a consumer of triggers."""
     now = datetime.now(UTC)
     rule = {"name": "any", "event_types": ["view"], "action": {"type": "recommend", "config": {}}}
-    await store.registry.put_trigger(TriggerRecord("trg_1", tenant, "live", msgspec.Raw(msgspec.json.encode(rule)), now, now))
+    await store.registry.put_trigger(
+        TriggerRecord("trg_1", tenant, "live", msgspec.Raw(msgspec.json.encode(rule)), now, now)
+    )
 
 
 async def fill(store: Store, count: int, tenant: str = "t") -> list[int]:
@@ -40,8 +42,7 @@ async def fill(store: Store, count: int, tenant: str = "t") -> list[int]:
     now = datetime.now(UTC)
     ids = new_event_ids(count)
     events = [
-        Event(ids[i], "view", "u", None, None, now, now, None, msgspec.Raw(b"{}"), tenant, "live")
-        for i in range(count)
+        Event(ids[i], "view", "u", None, None, now, now, None, msgspec.Raw(b"{}"), tenant, "live") for i in range(count)
     ]
     seqs: list[int] = []
     for start in range(0, count, 1000):
@@ -208,7 +209,9 @@ def test_a_write_refused_for_a_lease_held_elsewhere_applies_nothing(settings: Se
         seqs = await fill(store, 10)
         p = partition_of_u(store)
         now = datetime.now(UTC)
-        assert await store.derived.take_leases("other", ["partition:x"], now, now.replace(year=now.year + 1)) == ["partition:x"]
+        assert await store.derived.take_leases("other", ["partition:x"], now, now.replace(year=now.year + 1)) == [
+            "partition:x"
+        ]
         engine = Recorder()
         c = consumer(store, engine, p, owner="me", lease="partition:x")
         await c.run_once()

@@ -7,7 +7,6 @@ applied twice, participants, leaderboards and their ties, the facts list, and 00
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import replace

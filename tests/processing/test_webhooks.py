@@ -556,8 +556,8 @@ def test_410_disables_the_endpoint(hooks: Hooks) -> None:
         409, {"error": "the delivery's webhook endpoint is disabled: enable it first", "details": []}
     )  # fmt: skip
     hooks.client.patch(f"/v1/webhooks/{endpoint['id']}", json={"enabled": True}, headers=hooks.auth)
-    for delivery_id in (gone, other):
-        assert hooks.client.post(f"/v1/deliveries/{delivery_id}/retry", headers=hooks.auth).status_code == 202
+    for queued in (gone, other):
+        assert hooks.client.post(f"/v1/deliveries/{queued}/retry", headers=hooks.auth).status_code == 202
     assert hooks.deliver() == 2
     assert {hooks.delivery(d)["status"] for d in (gone, other)} == {"delivered"}
 

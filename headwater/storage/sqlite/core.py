@@ -268,7 +268,7 @@ class SqliteCore:
         conn.execute("SAVEPOINT job")
         try:
             job.result = job.fn(tx)
-        except Exception as exc:  # noqa: BLE001 - handed to the waiting request
+        except Exception as exc:
             if not conn.in_transaction:
                 # SQLite rolled the whole group back itself (a full disk, an I/O error): every
                 # job of the group fails with the store's error.

@@ -170,7 +170,8 @@ class SqliteDerived(ReadModels, StateReadsOn):
         """Polls the checkpoints: SQLite has no notification across processes, and a look is
         one primary-key read per consumer on a reader connection."""
         names = list(consumers)
-        sql = f"SELECT count(*) FROM checkpoints WHERE partition = ? AND seq >= ? AND consumer IN ({','.join('?' * len(names))})"
+        marks = ",".join("?" * len(names))
+        sql = f"SELECT count(*) FROM checkpoints WHERE partition = ? AND seq >= ? AND consumer IN ({marks})"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         step = 0

@@ -324,16 +324,34 @@ def write_effects(conn: sqlite3.Connection, e: Effects) -> None:
         conn.executemany(
             f"INSERT OR IGNORE INTO actions ({ACTION_COLUMNS}) VALUES ({','.join('?' * 16)})",
             [
-                (a.id, a.tenant, a.mode, a.trigger_id, a.trigger_name, a.event_id, a.event_type, a.subject, a.type,
-                 bytes(a.config).decode(), a.status, a.priority, to_us(a.event_time), to_us(a.created_at), a.error,
-                 None if a.result is None else bytes(a.result).decode())
+                (
+                    a.id,
+                    a.tenant,
+                    a.mode,
+                    a.trigger_id,
+                    a.trigger_name,
+                    a.event_id,
+                    a.event_type,
+                    a.subject,
+                    a.type,
+                    bytes(a.config).decode(),
+                    a.status,
+                    a.priority,
+                    to_us(a.event_time),
+                    to_us(a.created_at),
+                    a.error,
+                    None if a.result is None else bytes(a.result).decode(),
+                )
                 for a in e.actions
-            ],  # fmt: skip
+            ],
         )
     if e.enrollments:
         conn.executemany(
             "INSERT OR IGNORE INTO enrollments VALUES (?, ?, ?, ?, ?, 'active', ?, ?)",
-            [(n.id, n.tenant, n.mode, n.journey_id, n.subject, n.action_id, to_us(n.enrolled_at)) for n in e.enrollments],
+            [
+                (n.id, n.tenant, n.mode, n.journey_id, n.subject, n.action_id, to_us(n.enrolled_at))
+                for n in e.enrollments
+            ],
         )
     if e.ended_enrollments:  # after the new ones: a batch may end an enrolment it made
         conn.executemany(
@@ -359,7 +377,17 @@ def write_deliveries(conn: sqlite3.Connection, deliveries: Iterable[Any]) -> Non
         "INSERT OR IGNORE INTO webhook_deliveries (id, tenant, mode, endpoint_id, topic, message_key, payload,"
         " status, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
         [
-            (d.id, d.tenant, d.mode, d.endpoint_id, d.topic, d.message_key, d.payload.decode(), to_us(d.at), to_us(d.at))
+            (
+                d.id,
+                d.tenant,
+                d.mode,
+                d.endpoint_id,
+                d.topic,
+                d.message_key,
+                d.payload.decode(),
+                to_us(d.at),
+                to_us(d.at),
+            )
             for d in deliveries
         ],
     )
@@ -383,15 +411,26 @@ def _write_gamification(conn: sqlite3.Connection, e: Effects) -> None:
         conn.executemany(
             f"INSERT OR IGNORE INTO challenge_completions ({COMPLETION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
             [
-                (c.tenant, c.mode, c.challenge_id, c.participant_id, c.occurrence, c.period, to_us(c.completed_at),
-                 c.event_id)
+                (
+                    c.tenant,
+                    c.mode,
+                    c.challenge_id,
+                    c.participant_id,
+                    c.occurrence,
+                    c.period,
+                    to_us(c.completed_at),
+                    c.event_id,
+                )
                 for c in e.completions
-            ],  # fmt: skip
+            ],
         )
     if e.badges:
         conn.executemany(
             "INSERT OR IGNORE INTO badge_awards VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(a.tenant, a.mode, a.participant_id, a.badge, to_us(a.awarded_at), a.reason, a.event_id) for a in e.badges],
+            [
+                (a.tenant, a.mode, a.participant_id, a.badge, to_us(a.awarded_at), a.reason, a.event_id)
+                for a in e.badges
+            ],
         )
     for entry in e.points:
         at = to_us(entry.at)

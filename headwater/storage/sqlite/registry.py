@@ -393,7 +393,8 @@ class RegistryTables(SqliteCore):
 
     async def disable_webhook(self, endpoint_id: str, reason: str, at: datetime) -> bool:
         return await self._changed(
-            "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ? AND enabled = 1",
+            "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ?, updated_at = ?"
+            " WHERE id = ? AND enabled = 1",
             (reason, to_us(at), endpoint_id),
         )
 

@@ -66,7 +66,9 @@ def firings(conn: sqlite3.Connection, ranges: Sequence[tuple[str, str, int, int]
 
 
 def existing_actions(conn: sqlite3.Connection, action_ids: Sequence[str]) -> set[str]:
-    rows = joined(conn, "id", [(i,) for i in set(action_ids)], "SELECT a.id FROM wanted w JOIN actions a ON a.id = w.id")
+    rows = joined(
+        conn, "id", [(i,) for i in set(action_ids)], "SELECT a.id FROM wanted w JOIN actions a ON a.id = w.id"
+    )
     return {row[0] for row in rows}
 
 
