@@ -10,6 +10,7 @@ from typing import IO, Any
 import click
 from click.core import ParameterSource
 
+from headwater import faults
 from headwater.config import Form, SettingError, Settings, environment_problems, unknown_variables
 
 
@@ -84,7 +85,8 @@ class CheckedCommand(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         root = ctx.find_root()
-        known = set(Settings.variables()) | _option_variables(root.command, root.auto_envvar_prefix or "HEADWATER")
+        known = set(Settings.variables()) | {faults.VARIABLE}
+        known |= _option_variables(root.command, root.auto_envvar_prefix or "HEADWATER")
         for name, closest in unknown_variables(os.environ, known):
             hint = f" (did you mean {closest}?)" if closest else ""
             click.echo(f"headwater: warning: {name} is not a Headwater setting and is ignored{hint}", err=True)

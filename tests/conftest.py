@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from starlette.testclient import TestClient
 from headwater.app import create_app
 from headwater.config import Settings
 from headwater.keys import create_key
+from headwater.processing.consumer import ENGINES, Engine
 from headwater.processing.worker import Worker
 from headwater.storage import open_store
 
@@ -55,8 +56,9 @@ def settings(backend: Backend) -> Settings:
 class WorkerThread:
     """A worker on a thread of its own, started and stopped around a block."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engines: Sequence[Engine] = ENGINES) -> None:
         self.settings = settings
+        self.engines = engines
         self.worker: Worker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -68,7 +70,7 @@ class WorkerThread:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            self.worker = Worker(self.settings)
+            self.worker = Worker(self.settings, engines=self.engines)
             started = asyncio.create_task(self.worker.run(self._stop))
             await self.worker.started.wait()
             self._ready.set()
@@ -143,16 +145,17 @@ def free_port() -> int:
 class ServerProcess:
     """`headwater serve` as a real subprocess on a free port."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {})}
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.output = b""
 
     def start(self, timeout: float = 20) -> None:
-        cmd = [*HEADWATER, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        cmd = [*HEADWATER, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -183,6 +186,55 @@ class ServerProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class WorkerProcess:
+    """`headwater worker` as a real subprocess; its output goes to a file beside the data dir
+    (a pipe nobody reads would stall it once full)."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"worker-{id(self)}.log"
+
+    def start(self) -> WorkerProcess:
+        with self.log.open("wb") as out:
+            cmd = [*HEADWATER, "worker", "--data-dir", str(self.data_dir)]
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    @property
+    def owner(self) -> str:
+        assert self.proc is not None
+        return f"{socket.gethostname()}:{self.proc.pid}"
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def worker_factory() -> Iterator[type[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    class Tracked(WorkerProcess):
+        def start(self) -> WorkerProcess:
+            started.append(self)
+            return super().start()
+
+    yield Tracked
+    for worker in started:
+        worker.kill()
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ import msgspec
 
 from headwater.clock import Clock, system_now
 from headwater.events import Event
+from headwater.faults import crash_point
 from headwater.ids import dead_letter_id
 from headwater.processing.definitions import Definitions, Scope, ScopeDefinitions
 from headwater.processing.facts import plan_facts
@@ -162,6 +163,7 @@ class PartitionConsumer:
     async def _write(self, effects: Effects, expected: int, end: int, dead: Sequence[DeadLetter] = ()) -> bool:
         if effects.appended:
             await self.store.log.append(effects.appended)
+            crash_point("after-append")  # the award events are in the log, the batch's effects not yet
         batch = EffectBatch(
             effects, CheckpointMove(self.name, self.partition, expected, end), self.owner, self.lease, list(dead)
         )
