@@ -25,7 +25,7 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 from headwater.api.events import draft_from_line
 from headwater.auth import ROLES, Principal
@@ -36,7 +36,7 @@ from headwater.keys import create_key
 from headwater.pipeline import Pipeline
 from headwater.schemas import SchemaRegistry
 from headwater.storage import open_store
-from headwater.storage.base import Store
+from headwater.storage.base import IncompatibleStore, Store
 
 T = TypeVar("T")
 err = Console(stderr=True)
@@ -73,12 +73,19 @@ async def _opened(data_dir: Path) -> AsyncIterator[Store]:
         await store.close()
 
 
+async def _nothing(store: Store) -> None:
+    pass
+
+
 def _run_with_store(data_dir: Path, fn: Callable[[Store], Awaitable[T]]) -> T:
     async def main() -> T:
         async with _opened(data_dir) as store:
             return await fn(store)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except IncompatibleStore as exc:
+        raise Misconfigured([str(exc)]) from None
 
 
 # Options without an explicit variable read HEADWATER_<COMMAND>_<OPTION>, e.g.
@@ -188,6 +195,7 @@ def worker(processes: int, data_dir: Path, stop_with: int | None) -> None:
     """Run the consumers: triggers, facts, webhook delivery and the catalog."""
     from headwater.processes import Supervisor, run_worker
 
+    _run_with_store(data_dir, _nothing)  # opens (and upgrades) the store, or says in one line why not
     if processes == 1:
         run_worker(_settings(data_dir), stop_with)
         return
@@ -207,7 +215,8 @@ def status(as_json: bool, data_dir: Path) -> None:
     if as_json:
         click.echo(msgspec.json.encode(found).decode())
         return
-    table = Table("consumer", "partition", "checkpoint", "lag", "owner")
+    table = Table("consumer", Column("partition", justify="right"), Column("checkpoint", justify="right"),
+                  Column("lag", justify="right"), "owner")  # fmt: skip
     for c in found.consumers:
         partition = "all" if c.partition is None else str(c.partition)
         table.add_row(c.name, partition, f"{c.checkpoint:,}", f"{c.lag:,}", c.owner or "-")

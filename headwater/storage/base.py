@@ -24,6 +24,11 @@ class StoreError(Exception):
     """The store could not complete a write; nothing of that write is acknowledged."""
 
 
+class IncompatibleStore(StoreError):
+    """The stored data is not what this configuration can open (say, another partition count
+    than the one the data dir was created with): nothing was changed."""
+
+
 class Backpressure(StoreError):
     """The write queue is full; the caller should retry after `retry_after` seconds."""
 

@@ -20,6 +20,7 @@ from headwater.clock import from_us, to_us
 from headwater.events import Event, EventDraft, FieldError, Mode, QuarantinedEvent
 from headwater.ids import looks_like_event_id
 from headwater.partitions import DEFAULT_PARTITIONS, partition_of
+from headwater.storage.base import IncompatibleStore
 from headwater.storage.log import AppendOutcome, EventQuery, LogPage, QuarantineQuery, Refused, Scope
 from headwater.storage.sqlite.core import SqliteCore, Transaction, where
 
@@ -94,7 +95,7 @@ _draft = msgspec.json.Decoder(EventDraft)
 _encode = msgspec.json.encode
 
 
-class PartitionMismatch(ValueError):
+class PartitionMismatch(IncompatibleStore):
     """The store was created with another partition count than the one asked for."""
 
 
@@ -242,8 +243,8 @@ class LogTables(SqliteCore):
         recorded = int(row[0])
         if self._wanted_partitions is not None and self._wanted_partitions != recorded:
             raise PartitionMismatch(
-                f"this data dir was created with {recorded} partitions; the partition count cannot change"
-                f" (asked for {self._wanted_partitions})"
+                f"HEADWATER_PARTITIONS={self._wanted_partitions} does not match this data dir, created with"
+                f" {recorded} partitions: the count cannot change (leave it unset, or set it to {recorded})"
             )
         self._partitions = recorded
 

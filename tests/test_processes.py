@@ -1,0 +1,105 @@
+"""The processes: `headwater status`, `headwater worker --processes N`, `serve` with and without
+its worker, and the partition count a data dir is created with and keeps."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import HEADWATER, ServerProcess, run_cli
+
+
+def status(data_dir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    return dict(json.loads(run_cli("status", "--json", "--data-dir", str(data_dir), env=env).stdout))
+
+
+def wait_until(check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.1)
+    return found
+
+
+def test_status_of_a_new_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    assert status(data_dir) == {
+        "head": 0,
+        "consumers": [
+            *({"name": "facts", "partition": p, "checkpoint": 0, "lag": 0, "owner": None} for p in range(8)),
+            *({"name": "triggers", "partition": p, "checkpoint": 0, "lag": 0, "owner": None} for p in range(8)),
+            {"name": "catalog", "partition": None, "checkpoint": 0, "lag": 0, "owner": None},
+        ],
+        "workers": [],
+    }
+    table = run_cli("status", "--data-dir", str(data_dir), env={"COLUMNS": "120"}).stdout
+    assert table.splitlines()[0] == "log head: 0; workers: none"
+    assert "│ facts    │         0 │          0 │   0 │ -     │" in table
+    assert "│ catalog  │       all │          0 │   0 │ -     │" in table
+
+
+def test_serve_runs_a_worker_and_no_worker_runs_none(server_factory: type[ServerProcess], tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    key = run_cli("keys", "create", "--tenant", "t", "--role", "admin", "--data-dir", str(data_dir)).stdout.split()[-1]
+    headers = {"Authorization": f"Bearer {key}"}
+    alone = server_factory(data_dir, {"HEADWATER_SYNC_TIMEOUT": "1"}, args=("--no-worker",))
+    alone.start()
+    sent = httpx.post(alone.url + "/v1/events?wait=processed", json={"type": "a"}, headers=headers, timeout=10)
+    assert (sent.status_code, sent.json()["error"]) == (503, "events are stored, but processing did not finish in time")
+    backlog = status(data_dir)
+    assert backlog["head"] == 1 and backlog["workers"] == []
+    alone.stop()
+    served = server_factory(data_dir)
+    served.start()
+    assert served.proc is not None
+    worker = f"{socket.gethostname()}:"
+    found = wait_until(lambda: (s := status(data_dir))["workers"] and s, 20)
+    [owner] = found["workers"]
+    assert owner.startswith(worker) and owner != f"{worker}{served.proc.pid}"  # a process of its own
+    sent = httpx.post(served.url + "/v1/events?wait=processed", json={"type": "b"}, headers=headers, timeout=10)
+    assert sent.status_code == 200
+    assert all(c["owner"] == owner for c in status(data_dir)["consumers"])
+    served.stop()  # and its worker with it
+    wait_until(lambda: status(data_dir)["workers"] == [], 20)
+
+
+def test_worker_processes_split_the_partitions(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    run_cli("status", "--data-dir", str(data_dir))  # creates it
+    proc = subprocess.Popen([*HEADWATER, "worker", "--processes", "2", "--data-dir", str(data_dir)])
+    try:
+        found = wait_until(lambda: len((s := status(data_dir))["workers"]) == 2 and s, 30)
+        by_owner: dict[str, int] = {}
+        for c in found["consumers"]:
+            if c["name"] == "facts":
+                by_owner[c["owner"]] = by_owner.get(c["owner"], 0) + 1
+        assert sorted(by_owner.values()) == [4, 4]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert status(data_dir)["workers"] == []
+
+
+def test_a_data_dir_keeps_its_partition_count(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    four = status(data_dir, {"HEADWATER_PARTITIONS": "4"})
+    assert [c["partition"] for c in four["consumers"] if c["name"] == "facts"] == [0, 1, 2, 3]
+    assert len(status(data_dir)["consumers"]) == 9  # unset: the count it was created with
+    refused = run_cli("status", "--data-dir", str(data_dir), env={"HEADWATER_PARTITIONS": "8"}, check=False)
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == (
+        "headwater: HEADWATER_PARTITIONS=8 does not match this data dir, created with 4 partitions: the count"
+        " cannot change (leave it unset, or set it to 4)\n"
+    )
+    bad = run_cli("status", "--data-dir", str(data_dir), env={"HEADWATER_PARTITIONS": "0"}, check=False)
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "headwater: HEADWATER_PARTITIONS='0' is not valid: expected a whole number of partitions (from 1 to 256),"
+        " e.g. 8, or nothing\n",
+    )
