@@ -1,4 +1,4 @@
-"""Facts and gamification throughput: can the facts consumer keep up with batch ingest?
+"""Facts and gamification throughput: do worker processes keep up with batch ingest?
 
 Workload (defaults): 100,000 events over 10,000 participants and 30 days, 50 event types,
 200 challenges spread over those types (4 per fact type: count, daily sum, weekly distinct,
@@ -6,22 +6,21 @@ daily streak, rolling 7-day count, some with conditions, rewards of points and b
 1,000-event batches, on a real SQLite store (WAL, synchronous=FULL) in a temp dir. Every
 event lands on a type with challenges: 3.6 challenge steps per event on average.
 
-Three phases, each on a fresh store:
-1. ingest: `Store.append` of the batches, durable, 4 batches in flight (the core benchmark's
-   batch phase uses 4 connections), so the writer's group commit joins them as it does for
-   a server: the batch-ingest rate of the log itself, without HTTP (above the served rate);
-2. facts: the facts consumer (`FactsConsumer.run_once`, the server's code and settings)
-   over the same events already in the log: progress, completions and awards;
-3. the store's floor: the progress rows, distinct values and effects the consumer wrote in
-   phase 2, read and written again on a fresh SQLite file in 8,000-event batches (the
-   consumer's batch when behind) with the same settings, and no logic at all: one look-up
-   and one write per row, then the commit. No consumer over this layout can beat it, so it
-   says how much of phase 2 is the store and how much the Python around it;
-4. both at once, as a server runs them: ingest as fast as it goes while the consumer
-   follows; reports the ingest rate, the largest lag seen and the time to catch up.
+Phases, in one run, over the same log:
+1. ingest: `log.append` of the batches, durable, 4 batches in flight (the core benchmark's
+   batch phase uses 4 connections), so the writer's group commit joins them as it does for a
+   server: the batch-ingest rate of the log itself, without HTTP;
+2. facts, one worker process: the log of phase 1 (a copy, with no derived state) processed by
+   one process running the server's `Worker` with the facts consumer only, timed from its go
+   to every partition's checkpoint at its head (award events included);
+3. facts, two worker processes: the same, on another copy, with two processes sharing the
+   partitions by lease;
+4. both at once: ingest as fast as it goes into a fresh store while two worker processes
+   follow; the ingest rate, the largest lag seen and the time to catch up.
 
-The target (issue 5): facts processing keeps up with batch ingest, i.e. phase 2's rate is
-at least phase 1's, so that at full ingest the consumer's lag stays bounded.
+Targets (issue 11): two worker processes at least 1.6 times one, and at least the log's batch
+ingest rate of the same events. Also reported: worker CPU per progress step (issue 5: about
+15 µs in one process).
 
 Per-event cost is proportional to the challenges on the event's fact type: the `--challenges`
 figure spreads over `--types`, so doubling both keeps the per-event cost flat.
@@ -33,9 +32,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
+import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,15 +50,18 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from headwater.storage.sqlite_core import WRITER_CACHE_KIB
-
 from headwater.events import Event
 from headwater.ids import new_event_ids, new_prefixed_id
-from headwater.processing.facts import FactsConsumer
-from headwater.processing.gamification import ChallengeIn, GamificationLoader, compile_challenge
+from headwater.processing.gamification import ChallengeIn, compile_challenge
 from headwater.runtime import tune_gc
+from headwater.storage.base import Store
 from headwater.storage.registry import BadgeRecord, ChallengeRecord
-from headwater.storage.sqlite import SqliteStore
+from headwater.storage.sqlite import DERIVED_FILE, MAIN_FILE, open_sqlite_store
+
+BENCH_DIR = Path(__file__).resolve().parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+POLL = 0.02
+PARTITIONS = 8
 
 TENANT = "bench"
 BATCH = 1000
@@ -110,8 +115,8 @@ def events(count: int, participants: int, types: int, rng: random.Random) -> lis
     return batches
 
 
-async def open_store(directory: Path, definitions: list[dict[str, Any]]) -> SqliteStore:
-    store = SqliteStore(directory / "headwater.db")
+async def open_store(directory: Path, definitions: list[dict[str, Any]]) -> Store:
+    store = open_sqlite_store(directory)
     await store.start()
     now = datetime.now(UTC)
     for i in range(20):
@@ -125,7 +130,7 @@ async def open_store(directory: Path, definitions: list[dict[str, Any]]) -> Sqli
     return store
 
 
-async def ingest(store: SqliteStore, batches: list[list[Event]], in_flight: int = IN_FLIGHT) -> float:
+async def ingest(store: Store, batches: list[list[Event]], in_flight: int = IN_FLIGHT) -> float:
     queue = iter(batches)
 
     async def client() -> None:
@@ -137,14 +142,98 @@ async def ingest(store: SqliteStore, batches: list[list[Event]], in_flight: int 
     return time.perf_counter() - started
 
 
-async def drain(consumer: FactsConsumer) -> None:
-    while await consumer.run_once():
-        pass
+def behind(directory: Path) -> int:
+    """Events of every partition past the facts consumer's checkpoint there."""
+    try:
+        derived = sqlite3.connect(f"file:{directory / DERIVED_FILE}?mode=ro", uri=True)
+        try:
+            done = dict(derived.execute("SELECT partition, seq FROM checkpoints WHERE consumer = 'facts'").fetchall())
+        finally:
+            derived.close()
+    except sqlite3.OperationalError:  # not made yet
+        done = {}
+    main = sqlite3.connect(f"file:{directory / MAIN_FILE}?mode=ro", uri=True)
+    try:
+        sql = "SELECT count(*) FROM events WHERE partition = ? AND seq > ?"
+        return sum(main.execute(sql, (p, done.get(p, 0))).fetchone()[0] for p in range(PARTITIONS))
+    finally:
+        main.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@contextlib.contextmanager
+def workers(directory: Path, count: int) -> Any:
+    """`count` facts worker processes on `directory`, ready (imported) but not started."""
+    go = directory / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(BENCH_DIR / "facts_worker.py"), str(directory), str(go)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield procs, go
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+
+
+def logged(directory: Path) -> int:
+    main = sqlite3.connect(f"file:{directory / MAIN_FILE}?mode=ro", uri=True)
+    try:
+        return int(main.execute("SELECT count(*) FROM events").fetchone()[0])
+    finally:
+        main.close()
+
+
+def split(directory: Path, count: int) -> bool:
+    """Whether `count` workers hold the partitions between them, each its share."""
+    try:
+        derived = sqlite3.connect(f"file:{directory / DERIVED_FILE}?mode=ro", uri=True)
+        try:
+            owners = [r[0] for r in derived.execute("SELECT owner FROM leases WHERE name LIKE 'partition:%'")]
+        finally:
+            derived.close()
+    except sqlite3.OperationalError:
+        return False
+    held = {o: owners.count(o) for o in owners}
+    return len(held) == count and sum(held.values()) == PARTITIONS and max(held.values()) - min(held.values()) <= 1
+
+
+def process(directory: Path, count: int) -> tuple[float, float, int]:
+    """Run `count` worker processes over the log in `directory` until nothing is behind, timed
+    from the moment they have split the partitions (a worker that starts first holds them all
+    for the second or so until it sees the other): (seconds, worker CPU seconds, events
+    processed in that time)."""
+    with workers(directory, count) as (procs, go):
+        go.touch()
+        while not split(directory, count):
+            time.sleep(0.005)
+        started = time.perf_counter()
+        cpu_before = sum(cpu_seconds(p.pid) for p in procs)
+        backlog, before = behind(directory), logged(directory)
+        while behind(directory):
+            time.sleep(POLL)
+        elapsed = time.perf_counter() - started
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu_before
+        processed = backlog + logged(directory) - before  # award events appended meanwhile count too
+    return elapsed, cpu, processed
 
 
 @dataclass
 class Counts:
-    effects: int
+    facts: int
+    steps: int
     progress: int
     completions: int
     badges: int
@@ -152,82 +241,35 @@ class Counts:
     award_events: int
 
 
-async def counts(store: SqliteStore) -> Counts:
-    def run(conn: sqlite3.Connection) -> Counts:
-        def one(sql: str) -> int:
+def counts(directory: Path) -> Counts:
+    derived = sqlite3.connect(directory / DERIVED_FILE)
+    main = sqlite3.connect(directory / MAIN_FILE)
+    try:
+
+        def one(conn: sqlite3.Connection, sql: str) -> int:
             return int(conn.execute(sql).fetchone()[0])
 
+        # Each fact's effects list the progress changes it made: the steps applied.
+        steps = sum(len(msgspec.json.decode(row[0])[0]) for row in derived.execute("SELECT effects FROM fact_effects"))
         return Counts(
-            one("SELECT count(*) FROM fact_effects"),
-            one("SELECT count(*) FROM challenge_progress"),
-            one("SELECT count(*) FROM challenge_completions"),
-            one("SELECT count(*) FROM badge_awards"),
-            one("SELECT count(*) FROM points_ledger"),
-            one("SELECT count(*) FROM events WHERE source = 'headwater'"),
+            one(derived, "SELECT count(*) FROM fact_effects"),
+            steps,
+            one(derived, "SELECT count(*) FROM challenge_progress"),
+            one(derived, "SELECT count(*) FROM challenge_completions"),
+            one(derived, "SELECT count(*) FROM badge_awards"),
+            one(derived, "SELECT count(*) FROM points_ledger"),
+            one(main, "SELECT count(*) FROM events WHERE source = 'headwater'"),
         )
-
-    result: Counts = await store.read(run)
-    return result
-
-
-FLOOR_BATCH = 8_000  # events per write: the consumer's batch when behind the log
+    finally:
+        derived.close()
+        main.close()
 
 
-def store_floor(source: Path, directory: Path) -> float:
-    """Seconds to read and write, batch by batch, the rows the facts consumer wrote into the
-    store at `source`, with no logic: the floor under any consumer over this layout."""
-    src = sqlite3.connect(source)
-    tables = ("challenge_progress", "challenge_values", "fact_effects")
-    marks = ",".join("?" * len(tables))
-    ddl = [r[0] for r in src.execute(f"SELECT sql FROM sqlite_master WHERE name IN ({marks})", tables)]
-    progress = src.execute("SELECT * FROM challenge_progress ORDER BY seq").fetchall()
-    values = src.execute("SELECT * FROM challenge_values").fetchall()
-    effects = src.execute("SELECT * FROM fact_effects").fetchall()
-    src.close()
-    last = progress[-1][5] if progress else 0
-    batches = max(1, -(-last // FLOOR_BATCH))
-
-    def share(rows: list[Any], k: int) -> list[Any]:
-        return rows[len(rows) * k // batches : len(rows) * (k + 1) // batches]
-
-    conn = sqlite3.connect(directory / "floor.db", isolation_level=None)
-    for pragma in ("journal_mode = WAL", "synchronous = FULL", f"cache_size = -{WRITER_CACHE_KIB}"):
-        conn.execute(f"PRAGMA {pragma}")
-    for statement in ddl:
-        conn.execute(statement)
-
-    def look_up(table: str, keys: list[tuple[Any, ...]]) -> None:
-        for i in range(0, len(keys), 2000):
-            chunk = keys[i : i + 2000]
-            wanted = ",".join(["(?,?,?)"] * len(chunk))
-            conn.execute(
-                f"WITH w(c, p, b) AS (VALUES {wanted}) SELECT t.* FROM w JOIN {table} t"
-                " ON t.challenge = w.c AND t.participant_id = w.p AND t.bucket = w.b",
-                [x for key in chunk for x in key],
-            ).fetchall()
-
-    started = time.perf_counter()
-    low = 0
-    for k in range(batches):
-        rows = []
-        while low < len(progress) and progress[low][5] <= (k + 1) * FLOOR_BATCH:
-            rows.append(progress[low])
-            low += 1
-        new_values, new_effects = share(values, k), share(effects, k)
-        conn.execute("BEGIN IMMEDIATE")
-        look_up("challenge_progress", [r[:3] for r in rows])
-        look_up("challenge_values", [r[:3] for r in new_values])
-        conn.executemany(
-            "INSERT INTO challenge_progress VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
-            " value = excluded.value, reached_at = excluded.reached_at, seq = excluded.seq",
-            rows,
-        )
-        conn.executemany("INSERT OR IGNORE INTO challenge_values VALUES (?, ?, ?, ?, ?)", new_values)
-        conn.executemany("INSERT OR REPLACE INTO fact_effects VALUES (?, ?)", new_effects)
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - started
-    conn.close()
-    return elapsed
+def copy_log(source: Path, target: Path) -> Path:
+    """The log (and the registry) of `source` with no derived state: a fresh start for workers."""
+    target.mkdir()
+    shutil.copy(source / MAIN_FILE, target / MAIN_FILE)
+    return target
 
 
 async def main() -> None:
@@ -250,78 +292,60 @@ async def main() -> None:
     )
 
     with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
         # 1. Ingest alone.
-        store = await open_store(Path(tmp) / "ingest", definitions)
+        store = await open_store(root / "ingest", definitions)
         ingest_s = await ingest(store, batches)
+        await store.close()
         ingest_rate = total / ingest_s
-        print(f"ingest  (Store.append, durable):        {ingest_rate:>10,.0f} events/s  ({ingest_s:.2f} s)")
+        print(f"ingest   (log.append, durable):           {ingest_rate:>10,.0f} events/s  ({ingest_s:.2f} s)")
 
-        # 2. The facts consumer over the log just written.
-        consumer = FactsConsumer(store, GamificationLoader(store))
-        started = time.perf_counter()
-        await drain(consumer)
-        facts_s = time.perf_counter() - started
-        made = await counts(store)
-        # Award events are in the log too and were processed in the same run.
-        applied = total + made.award_events
-        facts_rate = applied / facts_s
-        verdict = "PASS" if facts_rate >= ingest_rate else "MISS"
-        print(f"facts   (progress + awards):            {facts_rate:>10,.0f} events/s  ({facts_s:.2f} s)")
+        # 2 and 3. The facts consumer in one worker process, then in two, over copies of that log.
+        rates: dict[int, float] = {}
+        for count in (1, 2):
+            directory = copy_log(root / "ingest", root / f"workers-{count}")
+            elapsed, cpu, processed = process(directory, count)
+            made = counts(directory)
+            rates[count] = processed / elapsed
+            print(
+                f"facts    ({count} worker process{'es' if count > 1 else ''}):"
+                f"{'':>{17 - 2 * (count > 1)}}{rates[count]:>10,.0f} events/s  ({processed:,} events in {elapsed:.2f} s;"
+                f" worker CPU {cpu:.2f} s = {cpu / elapsed:.0%} of a core,"
+                f" {cpu / max(made.steps * processed / (total + made.award_events), 1) * 1e6:.1f} µs per progress step)"
+            )
         print(
-            f"        {made.effects:,} facts counted for challenges, {made.progress:,} progress rows,"
-            f" {made.completions:,} completions, {made.badges:,} badges, {made.points:,} ledger entries,"
-            f" {made.award_events:,} award events"
+            f"         {made.facts:,} facts counted, {made.steps:,} progress steps ({made.steps / total:.1f} per event),"
+            f" {made.progress:,} progress rows, {made.completions:,} completions, {made.badges:,} badges,"
+            f" {made.points:,} ledger entries, {made.award_events:,} award events"
         )
+        scaling = rates[2] / rates[1]
+        print(f"         two processes / one: {scaling:.2f}x (target >= 1.6x: {'PASS' if scaling >= 1.6 else 'MISS'})")
+        keeps_up = rates[2] / ingest_rate
         print(
-            f"        {facts_s / applied * 1e6:.1f} µs per event; facts/ingest = {facts_rate / ingest_rate:.0%}"
-            f" (target >= 100%: {verdict})"
-        )
-        await store.close()
-
-        # 3. The store's floor under phase 2: its rows read and written again, with no logic.
-        floor_s = store_floor(Path(tmp) / "ingest" / "headwater.db", Path(tmp))
-        floor_rate = applied / floor_s
-        print(
-            f"floor   (the same rows, no logic):      {floor_rate:>10,.0f} events/s  ({floor_s:.2f} s;"
-            f" {floor_s / applied * 1e6:.1f} µs per event, {floor_rate / ingest_rate:.0%} of ingest;"
-            f" {floor_s / facts_s:.0%} of the consumer's time)"
+            f"         two processes / ingest: {keeps_up:.0%} (target >= 100%: {'PASS' if keeps_up >= 1 else 'MISS'})"
         )
 
-        # 4. Both at once, as a server runs them.
-        store = await open_store(Path(tmp) / "both", definitions)
-        consumer = FactsConsumer(store, GamificationLoader(store))
+        # 4. Both at once: ingest into a fresh store while two worker processes follow.
+        directory = root / "both"
+        store = await open_store(directory, definitions)
         lags: list[int] = []
-        done = asyncio.Event()
-
-        async def follow() -> None:
-            while True:
-                if not await consumer.run_once():
-                    if done.is_set():
-                        return
-                    await asyncio.sleep(0.01)  # caught up: poll, as the server's consumer does
-
-        async def watch() -> None:
-            while not done.is_set():
-                head = await store.read(lambda c: c.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
-                lags.append(head - (consumer.position or 0))
-                await asyncio.sleep(0.05)
-
-        follower = asyncio.create_task(follow())
-        watcher = asyncio.create_task(watch())
-        started = time.perf_counter()
-        await ingest(store, batches)
-        ingest_both_s = time.perf_counter() - started
-        done.set()
-        await watcher
-        await follower
-        await drain(consumer)
-        both_s = time.perf_counter() - started
-        print(
-            f"both    ingest {total / ingest_both_s:,.0f} events/s while the consumer follows"
-            f" ({total / ingest_both_s / ingest_rate:.0%} of ingest alone); largest lag {max(lags, default=0):,}"
-            f" events; all processed {both_s - ingest_both_s:.2f} s after the last batch"
-        )
+        with workers(directory, 2) as (_, go):
+            go.touch()
+            started = time.perf_counter()
+            ingesting = asyncio.create_task(ingest(store, batches))
+            while not ingesting.done():
+                lags.append(await asyncio.to_thread(behind, directory))
+                await asyncio.sleep(0.1)
+            ingest_both_s = await ingesting
+            while await asyncio.to_thread(behind, directory):
+                await asyncio.sleep(POLL)
+            caught_up = time.perf_counter() - started - ingest_both_s
         await store.close()
+        print(
+            f"both     ingest {total / ingest_both_s:,.0f} events/s while two workers follow"
+            f" ({total / ingest_both_s / ingest_rate:.0%} of ingest alone); largest lag {max(lags, default=0):,}"
+            f" events; all processed {caught_up:.2f} s after the last batch"
+        )
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (other work on the machine lowers every figure)")
 
 

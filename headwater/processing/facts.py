@@ -47,6 +47,7 @@ from headwater.processing.gamification import (
     local_day,
     plain,
 )
+from headwater.processing.pacing import pace
 from headwater.storage.derived import StateReads
 from headwater.storage.effects import Effects
 from headwater.storage.records import Completion, DistinctValue, Fact, ProgressRange, ProgressValue
@@ -552,11 +553,12 @@ class _FactRun:
                 self.effects.awards.append(Award("points.awarded", points=points, reason=reason))
 
 
-def _runs(events: Sequence[Event], scopes: dict[Scope, ScopeDefinitions]) -> list[_FactRun]:
+async def _runs(events: Sequence[Event], scopes: dict[Scope, ScopeDefinitions]) -> list[_FactRun]:
     """The challenge steps each event's fact would take: everything that needs no state.
     Facts with no step need no write at all: they are read from the log."""
     runs: list[_FactRun] = []
-    for event in events:
+    for i, event in enumerate(events):
+        await pace(i)
         participant = event.subject
         if participant is None:
             continue
@@ -575,12 +577,13 @@ def _runs(events: Sequence[Event], scopes: dict[Scope, ScopeDefinitions]) -> lis
     return runs
 
 
-def _apply_progress(runs: list[_FactRun], progress: _Progress, effects: Effects) -> list[_FactRun]:
+async def _apply_progress(runs: list[_FactRun], progress: _Progress, effects: Effects) -> list[_FactRun]:
     """The progress pass; the runs that crossed a target."""
     progress.reset()
     crossed = []
     encoded: list[tuple[str, bytes]] = []
-    for run in runs:
+    for i, run in enumerate(runs):
+        await pace(i)
         raw = run.apply(progress)
         if raw is not None:
             encoded.append((fact_id_for(run.event.id), raw))
@@ -622,23 +625,21 @@ async def plan_facts(
     """The effects of each event's fact on its tenant's challenges, in log order. Award events
     are stamped `now`, or (a replay, which must not read the clock) each with its cause's
     receive time. `retry`: the events are dead letters applied again, never counted before."""
-    effects = Effects()
-    runs = _runs(events, scopes)
+    runs = await _runs(events, scopes)
     if not runs:
-        return effects
+        return Effects()
     progress = _Progress(retry)
     for run in runs:
         run.plan(progress)
     await progress.read(state)
     while True:
-        attempt = Effects()
+        effects = Effects()
         try:
-            crossed = _apply_progress(runs, progress, attempt)
+            crossed = await _apply_progress(runs, progress, effects)
             break
         except ReadMore as more:
             await progress.read_more(state, more.range)
-    progress.flush(attempt)
+    progress.flush(effects)
     if crossed:
-        await _complete(state, crossed, attempt, now)
-    effects.merge(attempt)
+        await _complete(state, crossed, effects, now)
     return effects

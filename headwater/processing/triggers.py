@@ -31,6 +31,7 @@ from headwater.parsing import is_number
 from headwater.processing.awards import Awards, dispatch_award
 from headwater.processing.conditions import EventView
 from headwater.processing.definitions import Scope, ScopeDefinitions
+from headwater.processing.pacing import pace
 from headwater.processing.rules import CompiledTrigger
 from headwater.storage.derived import StateReads
 from headwater.storage.effects import Effects, NewDelivery, NewEnrollment, ProfileWrite, WindowPoint
@@ -108,9 +109,10 @@ class _Batch:
         self.awards = Awards(set(), effects)
 
 
-def _match(events: Sequence[Event], scopes: dict[Scope, ScopeDefinitions]) -> list[_Match]:
+async def _match(events: Sequence[Event], scopes: dict[Scope, ScopeDefinitions]) -> list[_Match]:
     matches = []
-    for event in events:
+    for i, event in enumerate(events):
+        await pace(i)
         scope = scopes.get((event.tenant, event.mode))
         if scope is None or not scope.routes:
             continue
@@ -333,12 +335,13 @@ async def plan_triggers(
     Actions are stamped `now`, or (a replay, which must not read the clock) each with its
     event's receive time."""
     effects = Effects()
-    matches = _match(events, scopes)
+    matches = await _match(events, scopes)
     if not matches:
         return effects
     batch = _Batch(effects)
     await _read(state, matches, batch)
-    for m in matches:
+    for i, m in enumerate(matches):
+        await pace(i)
         at = now or m.event.received_at
         _fire(batch, m, at)
         topic = f"event.{m.event.type}"

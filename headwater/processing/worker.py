@@ -1,9 +1,10 @@
 """The worker: a process that runs the consumers, sharing the partitions with other workers.
 
-Each worker holds leases on partitions and renews them every third of the lease time.
-Every worker takes its share (the partitions divided by the workers alive, rounded up) of
-the free ones, and hands back what it holds beyond its share, so that a worker that joins
-gets partitions and a worker that dies (its leases expire) leaves its partitions to the
+Each worker says every half second that it is alive, holds leases on partitions and renews
+them every third of the lease time. Every worker takes its share (the partitions divided by
+the workers alive, rounded up) of the free ones, and hands back what it holds beyond its
+share as soon as it sees another worker, so that a worker that joins gets partitions within
+a second or so, and a worker that dies (its leases expire) leaves its partitions to the
 others. For each partition it holds, it runs the facts consumer, then the trigger consumer,
 in a loop that waits for the log to grow when both have caught up. One worker at a time
 also holds the catalog's lease and runs the catalog consumer, and every worker sends due
@@ -22,6 +23,7 @@ import logging
 import math
 import os
 import socket
+import time
 import zlib
 from collections.abc import Sequence
 from datetime import timedelta
@@ -37,6 +39,7 @@ from headwater.storage.base import Store, StoreError
 
 logger = logging.getLogger("headwater.worker")
 CATALOG_LEASE = "catalog"
+TICK_SECONDS = 0.5
 RETRY_INTERVAL = 0.25  # seconds between looks for dead letters to apply again
 HEAD_TIMEOUT = 0.5
 BACKOFF_SECONDS = 0.5
@@ -63,6 +66,7 @@ class Worker:
         clock: Clock = system_now,
         engines: Sequence[Engine] = ENGINES,
         deliveries: bool | None = None,
+        catalog: bool = True,
     ) -> None:
         self.settings = settings
         self._own_store = store is None
@@ -72,11 +76,17 @@ class Worker:
         self.engines = tuple(engines)
         self.lease_seconds = settings.lease_seconds
         self.deliveries = settings.webhook_worker if deliveries is None else deliveries
+        self.catalog = catalog
         self.definitions = Definitions(self.store.registry)
         self.head = 0
         self._grown = asyncio.Event()  # set, and replaced, each time the head moves
         self._runners: dict[int, asyncio.Task[None]] = {}
         self._catalog: asyncio.Task[None] | None = None
+        self._alive = 0  # workers alive at the last look
+        self._renewed_at = -math.inf
+        # How often a worker says it is alive: often enough that a worker that joins gets its
+        # share within a second; leases are renewed every third of their time.
+        self.tick_seconds = min(TICK_SECONDS, self.lease_seconds / 3)
         self.started = asyncio.Event()  # set once the first leases are taken
 
     @property
@@ -98,11 +108,10 @@ class Worker:
             stop = stop or asyncio.Event()
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.lease_seconds / 3):
+                    async with asyncio.timeout(self.tick_seconds):
                         await stop.wait()
-                if stop.is_set():
-                    break
-                await self._balance()
+                if not stop.is_set():
+                    await self._tick()
         finally:
             await self._stop_all()
             for task in background:
@@ -117,14 +126,32 @@ class Worker:
 
     # Leases
 
-    async def _balance(self) -> None:
+    async def _tick(self) -> None:
+        """Say this worker is alive; look at the leases when the workers alive changed, when
+        this one holds less than its share, or when its leases are due for renewal."""
+        try:
+            now = self.clock()
+            alive = await self.store.derived.heartbeat(self.owner, now, now + timedelta(seconds=self.lease_seconds))
+        except StoreError:
+            logger.exception("worker %s could not say it is alive; retrying", self.owner)
+            return
+        due = time.monotonic() - self._renewed_at >= self.lease_seconds / 3
+        if due or len(alive) != self._alive or len(self._runners) < self._share(len(alive)):
+            await self._balance(alive)
+
+    def _share(self, alive: int) -> int:
+        return math.ceil(self.store.log.partitions / max(1, alive))
+
+    async def _balance(self, alive: list[str] | None = None) -> None:
         """Renew what this worker holds, take its share of what is free, hand back the rest."""
         try:
             now = self.clock()
             until = now + timedelta(seconds=self.lease_seconds)
-            alive = await self.store.derived.heartbeat(self.owner, now, until)
+            if alive is None:
+                alive = await self.store.derived.heartbeat(self.owner, now, until)
+            self._alive = len(alive)
             count = self.store.log.partitions
-            share = math.ceil(count / max(1, len(alive)))
+            share = self._share(len(alive))
             held = set(self._runners)
             # Each worker looks at the partitions in its own order, so that workers starting
             # together mostly ask for different ones.
@@ -134,16 +161,14 @@ class Worker:
                 [p for p in order if p not in held] if len(held) < share else []
             )
             taken = await self.store.derived.take_leases(self.owner, [partition_lease(p) for p in wanted], now, until)
+            self._renewed_at = time.monotonic()
             got = [p for p in wanted if partition_lease(p) in set(taken)]
             keep, extra = got[:share], got[share:]
-            for p in set(held) - set(keep):
-                await self._stop(p)
-            if extra:
-                await self.store.derived.release_leases(self.owner, [partition_lease(p) for p in extra])
+            await self._stop(sorted(set(held) - set(keep)), extra)
             for p in keep:
                 if p not in self._runners:
                     self._runners[p] = asyncio.create_task(self._run_partition(p), name=f"headwater-partition-{p}")
-            catalog = await self.store.derived.take_leases(self.owner, [CATALOG_LEASE], now, until)
+            catalog = self.catalog and await self.store.derived.take_leases(self.owner, [CATALOG_LEASE], now, until)
             if catalog and self._catalog is None:
                 self._catalog = asyncio.create_task(self._run_catalog(), name="headwater-catalog")
             elif not catalog and self._catalog is not None:
@@ -154,13 +179,16 @@ class Worker:
         except StoreError:
             logger.exception("worker %s could not renew its leases; retrying", self.owner)
 
-    async def _stop(self, partition: int) -> None:
-        task = self._runners.pop(partition)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        with contextlib.suppress(StoreError):
-            await self.store.derived.release_leases(self.owner, [partition_lease(partition)])
+    async def _stop(self, running: list[int], extra: Sequence[int] = ()) -> None:
+        """Stop the runners of `running` (at once: a runner stops at its next await, and its
+        half-done batch is simply not written) and hand back their leases and `extra`'s."""
+        tasks = [self._runners.pop(p) for p in running]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if running or extra:
+            with contextlib.suppress(StoreError):
+                await self.store.derived.release_leases(self.owner, [partition_lease(p) for p in [*running, *extra]])
 
     async def _stop_all(self) -> None:
         tasks = [*self._runners.values(), *([self._catalog] if self._catalog else [])]

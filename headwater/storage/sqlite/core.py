@@ -20,6 +20,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from headwater.storage.base import Backpressure, StoreError
 
 T = TypeVar("T")
 WRITER_CACHE_KIB = 64 * 1024
+CONTENDED_PAUSE = 0.001
 
 
 def where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
@@ -130,11 +132,13 @@ class SqliteCore:
         reader_threads: int = 4,
         busy_timeout_ms: int = 10_000,
         synchronous: str = "FULL",
+        max_group: int | None = None,
     ) -> None:
         self.path = path
         self.queue_max_events = queue_max_events
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
+        self.max_group = max_group
         self._lock_fd: int | None = None
         self._jobs: deque[_Job] = deque()
         self._pending_size = 0
@@ -162,11 +166,21 @@ class SqliteCore:
         """The cross-process writer lock (see the module's docstring), as this store's writer
         holds it."""
         assert self._lock_fd is not None, "the store is not started"
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            contended = False
+        except BlockingIOError:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            contended = True
         try:
             yield
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            if contended:
+                # The kernel does not queue flock's waiters: a writer with its next transaction
+                # ready would take the lock straight back, and another process's writer could
+                # wait for a long while. Having waited itself, this one steps aside a moment.
+                time.sleep(CONTENDED_PAUSE)
 
     @contextlib.contextmanager
     def other_writer(self) -> Iterator[None]:
@@ -225,8 +239,10 @@ class SqliteCore:
 
     # The writer
 
-    async def write(self, fn: Callable[[Transaction], T], size: int = 1) -> T:
-        """Run `fn` inside the next group transaction; return once it is committed."""
+    async def write(self, fn: Callable[[Transaction], T], size: int = 1, first: bool = False) -> T:
+        """Run `fn` inside the next group transaction; return once it is committed. `first`
+        puts a small job ahead of those waiting (a worker's lease renewal must not wait behind
+        the batches of every partition)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         job = _Job(fn, size, loop, future)
@@ -237,7 +253,10 @@ class SqliteCore:
             # single large batch can never be refused forever.
             if self._jobs and self._pending_size + size > self.queue_max_events:
                 raise Backpressure(retry_after=1)
-            self._jobs.append(job)
+            if first:
+                self._jobs.appendleft(job)
+            else:
+                self._jobs.append(job)
             self._pending_size += size
             self._cond.notify()
         return await future
@@ -251,9 +270,7 @@ class SqliteCore:
                     self._cond.wait()
                 if not self._jobs and self._stopping:
                     return
-                jobs = list(self._jobs)
-                self._jobs.clear()
-                self._pending_size = 0
+                jobs = self._next_group()
             self._run_group(conn, jobs)
             by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
             for job in jobs:
@@ -261,6 +278,23 @@ class SqliteCore:
             for loop, loop_jobs in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that loop closed: nobody is waiting
                     loop.call_soon_threadsafe(_settle, loop_jobs)
+
+    def _next_group(self) -> list[_Job]:
+        """The jobs of the next transaction: all that wait, or up to `max_group` of their size
+        (always at least one), so that one transaction never holds the write lock for long."""
+        if self.max_group is None:
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            self._pending_size = 0
+            return jobs
+        jobs, size = [self._jobs.popleft()], 0
+        size = jobs[0].size
+        while self._jobs and size + self._jobs[0].size <= self.max_group:
+            job = self._jobs.popleft()
+            jobs.append(job)
+            size += job.size
+        self._pending_size -= size
+        return jobs
 
     @staticmethod
     def _run_isolated(conn: sqlite3.Connection, tx: Transaction, job: _Job) -> None:

@@ -31,6 +31,7 @@ DEAD_LETTER_COLUMNS = (
 # a few milliseconds), then every 10 ms.
 WAIT_STEPS = (0.001, 0.002, 0.003, 0.005, 0.008)
 WAIT_STEADY = 0.01
+GROUP_ROWS = 20_000
 
 
 def _row_to_dead_letter(row: tuple[Any, ...]) -> DeadLetter:
@@ -94,6 +95,10 @@ class SqliteDerived(ReadModels, StateReadsOn):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # A consumer's effects need no fsync of their own (see `derived_schema`).
         kwargs.setdefault("synchronous", "NORMAL")
+        # Batches of several partitions share a commit, but no transaction grows past this many
+        # rows (about a tenth of a second): other workers, and this one's lease renewals, wait
+        # for the write lock meanwhile.
+        kwargs.setdefault("max_group", GROUP_ROWS)
         super().__init__(*args, **kwargs)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -130,7 +135,7 @@ class SqliteDerived(ReadModels, StateReadsOn):
             tx.conn.execute("DELETE FROM workers WHERE expires_at <= ?", (to_us(now),))
             return [row[0] for row in tx.conn.execute("SELECT owner FROM workers ORDER BY owner")]
 
-        return await self.write(run)
+        return await self.write(run, first=True)
 
     async def take_leases(self, owner: str, names: Sequence[str], now: datetime, until: datetime) -> list[str]:
         wanted = list(names)
@@ -146,7 +151,7 @@ class SqliteDerived(ReadModels, StateReadsOn):
             sql = f"SELECT name FROM leases WHERE owner = ? AND name IN ({marks}) ORDER BY name"
             return [row[0] for row in tx.conn.execute(sql, (owner, *wanted))]
 
-        return await self.write(run) if wanted else []
+        return await self.write(run, first=True) if wanted else []
 
     async def release_leases(self, owner: str, names: Sequence[str]) -> None:
         wanted = list(names)
@@ -155,7 +160,7 @@ class SqliteDerived(ReadModels, StateReadsOn):
             tx.conn.executemany("DELETE FROM leases WHERE owner = ? AND name = ?", [(owner, n) for n in wanted])
 
         if wanted:
-            await self.write(run)
+            await self.write(run, first=True)
 
     async def leave(self, owner: str) -> None:
         """A worker that stops: its leases are free at once and it no longer counts as alive."""
