@@ -307,14 +307,16 @@ async def main() -> None:
             elapsed, cpu, processed = process(directory, count)
             made = counts(directory)
             rates[count] = processed / elapsed
+            label = f"facts    ({count} worker process{'es' if count > 1 else ''}):"
+            steps = max(made.steps * processed / (total + made.award_events), 1)
             print(
-                f"facts    ({count} worker process{'es' if count > 1 else ''}):"
-                f"{'':>{17 - 2 * (count > 1)}}{rates[count]:>10,.0f} events/s  ({processed:,} events in {elapsed:.2f} s;"
+                f"{label:<43}{rates[count]:>10,.0f} events/s  ({processed:,} events in {elapsed:.2f} s;"
                 f" worker CPU {cpu:.2f} s = {cpu / elapsed:.0%} of a core,"
-                f" {cpu / max(made.steps * processed / (total + made.award_events), 1) * 1e6:.1f} µs per progress step)"
+                f" {cpu / steps * 1e6:.1f} µs per progress step)"
             )
         print(
-            f"         {made.facts:,} facts counted, {made.steps:,} progress steps ({made.steps / total:.1f} per event),"
+            f"         {made.facts:,} facts counted, {made.steps:,} progress steps"
+            f" ({made.steps / total:.1f} per event),"
             f" {made.progress:,} progress rows, {made.completions:,} completions, {made.badges:,} badges,"
             f" {made.points:,} ledger entries, {made.award_events:,} award events"
         )

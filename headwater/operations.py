@@ -81,9 +81,9 @@ EVENT_CURSOR = Param(
     Annotated[str, msgspec.Meta(pattern=f"^({events.CURSOR_PATTERN.strip('^$')})?$")],
     description="`next_cursor` of the previous page (empty: the first page).",
 )
-NUMERIC_CURSOR = Param(
+POSITION_CURSOR = Param(
     "cursor",
-    Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,18}$")],
+    Annotated[str, msgspec.Meta(pattern=r"^-?[0-9]{1,19}_[0-9]{1,19}_[0-9]{1,19}$")],
     description="`next_cursor` of the previous page.",
 )
 
@@ -504,7 +504,7 @@ ACTION_PARAMS = (
     Param("subject", description="Only actions for this subject."),
     Param("event", description="Only actions fired by this event id."),
     LIMIT,
-    NUMERIC_CURSOR,
+    POSITION_CURSOR,
 )
 _SEGMENT_REFS = {t: _ref(t.__name__) for t in SEGMENT_TYPES.values()}
 
@@ -710,7 +710,7 @@ def _ops() -> dict[Key, Doc]:
             "Delivery attempts to an endpoint",
             WEBHOOKS,
             {200: webhooks.AttemptPage},
-            params=(LIMIT, NUMERIC_CURSOR),
+            params=(LIMIT, POSITION_CURSOR),
             errors=(400, 404, *READ),
         ),
         ("GET", "/v1/deliveries"): Doc(
@@ -721,7 +721,7 @@ def _ops() -> dict[Key, Doc]:
                 Param("status", Literal["pending", "delivered", "failed"]),
                 Param("endpoint_id", description="Only this endpoint's deliveries."),
                 LIMIT,
-                NUMERIC_CURSOR,
+                POSITION_CURSOR,
             ),
             errors=(400, *READ),
         ),
@@ -737,7 +737,7 @@ def _ops() -> dict[Key, Doc]:
             {200: dead_letters.DeadLetterPage},
             description="Events a consumer could not apply after a few attempts, newest first: skipped, so"
             " that the events behind them went on.",
-            params=(LIMIT, NUMERIC_CURSOR),
+            params=(LIMIT, POSITION_CURSOR),
             errors=(400, *READ),
         ),
         ("GET", "/v1/dead-letters/{dead_letter_id}"): Doc(

@@ -9,8 +9,9 @@ already sent is sent again.
 How:
 1. The backend makes fresh, empty derived state beside the live one (`DerivedState.rebuild`;
    one rebuild per store at a time).
-2. The whole log is applied in order, page by page, with the engines the workers use (facts
-   first, then triggers, on the fresh state): the same code, on fresh state. Award events the
+2. The whole log is applied in order, page by page and, within a page, partition by
+   partition, with the engines the workers use (facts first, then triggers): the same code,
+   on fresh state. Award events the
    rebuild makes are appended to the log after each page; their idempotency keys make the ones
    already there no-ops, and the rebuild reaches the new ones like any other event. Webhook
    messages the rebuild would enqueue are dropped (see 3).
@@ -79,11 +80,15 @@ class Replay:
         last: dict[int, int] = {}  # per partition, its last offset the rebuild applied
         count = self.store.log.partitions
         while events := await self.store.log.read_log(position, self.batch_size):
-            added, failed = await self._apply(rebuild, events)
-            appended += added
-            skipped += failed
+            by_partition: dict[int, list[Event]] = {}
             for event in events:
-                last[partition_of(event.tenant, event.mode, event.subject, count)] = event.seq or 0
+                p = partition_of(event.tenant, event.mode, event.subject, count)
+                by_partition.setdefault(p, []).append(event)
+                last[p] = event.seq or 0
+            for p, part in sorted(by_partition.items()):
+                added, failed = await self._apply(rebuild, p, part)
+                appended += added
+                skipped += failed
             position = events[-1].seq or position
             applied += len(events)
             if progress is not None:
@@ -93,7 +98,7 @@ class Replay:
         rows = await rebuild.swap(position, checkpoints)
         return ReplayResult(applied, position, appended, skipped, rows)
 
-    async def _apply(self, rebuild: Rebuild, events: Sequence[Event]) -> tuple[int, int]:
+    async def _apply(self, rebuild: Rebuild, partition: int, events: Sequence[Event]) -> tuple[int, int]:
         """Apply a page, each engine after the other; an event an engine cannot apply is passed
         over (and logged), as a live consumer would dead-letter it. Returns (award events
         appended, events passed over)."""
@@ -105,7 +110,7 @@ class Replay:
             while pages:
                 page = pages.pop(0)
                 try:
-                    effects = await engine.plan(page, scopes, rebuild, None)
+                    effects = await engine.plan(page, scopes, rebuild.partition(partition), None)
                 except Exception as exc:  # noqa: BLE001 - find the poison event, apply the rest
                     if len(page) > 1:
                         pages[:0] = [[e] for e in page]
@@ -113,12 +118,12 @@ class Replay:
                     logger.error("replay: %s could not apply event %s: %s", engine.name, page[0].id, exc)
                     failed += 1
                     continue
-                appended += await self._write(rebuild, effects)
+                appended += await self._write(rebuild, partition, effects)
         return appended, failed
 
-    async def _write(self, rebuild: Rebuild, effects: Effects) -> int:
+    async def _write(self, rebuild: Rebuild, partition: int, effects: Effects) -> int:
         effects.deliveries.clear()  # the live outbox has them (see the module's docstring)
-        await rebuild.write(effects)
+        await rebuild.write(partition, effects)
         if not effects.appended:
             return 0
         outcomes = await self.store.log.append(effects.appended)

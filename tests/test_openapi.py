@@ -178,14 +178,14 @@ def test_a_webhook_host_is_a_host_name_or_an_address(api: Api) -> None:
         assert response.status_code == status, (url, response.text)
 
 
-def test_numeric_cursors_are_ascii_digits(api: Api) -> None:
+def test_position_cursors_are_ascii_digits(api: Api) -> None:
     key = api.key()
-    for path in ("/v1/actions", "/v1/deliveries"):
-        for cursor in ("²", "١", "9" * 19):
+    for path in ("/v1/actions", "/v1/deliveries", "/v1/dead-letters"):
+        for cursor in ("²_0_1", "1_١_1", "9" * 20 + "_0_1", "1_2", "1_2_3_4", "_1_2", "1__2"):
             response = api.client.get(path, params={"cursor": cursor}, headers=api.as_(key))
             assert response.status_code == 400, (path, cursor)
             assert response.json()["details"][0]["field"] == "cursor"
-        assert api.client.get(path, params={"cursor": "9" * 18}, headers=api.as_(key)).status_code == 200
+        assert api.client.get(path, params={"cursor": "9" * 18 + "_0_1"}, headers=api.as_(key)).status_code == 200
 
 
 def test_range_bounds_past_either_end_of_time(api: Api) -> None:

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from headwater.app import create_app
 from headwater.config import Settings
 from headwater.partitions import partition_of
-from headwater.storage.sqlite import DERIVED_FILE, MAIN_FILE
+from headwater.storage.sqlite import MAIN_FILE, partition_file
 from tests.conftest import WorkerThread
 
 FIXTURE = Path(__file__).parent / "fixtures" / "headwater-0.1.sql"
@@ -85,13 +85,21 @@ def test_an_old_data_dir_opens_moved_and_goes_on(client: TestClient, old_data_di
     rows = conn.execute("SELECT tenant, mode, subject, partition FROM events").fetchall()
     conn.close()
     assert all(p == partition_of(t, m, s, 8) for t, m, s, p in rows)
-    conn = sqlite3.connect(old_data_dir / DERIVED_FILE)
-    checkpoints = dict(
-        conn.execute("SELECT consumer || ':' || partition, seq FROM checkpoints WHERE consumer != 'catalog'").fetchall()
-    )
-    conn.close()
-    assert {name.split(":")[0] for name in checkpoints} == {"facts", "triggers"}
-    assert len(checkpoints) == 16
+    checkpoints: dict[tuple[str, int], int] = {}
+    rows_moved: dict[str, int] = {}
+    for p in range(8):
+        conn = sqlite3.connect(partition_file(old_data_dir, p))
+        checkpoints.update(((c, part), seq) for c, part, seq in conn.execute("SELECT * FROM checkpoints"))
+        for table in ("actions", "webhook_deliveries", "badge_awards", "challenge_progress", "fact_effects"):
+            rows_moved[table] = rows_moved.get(table, 0) + conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        conn.close()
+    # The old single checkpoint of each consumer, in every partition (or further: the worker goes on).
+    assert sorted(checkpoints) == sorted((c, p) for c in ("facts", "triggers") for p in range(8))
+    assert all(seq >= {"facts": 8, "triggers": 14}[c] for (c, _), seq in checkpoints.items())
+    # Every row in the file of its partition, once.
+    assert rows_moved == {
+        "actions": 8, "webhook_deliveries": 8, "badge_awards": 2, "challenge_progress": 2, "fact_effects": 8,
+    }  # fmt: skip
 
     # Processing goes on from there: two more buys of u0 complete the challenge a second time.
     more = [{"type": "buy", "subject": "u0", "idempotency_key": f"new{i}", "data": {"sku": "x"}} for i in range(2)]
@@ -120,7 +128,7 @@ def test_an_older_progress_layout_is_rebuilt_from_the_log(settings: Settings, ol
         assert len(listed(client, "/v1/events", type="points.awarded")) == 2
         assert len(listed(client, "/v1/events", type="challenge.completed")) == 2
     assert "facts" not in tables(old_data_dir / MAIN_FILE)
-    conn = sqlite3.connect(old_data_dir / DERIVED_FILE)
+    conn = sqlite3.connect(partition_file(old_data_dir, 0))
     columns = [row[1] for row in conn.execute("PRAGMA table_info(challenge_progress)")]
     conn.close()
     assert columns == ["challenge", "participant_id", "bucket", "value", "reached_at", "seq"]

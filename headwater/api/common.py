@@ -13,6 +13,7 @@ from headwater.auth import Permission, Principal
 from headwater.errors import ApiError, bad_request
 from headwater.parsing import decode_json, field_error
 from headwater.services import Services
+from headwater.storage.records import Position
 
 _encoder = msgspec.json.Encoder()
 
@@ -50,11 +51,13 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     return value
 
 
-def position_cursor(request: Request) -> int | None:
-    """A list's `cursor` that is a row position (the outbox, attempts, dead letters)."""
+def position_cursor(request: Request) -> Position | None:
+    """A list's `cursor` that is a row's position in a list that spans partitions (actions,
+    the outbox, attempts, dead letters)."""
     raw = request.query_params.get("cursor")
     if raw is None:
         return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise bad_request("cursor is not one this API returned", "cursor", "invalid")
-    return int(raw)
+    try:
+        return Position.parse(raw)
+    except ValueError:
+        raise bad_request("cursor is not one this API returned", "cursor", "invalid") from None

@@ -399,17 +399,18 @@ class GamificationRoutes:
         return compile_challenge(record.id, _challenge.decode(record.definition))
 
     async def _progress(
-        self, challenge: CompiledChallenge, participant: str, day: date
+        self, principal: Principal, challenge: CompiledChallenge, participant: str, day: date
     ) -> tuple[float, datetime | None, int | None]:
         """(progress in the period holding `day`, latest completion, streak)."""
         c = challenge
-        store = self.store
-        completions = await store.derived.list_completions(c.id, participant)
+        derived = self.store.derived
+        scope = (principal.tenant, principal.mode)
+        completions = await derived.list_completions(*scope, c.id, participant)
         completed_at = max((x.completed_at for x in completions), default=None)
         if c.metric == "streak":
             assert c.streak_unit is not None
             current = bucket_of(c.streak_unit, day)
-            rows = await store.derived.progress_rows(c.id, participant, 0, current)
+            rows = await derived.progress_rows(*scope, c.id, participant, 0, current)
             run = _streak_back({r.bucket for r in rows}, current)
             return float(run), completed_at, run
         kind = c.period.kind
@@ -417,12 +418,12 @@ class GamificationRoutes:
             end = day.toordinal()
             low = end - c.period.days + 1
             if c.metric == "distinct":
-                value = float(await store.derived.distinct_total(c.id, participant, low, end))
+                value = float(await derived.distinct_total(*scope, c.id, participant, low, end))
             else:
-                value = sum(r.value for r in await store.derived.progress_rows(c.id, participant, low, end))
+                value = sum(r.value for r in await derived.progress_rows(*scope, c.id, participant, low, end))
             return value, completed_at, None
         bucket = bucket_of(kind, day)
-        rows = await store.derived.progress_rows(c.id, participant, bucket, bucket)
+        rows = await derived.progress_rows(*scope, c.id, participant, bucket, bucket)
         value = rows[0].value if rows else 0.0
         streak = None
         if kind != "all_time":
@@ -450,7 +451,7 @@ class GamificationRoutes:
         for stored in with_progress:
             challenge_id = stored.id
             compiled = self._compiled(stored)
-            progress, completed_at, streak = await self._progress(compiled, participant_id, day)
+            progress, completed_at, streak = await self._progress(principal, compiled, participant_id, day)
             challenges.append(
                 ParticipantChallenge(challenge_id, plain(progress), plain(compiled.target), completed_at, streak)
             )
@@ -604,7 +605,7 @@ async def processed(services: Services, principal: Principal, event_id: str, par
     if event is None:
         raise ApiError(503, "the event is stored, but processing did not finish in time", headers={"Retry-After": "1"})
     fact = make_fact(event)
-    raw = await store.derived.fact_effects(fact.fact_id)
+    raw = await store.derived.fact_effects(event.tenant, event.mode, event.subject, fact.fact_id)
     progress, awards = read_effects(raw)
     actions = await services.store.derived.list_actions(
         ActionQuery(principal.tenant, principal.mode, event_id=event_id)

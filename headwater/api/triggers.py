@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from headwater.api.common import authorize, int_param, json_response, read_json
+from headwater.api.common import authorize, int_param, json_response, position_cursor, read_json
 from headwater.api.events import draft_from
 from headwater.auth import Principal
 from headwater.errors import ApiError, bad_request
@@ -226,9 +226,7 @@ class TriggerRoutes:
         status = params.get("status")
         if status is not None and status not in ("dispatched", "skipped", "failed"):
             raise bad_request("status must be dispatched, skipped or failed", "status", "invalid")
-        cursor = params.get("cursor")
-        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
-            raise bad_request("cursor is not one this API returned", "cursor", "invalid")
+        before = position_cursor(request)
         limit = int_param(request, "limit", 100, 1, 1000)
         query = ActionQuery(
             principal.tenant,
@@ -238,7 +236,7 @@ class TriggerRoutes:
             trigger_id=trigger_id or params.get("trigger"),
             event_id=params.get("event"),
             status=status,  # type: ignore[arg-type]
-            before=int(cursor) if cursor else None,
+            before=before,
             limit=limit + 1,
         )
         rows = await self.store.derived.list_actions(query)

@@ -87,7 +87,7 @@ class CatalogConsumer:
         end = events[-1].seq or self.position
         known = await derived.catalog_types(sorted({(e.tenant, e.mode) for e in events}))
         batch = EffectBatch(
-            fold(events, known), CheckpointMove(NAME, WHOLE_LOG, self.position, end), self.owner, self.lease
+            WHOLE_LOG, fold(events, known), CheckpointMove(NAME, WHOLE_LOG, self.position, end), self.owner, self.lease
         )
         self.position = end if await derived.apply(batch) else None
         return len(events)

@@ -131,6 +131,7 @@ class PartitionConsumer:
         self.engine = engine
         self.name = engine.name
         self.partition = partition
+        self.state = store.derived.partition(partition)
         self.owner = owner
         self.lease = lease
         self.clock = clock
@@ -164,9 +165,8 @@ class PartitionConsumer:
         if effects.appended:
             await self.store.log.append(effects.appended)
             crash_point("after-append")  # the award events are in the log, the batch's effects not yet
-        batch = EffectBatch(
-            effects, CheckpointMove(self.name, self.partition, expected, end), self.owner, self.lease, list(dead)
-        )
+        move = CheckpointMove(self.name, self.partition, expected, end)
+        batch = EffectBatch(self.partition, effects, move, self.owner, self.lease, list(dead))
         applied = await self.store.derived.apply(batch)
         if applied:
             self._stored, self._stored_at = end, time.monotonic()
@@ -194,7 +194,7 @@ class PartitionConsumer:
         if self.position != self._stored:
             start = self._stored  # effect-free events since the stored checkpoint count too
         try:
-            effects = await self.engine.plan(page.events, scopes, self.store.derived, self.clock())
+            effects = await self.engine.plan(page.events, scopes, self.state, self.clock())
             applied = await self._write(effects, start, page.end)
         except StoreError:
             raise
@@ -243,7 +243,7 @@ class PartitionConsumer:
         error: BaseException | None = None
         for _ in range(attempts):
             try:
-                effects = await self.engine.plan(events, scopes, self.store.derived, self.clock())
+                effects = await self.engine.plan(events, scopes, self.state, self.clock())
                 return None if await self._write(effects, stored, last) else False
             except StoreError:
                 raise
@@ -277,11 +277,11 @@ class PartitionConsumer:
         scopes = await self.definitions.for_scopes({(e.tenant, e.mode) for e in events})
         now = self.clock()
         try:
-            effects = await self.engine.plan(events, scopes, self.store.derived, now, retry=True)
+            effects = await self.engine.plan(events, scopes, self.state, now, retry=True)
             if effects.appended:
                 await self.store.log.append(effects.appended)
             resolved = msgspec.structs.replace(dead, status="resolved", updated_at=now)
-            batch = EffectBatch(effects, None, self.owner, self.lease, [resolved], retried=dead.id)
+            batch = EffectBatch(self.partition, effects, None, self.owner, self.lease, [resolved], retried=dead.id)
             return await self.store.derived.apply(batch)
         except StoreError:
             raise
@@ -289,5 +289,6 @@ class PartitionConsumer:
             again = msgspec.structs.replace(
                 dead, status="dead", error=_error_text(exc), attempts=dead.attempts + 1, updated_at=now
             )
-            await self.store.derived.apply(EffectBatch(Effects(), None, self.owner, self.lease, [again], dead.id))
+            again_batch = EffectBatch(self.partition, Effects(), None, self.owner, self.lease, [again], dead.id)
+            await self.store.derived.apply(again_batch)
             return False

@@ -8,9 +8,8 @@ import msgspec
 from headwater.clock import system_now
 from headwater.processing.catalog import NAME as CATALOG
 from headwater.processing.consumer import ENGINES
-from headwater.processing.worker import CATALOG_LEASE, partition_lease
 from headwater.storage.base import Store
-from headwater.storage.records import WHOLE_LOG
+from headwater.storage.records import CATALOG_LEASE, WHOLE_LOG, partition_lease
 
 
 class ConsumerStatus(msgspec.Struct):

@@ -96,6 +96,7 @@ class DueDelivery(msgspec.Struct, frozen=True):
     secret: str
     previous_secret: str | None
     previous_secret_expires_at: datetime | None
+    partition: int
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -253,7 +254,7 @@ def _due(
 ) -> DueDelivery:
     return DueDelivery(
         c.id, c.tenant, c.mode, c.endpoint_id, c.topic, c.payload, c.attempts, c.round_attempts, url, secret,
-        previous, previous_expires,
+        previous, previous_expires, c.partition,
     )  # fmt: skip
 
 
@@ -309,7 +310,9 @@ def _error_text(exc: BaseException) -> str:
 
 class DeliveryWorker:
     """Drains the webhook outbox. `run()` is the background loop; `run_once()` sends what is
-    due now and waits for it (tests move `clock` and call it instead of sleeping)."""
+    due now and waits for it (tests move `clock` and call it instead of sleeping).
+    `partitions`, when given, says whose outbox to claim from: a worker's own partitions, so
+    that it writes only the partition files it holds."""
 
     def __init__(
         self,
@@ -321,8 +324,10 @@ class DeliveryWorker:
         network_backend: httpcore.AsyncNetworkBackend | None = None,
         resolve: Resolver = system_resolve,
         rng: random.Random | None = None,
+        partitions: Callable[[], list[int]] | None = None,
     ) -> None:
         self.store = store
+        self.partitions = partitions
         self.clock = clock
         self.schedule = settings.webhook_retry_schedule
         self.timeout = settings.webhook_timeout
@@ -403,7 +408,8 @@ class DeliveryWorker:
     async def _claim(self, limit: int) -> list[DueDelivery]:
         now = self.clock()
         lease = now + timedelta(seconds=self.timeout + LEASE_MARGIN)
-        claimed = await self.store.derived.claim_deliveries(now, limit, lease, self.schedule[0])
+        partitions = None if self.partitions is None else self.partitions()
+        claimed = await self.store.derived.claim_deliveries(now, limit, lease, self.schedule[0], partitions)
         if not claimed:
             return []
         endpoints = await self.store.registry.webhooks_by_id({c.endpoint_id for c in claimed})
@@ -482,12 +488,12 @@ class DeliveryWorker:
     def outcome(self, delivery: DueDelivery, attempt: DeliveryAttempt, response: Response) -> AttemptOutcome:
         status = response.status
         if status is not None and 200 <= status < 300:
-            return AttemptOutcome(attempt, "delivered")
+            return AttemptOutcome(attempt, "delivered", delivery.partition)
         if status == 410:
-            return AttemptOutcome(attempt, "failed")
+            return AttemptOutcome(attempt, "failed", delivery.partition)
         following = delivery.round_attempts + 1
         if following >= len(self.schedule):
-            return AttemptOutcome(attempt, "failed")
+            return AttemptOutcome(attempt, "failed", delivery.partition)
         now = self.clock()
         wait = self.schedule[following]
         wait = max(0.0, wait * (1 + self.rng.uniform(-self.jitter, self.jitter)))
@@ -495,7 +501,7 @@ class DeliveryWorker:
             asked = parse_retry_after(response.retry_after, now)
             if asked is not None:
                 wait = min(asked, self.max_retry_after)
-        return AttemptOutcome(attempt, "pending", next_attempt_at=now + timedelta(seconds=wait))
+        return AttemptOutcome(attempt, "pending", delivery.partition, next_attempt_at=now + timedelta(seconds=wait))
 
 
 def _status_error(status: int) -> str | None:

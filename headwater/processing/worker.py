@@ -36,18 +36,14 @@ from headwater.processing.definitions import Definitions
 from headwater.processing.webhooks import DeliveryWorker
 from headwater.storage import open_store
 from headwater.storage.base import Store, StoreError
+from headwater.storage.records import CATALOG_LEASE, partition_lease
 
 logger = logging.getLogger("headwater.worker")
-CATALOG_LEASE = "catalog"
 TICK_SECONDS = 0.5
 RETRY_INTERVAL = 0.25  # seconds between looks for dead letters to apply again
 HEAD_TIMEOUT = 0.5
 BACKOFF_SECONDS = 0.5
 _instances = itertools.count(1)
-
-
-def partition_lease(partition: int) -> str:
-    return f"partition:{partition}"
 
 
 def default_owner() -> str:
@@ -98,7 +94,11 @@ class Worker:
         """Run until `stop` is set (or the task is cancelled); then hand every lease back."""
         if self._own_store:
             await self.store.start()
-        delivery = DeliveryWorker(self.store, self.settings, self.clock) if self.deliveries else None
+        delivery = (
+            DeliveryWorker(self.store, self.settings, self.clock, partitions=lambda: self.partitions)
+            if self.deliveries
+            else None
+        )
         background = [asyncio.create_task(self._watch_head(), name="headwater-head")]
         try:
             if delivery is not None:

@@ -38,6 +38,7 @@ from headwater.storage.records import (
     Enrollment,
     ParticipantState,
     PointsPeriod,
+    Position,
     ProgressRange,
     ProgressRow,
     ProgressValue,
@@ -85,10 +86,13 @@ class StateReads(Protocol):
         """(tenant, mode, participant, badge) of the badges these participants hold."""
 
 
-class Rebuild(StateReads, Protocol):
+class Rebuild(Protocol):
     """Fresh, empty derived state beside the live one (what `headwater replay` fills)."""
 
-    async def write(self, effects: Effects) -> None: ...
+    def partition(self, partition: int) -> StateReads:
+        """The fresh state of one partition, to plan with."""
+
+    async def write(self, partition: int, effects: Effects) -> None: ...
 
     async def swap(self, position: int, checkpoints: Sequence[tuple[str, int]]) -> dict[str, int]:
         """Replace the live state with this one, and set each (consumer, partition) checkpoint
@@ -97,7 +101,10 @@ class Rebuild(StateReads, Protocol):
     async def discard(self) -> None: ...
 
 
-class DerivedState(StateReads, Protocol):
+class DerivedState(Protocol):
+    def partition(self, partition: int) -> StateReads:
+        """The state of one partition, as its consumers read it before they plan a batch."""
+
     async def apply(self, batch: EffectBatch) -> bool:
         """Write the batch; False (and nothing written) when its checkpoint had moved, its
         lease is held by another owner, or the dead letter it retries is no longer retrying."""
@@ -133,8 +140,8 @@ class DerivedState(StateReads, Protocol):
     # Dead letters.
 
     async def list_dead_letters(
-        self, tenant: str, mode: Mode, before: int | None = None, limit: int = 100
-    ) -> list[tuple[int, DeadLetter]]:
+        self, tenant: str, mode: Mode, before: Position | None = None, limit: int = 100
+    ) -> list[tuple[Position, DeadLetter]]:
         """Newest first, each with its position for paging."""
 
     async def get_dead_letter(self, tenant: str, mode: Mode, dead_letter_id: str) -> DeadLetter | None: ...
@@ -148,7 +155,7 @@ class DerivedState(StateReads, Protocol):
 
     # Triggers.
 
-    async def list_actions(self, query: ActionQuery) -> list[tuple[int, ActionRecord]]:
+    async def list_actions(self, query: ActionQuery) -> list[tuple[Position, ActionRecord]]:
         """Newest first, each with its position for paging."""
 
     async def list_enrollments(self, tenant: str, mode: Mode, journey_id: str) -> list[Enrollment]: ...
@@ -159,7 +166,7 @@ class DerivedState(StateReads, Protocol):
 
     async def get_delivery(self, tenant: str, mode: Mode, delivery_id: str) -> Delivery | None: ...
 
-    async def list_deliveries(self, query: DeliveryQuery) -> list[tuple[int, Delivery]]:
+    async def list_deliveries(self, query: DeliveryQuery) -> list[tuple[Position, Delivery]]:
         """Newest first, each with its position for paging."""
 
     async def retry_delivery(self, tenant: str, mode: Mode, delivery_id: str, at: datetime) -> Delivery | None:
@@ -167,8 +174,8 @@ class DerivedState(StateReads, Protocol):
         changed) when there is no such failed delivery."""
 
     async def list_webhook_attempts(
-        self, endpoint_id: str, before: int | None = None, limit: int = 100
-    ) -> list[tuple[int, DeliveryAttempt]]:
+        self, endpoint_id: str, before: Position | None = None, limit: int = 100
+    ) -> list[tuple[Position, DeliveryAttempt]]:
         """Newest first, each with its position for paging."""
 
     async def fail_pending(self, endpoint_id: str, reason: str) -> None:
@@ -178,27 +185,37 @@ class DerivedState(StateReads, Protocol):
         """Delete the endpoint's deliveries and attempts (it was deleted)."""
 
     async def claim_deliveries(
-        self, now: datetime, limit: int, lease_until: datetime, first_delay: float = 0.0
+        self,
+        now: datetime,
+        limit: int,
+        lease_until: datetime,
+        first_delay: float = 0.0,
+        partitions: Sequence[int] | None = None,
     ) -> list[ClaimedDelivery]:
         """Take up to `limit` pending deliveries due at `now` (a first attempt only
-        `first_delay` seconds after it was queued), and hide them from other claims until
-        `lease_until`: a worker that dies mid-send leaves them to be sent again."""
+        `first_delay` seconds after it was queued) of these partitions (of all when None), and
+        hide them from other claims until `lease_until`: a worker that dies mid-send leaves
+        them to be sent again."""
 
     async def finish_attempt(self, outcome: AttemptOutcome) -> None:
         """Record the attempt and apply its outcome to the delivery."""
 
     # Facts and gamification.
 
-    async def fact_effects(self, fact_id: str) -> bytes | None:
+    async def fact_effects(self, tenant: str, mode: Mode, participant: str | None, fact_id: str) -> bytes | None:
         """What processing the fact changed (JSON), when it changed anything."""
 
     async def participant(self, tenant: str, mode: Mode, participant: str) -> ParticipantState: ...
 
-    async def progress_rows(self, challenge_id: str, participant: str, low: int, high: int) -> list[ProgressRow]: ...
+    async def progress_rows(
+        self, tenant: str, mode: Mode, challenge_id: str, participant: str, low: int, high: int
+    ) -> list[ProgressRow]: ...
 
-    async def distinct_total(self, challenge_id: str, participant: str, low: int, high: int) -> int: ...
+    async def distinct_total(
+        self, tenant: str, mode: Mode, challenge_id: str, participant: str, low: int, high: int
+    ) -> int: ...
 
-    async def list_completions(self, challenge_id: str, participant: str) -> list[Completion]:
+    async def list_completions(self, tenant: str, mode: Mode, challenge_id: str, participant: str) -> list[Completion]:
         """Oldest period first."""
 
     async def points_board(

@@ -125,9 +125,11 @@ class CheckpointMove(NamedTuple):
 
 @dataclass
 class EffectBatch:
-    """One transaction: the effects, the checkpoint move (None for a dead letter's retry) and
-    the dead letters it records or settles. `owner`, when set, must hold `lease`."""
+    """One transaction in one partition's derived state (`WHOLE_LOG` for the catalog): the
+    effects, the checkpoint move (None for a dead letter's retry) and the dead letters it
+    records or settles. `owner`, when set, must hold `lease`."""
 
+    partition: int
     effects: Effects
     checkpoint: CheckpointMove | None
     owner: str | None = None

@@ -17,6 +17,37 @@ BoardKind = Literal["sum", "distinct", "streak"]
 
 # The checkpoint "partition" of a consumer that follows the whole log rather than one partition.
 WHOLE_LOG = -1
+# The lease of the one worker that runs the catalog; a partition's is `partition_lease`.
+CATALOG_LEASE = "catalog"
+PARTITION_LEASE = "partition:"
+
+
+def partition_lease(partition: int) -> str:
+    return f"{PARTITION_LEASE}{partition}"
+
+
+class Position(NamedTuple):
+    """Where a row stands in a list that spans partitions (actions, deliveries, attempts, dead
+    letters): newest first by its time, then by partition, then by its place in its partition.
+    As a cursor: `<time µs>_<partition>_<row>`."""
+
+    at_us: int
+    partition: int
+    row: int
+
+    def __str__(self) -> str:
+        return f"{self.at_us}_{self.partition}_{self.row}"
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """Raises ValueError for anything `str` does not make."""
+        parts = text.split("_")
+        if len(parts) != 3 or not all(
+            p.lstrip("-").isascii() and p.lstrip("-").isdigit() and len(p) <= 19 for p in parts
+        ):
+            raise ValueError(text)
+        at_us, partition, row = (int(p) for p in parts)
+        return cls(at_us, partition, row)
 
 
 # Triggers: actions and what they touch.
@@ -51,7 +82,7 @@ class ActionQuery(msgspec.Struct, frozen=True):
     trigger_id: str | None = None
     event_id: str | None = None
     status: ActionStatus | None = None
-    before: int | None = None  # position of the last row of the previous page
+    before: Position | None = None  # the last row of the previous page
     limit: int = 100
 
 
@@ -109,7 +140,7 @@ class DeliveryQuery(msgspec.Struct, frozen=True):
     mode: Mode
     status: DeliveryStatus | None = None
     endpoint_id: str | None = None
-    before: int | None = None  # position of the last row of the previous page
+    before: Position | None = None  # the last row of the previous page
     limit: int = 100
 
 
@@ -124,6 +155,7 @@ class ClaimedDelivery(msgspec.Struct, frozen=True):
     payload: bytes
     attempts: int  # attempts made so far, in all
     round_attempts: int  # attempts made since it was (re-)queued: the index into the retry schedule
+    partition: int  # where the outbox keeps it
 
 
 class AttemptOutcome(msgspec.Struct, frozen=True):
@@ -131,6 +163,7 @@ class AttemptOutcome(msgspec.Struct, frozen=True):
 
     attempt: DeliveryAttempt
     status: DeliveryStatus
+    partition: int  # the delivery's, as claimed
     next_attempt_at: datetime | None = None
 
 

@@ -24,6 +24,7 @@ from headwater.storage import open_store
 from headwater.storage.base import Store, StoreError
 from headwater.storage.derived import StateReads
 from headwater.storage.effects import Effects
+from headwater.storage.records import partition_lease
 from headwater.storage.registry import DefinitionKind, TriggerRecord
 from headwater.storage.sqlite.derived import SqliteDerived
 
@@ -209,11 +210,10 @@ def test_a_write_refused_for_a_lease_held_elsewhere_applies_nothing(settings: Se
         seqs = await fill(store, 10)
         p = partition_of_u(store)
         now = datetime.now(UTC)
-        assert await store.derived.take_leases("other", ["partition:x"], now, now.replace(year=now.year + 1)) == [
-            "partition:x"
-        ]
+        lease = partition_lease(p)
+        assert await store.derived.take_leases("other", [lease], now, now.replace(year=now.year + 1)) == [lease]
         engine = Recorder()
-        c = consumer(store, engine, p, owner="me", lease="partition:x")
+        c = consumer(store, engine, p, owner="me", lease=lease)
         await c.run_once()
         assert engine.applied == seqs  # planned
         assert await store.derived.checkpoint("recorder", p) == 0  # but not written
@@ -236,8 +236,8 @@ def test_a_store_that_cannot_write_is_retried_and_nothing_is_dead_lettered(setti
 
         engine = Heavy()
         c = consumer(store, engine, p)
-        derived = store.derived
-        assert isinstance(derived, SqliteDerived)  # SQLite's own way to fill a disk: a page cap
+        assert isinstance(store.derived, SqliteDerived)  # SQLite's own way to fill a disk: a page cap
+        derived = store.derived.parts[p]
         pages = (await derived.read(lambda conn: conn.execute("PRAGMA page_count").fetchone()))[0]
         await derived.write(lambda tx: tx.conn.execute(f"PRAGMA max_page_count = {pages + 5}"))
         for _ in range(3):

@@ -6,7 +6,6 @@ applied twice, participants, leaderboards and their ties, the facts list, and 00
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,13 +16,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from headwater.app import create_app
-from headwater.clock import system_now
 from headwater.processing.awards import MAX_AWARD_DEPTH
-from headwater.processing.definitions import Definitions
 from headwater.processing.facts import plan_facts
-from headwater.storage import open_store
-from headwater.storage.effects import EffectBatch, Effects
 from tests.conftest import Api, ServerProcess, WorkerThread, run_cli
+from tests.processing.replan import replan
 
 PURCHASES = {"name": "three purchases", "fact_type": "custom.purchase", "metric": {"count": True}, "target": 3}
 
@@ -540,22 +536,7 @@ def test_a_batch_applied_twice_counts_once(api: Api) -> None:
     settle(api, key)
     before = person(api, key)
 
-    async def reapply() -> Effects:
-        """Plan the whole log again on the state it made (as after a checkpoint that went back)."""
-        store = open_store(api.settings)
-        await store.start()
-        try:
-            events = await store.log.read_log(0, 1000)
-            definitions = Definitions(store.registry)
-            await definitions.refresh()
-            scopes = await definitions.for_scopes({("acme", "live")})
-            effects = await plan_facts(events, scopes, store.derived, system_now())
-            assert await store.derived.apply(EffectBatch(effects, None))
-            return effects
-        finally:
-            await store.close()
-
-    again = asyncio.run(reapply())
+    again = replan(api.settings, plan_facts)
     assert (again.progress, again.completions, again.points, again.appended) == ([], [], [], [])
     settle(api, key)
     assert person(api, key) == before == {**before, "points": 5}

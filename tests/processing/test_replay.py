@@ -15,8 +15,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from headwater.app import create_app
+from headwater.partitions import DEFAULT_PARTITIONS
 from headwater.processing.awards import MAX_AWARD_DEPTH
-from headwater.storage.sqlite import DERIVED_FILE
+from headwater.storage.sqlite import partition_file
 from headwater.storage.sqlite.derived_schema import REBUILT_TABLES
 from headwater.storage.sqlite.rebuild import LOCK_FILE
 from tests.conftest import Api, ServerProcess, WorkerThread, run_cli
@@ -34,13 +35,17 @@ def api(settings: Any) -> Iterator[Api]:
 
 
 def snapshot(api_or_dir: Any, tables: tuple[str, ...] = REBUILT_TABLES) -> Snapshot:
+    """Every row of the tables, of every partition's file (each row with its partition)."""
     data_dir = api_or_dir.settings.data_dir if isinstance(api_or_dir, Api) else api_or_dir
-    path = data_dir / DERIVED_FILE
-    conn = sqlite3.connect(path)
-    try:
-        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
-    finally:
-        conn.close()
+    found: Snapshot = {t: [] for t in tables}
+    for p in range(DEFAULT_PARTITIONS):
+        conn = sqlite3.connect(partition_file(data_dir, p))
+        try:
+            for t in tables:
+                found[t] += [(p, *row) for row in conn.execute(f"SELECT * FROM {t}")]
+        finally:
+            conn.close()
+    return {t: sorted(rows, key=repr) for t, rows in found.items()}
 
 
 def post(api: Api, key: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -252,7 +257,7 @@ def test_replay_while_a_server_ingests(server_factory: type[ServerProcess], tmp_
         ]
     state = snapshot(data_dir)
     ledger = state["points_ledger"]
-    assert len(ledger) == len({row[0] for row in ledger})
+    assert len(ledger) == len({row[1] for row in ledger})  # (partition, id, ...): no entry twice
     server.stop()
     # The state built partly live, partly by the replay, partly live again after the swap is the
     # state a replay builds from the whole log (trigger actions aside: stamped by the clock live).

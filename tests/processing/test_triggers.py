@@ -3,17 +3,13 @@ actions, journeys, profiles, dry runs, and exactly-once firing across consumer r
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 
-from headwater.clock import system_now
-from headwater.processing.definitions import Definitions
 from headwater.processing.triggers import plan_triggers
-from headwater.storage import open_store
-from headwater.storage.effects import EffectBatch, Effects
 from tests.conftest import Api, ServerProcess, run_cli
+from tests.processing.replan import replan
 
 UPSELL = {
     "name": "upsell after big purchase",
@@ -398,22 +394,7 @@ def test_applying_a_batch_twice_fires_once(api: Api) -> None:
     before = api.client.get("/v1/actions", headers=api.as_(key)).json()["data"]
     assert len(before) == 1
 
-    async def reapply() -> Effects:
-        """Plan the whole log again on the state it made (as after a checkpoint that went back)."""
-        store = open_store(api.settings)
-        await store.start()
-        try:
-            events = await store.log.read_log(0, 100)
-            definitions = Definitions(store.registry)
-            await definitions.refresh()
-            scopes = await definitions.for_scopes({("acme", "live")})
-            effects = await plan_triggers(events, scopes, store.derived, system_now())
-            assert await store.derived.apply(EffectBatch(effects, None))
-            return effects
-        finally:
-            await store.close()
-
-    again = asyncio.run(reapply())
+    again = replan(api.settings, plan_triggers, 100)
     assert again.actions == []
     assert again.deliveries == []
     assert api.client.get("/v1/actions", headers=api.as_(key)).json()["data"] == before

@@ -133,6 +133,8 @@ class SqliteCore:
         busy_timeout_ms: int = 10_000,
         synchronous: str = "FULL",
         max_group: int | None = None,
+        cache_kib: int = WRITER_CACHE_KIB,
+        readers: ThreadPoolExecutor | None = None,
     ) -> None:
         self.path = path
         self.queue_max_events = queue_max_events
@@ -147,7 +149,10 @@ class SqliteCore:
         self._writer: threading.Thread | None = None
         self._writer_conn: sqlite3.Connection | None = None
         self._writer_error: BaseException | None = None
-        self._readers = ThreadPoolExecutor(reader_threads, thread_name_prefix="headwater-read")
+        # Stores of many files (a partition each) share one pool of reader threads.
+        self._own_readers = readers is None
+        self._readers = readers or ThreadPoolExecutor(reader_threads, thread_name_prefix="headwater-read")
+        self.cache_kib = cache_kib
         self._reader_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
 
@@ -201,7 +206,7 @@ class SqliteCore:
         # The writer's page cache (SQLite's default is 2 MiB): the consumers update rows all over
         # their tables, and a page read again from the OS costs more than the update itself
         # (bench/gamification.py: progress writes 1.45 s -> 0.90 s per 100k events).
-        conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+        conn.execute(f"PRAGMA cache_size = -{self.cache_kib}")
         # Each class in the store's hierarchy brings the tables it works on; `upgrade` may
         # first change what an older version left.
         with self.write_lock():
@@ -227,7 +232,8 @@ class SqliteCore:
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
             self._writer = None
-        self._readers.shutdown(wait=True)
+        if self._own_readers:
+            self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
             conn.close()
         if self._writer_conn is not None:
@@ -357,6 +363,12 @@ class SqliteCore:
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+
+    async def read_on_writer(self, fn: Callable[[sqlite3.Connection], T], size: int = 1) -> T:
+        """A read on the writer's connection, in its turn: its page cache is the one that stays
+        warm (a reader connection's is dropped whenever the file was written since it last
+        read), so a consumer reads the state it is about to change here."""
+        return await self.write(lambda tx: fn(tx.conn), size)
 
     async def ping(self) -> None:
         if self._writer is None or not self._writer.is_alive():

@@ -1,10 +1,18 @@
-"""The derived database's tables, and the one function that writes a batch's effects.
+"""The derived state's tables, and the one function that writes a batch's effects.
 
-Derived state lives in its own file (`derived.db`), apart from the log: SQLite lets one
-writer at a time into a file, and a consumer's transaction must never hold up a group
-commit of ingest. It is written with `synchronous=NORMAL`: everything in it can be rebuilt
-from the log, and a commit that a power cut takes back (a process crash takes nothing) is
-only applied again, with the same ids, from the checkpoint it left.
+Derived state lives apart from the log, in a file per partition (`PARTITION_SCHEMA`) and one
+file they share (`SHARED_SCHEMA`: leases, workers, the catalog):
+- SQLite lets one writer at a time into a file, and a consumer's transaction must never hold
+  up a group commit of ingest;
+- a partition's file is written by the one worker that holds its lease, so workers never wait
+  for each other's writes, and (more costly still) never make each other's page cache stale:
+  SQLite drops a connection's whole cache when another connection wrote the file since.
+Everything here is written with `synchronous=NORMAL`: it can be rebuilt from the log, and a
+commit that a power cut takes back (a process crash takes nothing) is only applied again,
+with the same ids, from the checkpoint it left.
+
+Rows that lists merge across partitions (actions, deliveries, attempts, dead letters) are
+ordered by time, then partition, then row: see `records.Position`.
 """
 
 from __future__ import annotations
@@ -18,26 +26,24 @@ import msgspec
 from headwater.clock import to_us
 from headwater.storage.effects import Effects
 
-DERIVED_SCHEMA = """
--- How far each consumer has applied each partition (-1: the whole log), who holds which
--- partition, which workers are alive, and the events no consumer could apply.
+LEASES_AND_CHECKPOINTS = """
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
     consumer TEXT NOT NULL,
     partition INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     PRIMARY KEY (consumer, partition)
 ) WITHOUT ROWID;
+"""
 
-CREATE TABLE IF NOT EXISTS leases (
-    name TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    expires_at INTEGER NOT NULL
-) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS workers (
-    owner TEXT PRIMARY KEY,
-    expires_at INTEGER NOT NULL
-) WITHOUT ROWID;
+PARTITION_SCHEMA = f"""
+-- How far each consumer has applied the partition, who holds it (so that a batch's write
+-- checks the lease in its own transaction), and the events no consumer could apply.
+{LEASES_AND_CHECKPOINTS}
 
 CREATE TABLE IF NOT EXISTS dead_letters (
     position INTEGER PRIMARY KEY,
@@ -55,8 +61,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS dead_letters_scope ON dead_letters (tenant, mode, position);
-CREATE INDEX IF NOT EXISTS dead_letters_retrying ON dead_letters (partition) WHERE status = 'retrying';
+CREATE INDEX IF NOT EXISTS dead_letters_scope ON dead_letters (tenant, mode, created_at, position);
+CREATE INDEX IF NOT EXISTS dead_letters_retrying ON dead_letters (seq) WHERE status = 'retrying';
 
 -- Triggers: rolling windows, action records, journey enrolments, subject profiles.
 CREATE TABLE IF NOT EXISTS trigger_windows (
@@ -88,8 +94,8 @@ CREATE TABLE IF NOT EXISTS actions (
     error TEXT,
     result TEXT
 );
-CREATE INDEX IF NOT EXISTS actions_scope ON actions (tenant, mode, position);
-CREATE INDEX IF NOT EXISTS actions_trigger ON actions (trigger_id, position);
+CREATE INDEX IF NOT EXISTS actions_scope ON actions (tenant, mode, created_at, position);
+CREATE INDEX IF NOT EXISTS actions_trigger ON actions (trigger_id, created_at, position);
 CREATE INDEX IF NOT EXISTS actions_event ON actions (event_id);
 CREATE INDEX IF NOT EXISTS actions_firing ON actions (trigger_id, subject, event_time);
 
@@ -136,7 +142,7 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
     WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS webhook_deliveries_scope ON webhook_deliveries (tenant, mode, position);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_scope ON webhook_deliveries (tenant, mode, created_at, position);
 CREATE INDEX IF NOT EXISTS webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, status);
 
 CREATE TABLE IF NOT EXISTS webhook_attempts (
@@ -150,7 +156,7 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     error TEXT,
     UNIQUE (delivery_id, attempt)
 );
-CREATE INDEX IF NOT EXISTS webhook_attempts_endpoint ON webhook_attempts (endpoint_id, position);
+CREATE INDEX IF NOT EXISTS webhook_attempts_endpoint ON webhook_attempts (endpoint_id, at, position);
 
 -- Gamification. A small number per challenge is the progress tables' key: a challenge id is
 -- 36 characters and in every progress row, and the rows (and the consumer's writes, a random
@@ -237,6 +243,17 @@ CREATE TABLE IF NOT EXISTS points_totals (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS points_totals_board ON points_totals
     (tenant, mode, period, bucket, points DESC, reached_at, participant_id);
+
+"""
+
+SHARED_SCHEMA = f"""
+-- Which workers are alive, who holds the catalog, and how far the catalog consumer has folded
+-- the whole log (partition -1).
+{LEASES_AND_CHECKPOINTS}
+CREATE TABLE IF NOT EXISTS workers (
+    owner TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
 
 -- The event catalog, folded from the log by the catalog consumer.
 CREATE TABLE IF NOT EXISTS catalog (

@@ -1,4 +1,6 @@
-"""The read models the API serves from derived state on SQLite, and the webhook outbox."""
+"""The read models the API serves from one partition's derived state on SQLite, and its part
+of the webhook outbox. Lists that span partitions give each row its `Position`; the store
+that holds every partition merges them."""
 
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from headwater.storage.records import (
     BadgeAward,
     BoardKind,
     BoardRow,
-    CatalogEntry,
     ClaimedDelivery,
     Completion,
     Delivery,
@@ -28,6 +29,7 @@ from headwater.storage.records import (
     Enrollment,
     ParticipantState,
     PointsPeriod,
+    Position,
     ProgressRow,
     SubjectProfile,
 )
@@ -126,9 +128,26 @@ def fail_pending(conn: sqlite3.Connection, endpoint_id: str, reason: str) -> Non
 
 
 class ReadModels(SqliteCore):
+    partition: int  # which partition's state this file holds
+
+    # Positions in lists that span partitions
+
+    def before(self, time_column: str) -> str:
+        """The condition "before the position given": by time, then partition, then row."""
+        return f"({time_column}, {self.partition}, position) < (?, ?, ?)"
+
+    @staticmethod
+    def unpack(args: list[Any]) -> list[Any]:
+        """`where`'s arguments with a position spread into its three parts."""
+        return [x for a in args for x in (a if isinstance(a, Position) else (a,))]
+
+    def at(self, row: tuple[Any, ...]) -> Position:
+        """The position of a row selected as (time, position, ...)."""
+        return Position(row[0], self.partition, row[1])
+
     # Triggers
 
-    async def list_actions(self, query: ActionQuery) -> list[tuple[int, ActionRecord]]:
+    async def list_actions(self, query: ActionQuery) -> list[tuple[Position, ActionRecord]]:
         clause, args = where(
             ("tenant = ?", query.tenant),
             ("mode = ?", query.mode),
@@ -137,11 +156,15 @@ class ReadModels(SqliteCore):
             ("trigger_id = ?", query.trigger_id),
             ("event_id = ?", query.event_id),
             ("status = ?", query.status),
-            ("position < ?", query.before),
+            (self.before("created_at"), query.before),
         )
+        args = self.unpack(args)
         args.append(query.limit)
-        sql = f"SELECT position, {ACTION_COLUMNS} FROM actions WHERE {clause} ORDER BY position DESC LIMIT ?"
-        return await self.read(lambda conn: [(r[0], _row_to_action(r[1:])) for r in conn.execute(sql, args)])
+        sql = (
+            f"SELECT created_at, position, {ACTION_COLUMNS} FROM actions WHERE {clause}"
+            " ORDER BY created_at DESC, position DESC LIMIT ?"
+        )
+        return await self.read(lambda conn: [(self.at(r), _row_to_action(r[2:])) for r in conn.execute(sql, args)])
 
     async def list_enrollments(self, tenant: str, mode: Mode, journey_id: str) -> list[Enrollment]:
         sql = (
@@ -180,19 +203,21 @@ class ReadModels(SqliteCore):
 
         return await self.read(run)
 
-    async def list_deliveries(self, query: DeliveryQuery) -> list[tuple[int, Delivery]]:
+    async def list_deliveries(self, query: DeliveryQuery) -> list[tuple[Position, Delivery]]:
         clause, args = where(
             ("tenant = ?", query.tenant),
             ("mode = ?", query.mode),
             ("status = ?", query.status),
             ("endpoint_id = ?", query.endpoint_id),
-            ("position < ?", query.before),
+            (self.before("created_at"), query.before),
         )
+        args = self.unpack(args)
         args.append(query.limit)
         sql = (
-            f"SELECT position, {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE {clause} ORDER BY position DESC LIMIT ?"
+            f"SELECT created_at, position, {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE {clause}"
+            " ORDER BY created_at DESC, position DESC LIMIT ?"
         )
-        return await self.read(lambda conn: [(r[0], _row_to_delivery(r[1:])) for r in conn.execute(sql, args)])
+        return await self.read(lambda conn: [(self.at(r), _row_to_delivery(r[2:])) for r in conn.execute(sql, args)])
 
     async def retry_delivery(self, tenant: str, mode: Mode, delivery_id: str, at: datetime) -> Delivery | None:
         def run(tx: Transaction) -> Delivery | None:
@@ -207,14 +232,17 @@ class ReadModels(SqliteCore):
         return await self.write(run)
 
     async def list_webhook_attempts(
-        self, endpoint_id: str, before: int | None = None, limit: int = 100
-    ) -> list[tuple[int, DeliveryAttempt]]:
+        self, endpoint_id: str, before: Position | None = None, limit: int = 100
+    ) -> list[tuple[Position, DeliveryAttempt]]:
+        clause, args = where(("endpoint_id = ?", endpoint_id), (self.before("at"), before))
+        args = self.unpack(args)
         sql = (
-            f"SELECT position, {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE endpoint_id = ? AND position < ?"
-            " ORDER BY position DESC LIMIT ?"
+            f"SELECT at, position, {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE {clause}"
+            " ORDER BY at DESC, position DESC LIMIT ?"
         )
-        args = (endpoint_id, 2**63 - 1 if before is None else before, limit)
-        return await self.read(lambda conn: [(r[0], _row_to_attempt(r[1:])) for r in conn.execute(sql, args)])
+        return await self.read(
+            lambda conn: [(self.at(r), _row_to_attempt(r[2:])) for r in conn.execute(sql, (*args, limit))]
+        )
 
     async def fail_pending(self, endpoint_id: str, reason: str) -> None:
         await self.write(lambda tx: fail_pending(tx.conn, endpoint_id, reason))
@@ -250,7 +278,9 @@ class ReadModels(SqliteCore):
                 "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id = ?",
                 [(to_us(lease_until), r[0]) for r in rows],
             )
-            return [ClaimedDelivery(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6], r[7]) for r in rows]
+            return [
+                ClaimedDelivery(r[0], r[1], r[2], r[3], r[4], r[5].encode(), r[6], r[7], self.partition) for r in rows
+            ]
 
         # Polling costs a read; only a claim that will find something takes the writer.
         if not await self.read(due):
@@ -396,35 +426,3 @@ class ReadModels(SqliteCore):
             )
             args = (challenge_id, low, high, limit)
         return await self.read(lambda conn: _board(conn.execute(sql, args)))
-
-    # The catalog
-
-    async def list_catalog(self, tenant: str, mode: Mode) -> list[CatalogEntry]:
-        def run(conn: sqlite3.Connection) -> list[CatalogEntry]:
-            properties: dict[str, dict[str, list[str]]] = {}
-            for type_, name, json_type in conn.execute(
-                "SELECT type, name, json_type FROM catalog_properties WHERE tenant = ? AND mode = ?"
-                " ORDER BY type, name, json_type",
-                (tenant, mode),
-            ):
-                properties.setdefault(type_, {}).setdefault(name, []).append(json_type)
-            return [
-                CatalogEntry(type_, count, from_us(first), from_us(last), violations, properties.get(type_, {}))
-                for type_, count, first, last, violations in conn.execute(
-                    "SELECT type, count, first_seen, last_seen, violations FROM catalog"
-                    " WHERE tenant = ? AND mode = ? ORDER BY type",
-                    (tenant, mode),
-                )
-            ]
-
-        return await self.read(run)
-
-    async def catalog_types(self, scopes: Sequence[tuple[str, Mode]]) -> set[tuple[str, Mode, str]]:
-        def run(conn: sqlite3.Connection) -> set[tuple[str, Mode, str]]:
-            found: set[tuple[str, Mode, str]] = set()
-            for tenant, mode in set(scopes):
-                rows = conn.execute("SELECT type FROM catalog WHERE tenant = ? AND mode = ?", (tenant, mode))
-                found.update((tenant, mode, row[0]) for row in rows)
-            return found
-
-        return await self.read(run)

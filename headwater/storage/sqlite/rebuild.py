@@ -1,11 +1,13 @@
-"""`Rebuild` on SQLite: a scratch file beside `derived.db`, swapped in with one transaction.
+"""`Rebuild` on SQLite: a scratch file per partition, each swapped into its partition's file
+with one transaction.
 
-The scratch file holds empty copies of the rebuilt tables (the same DDL, read from the live
+A scratch file holds empty copies of the rebuilt tables (the same DDL, read from the live
 file) and a copy of the challenge numbers, so the rebuilt progress rows mean the same
-challenges. The swap attaches it to a connection of its own on the live file and, under
-the write lock, replaces every rebuilt table with the scratch one and sets the checkpoints.
-Workers that had gone further see their checkpoint moved, and apply the rest of the log
-again on the new state (with the same ids, so nothing is done twice).
+challenges. The swap attaches it to a connection of its own on the live file and, under the
+write lock, replaces every rebuilt table with the scratch one and sets the partition's
+checkpoints. Workers that had gone further see their checkpoint moved, and apply the rest of
+the log again on the new state (with the same ids, so nothing is done twice). Partitions
+share no state, so each one's swap stands alone.
 """
 
 from __future__ import annotations
@@ -13,21 +15,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from headwater.storage.derived import RebuildBusy
+from headwater.storage.derived import RebuildBusy, StateReads
 from headwater.storage.effects import Effects
-from headwater.storage.sqlite.derived import SET_CHECKPOINT, SqliteDerived
 from headwater.storage.sqlite.derived_schema import REBUILT_TABLES, write_effects
+from headwater.storage.sqlite.partition import SET_CHECKPOINT, PartitionFile
 from headwater.storage.sqlite.state import StateReadsOn
 
+if TYPE_CHECKING:  # derived.py opens a rebuild: imported the other way round at run time
+    from headwater.storage.sqlite.derived import SqliteDerived
+
 SWAPPED_TABLES = (*REBUILT_TABLES, "challenge_keys")
-
-
 LOCK_FILE = "replay.lock"
 
 
@@ -43,23 +47,13 @@ def _take_lock(data_dir: Path) -> IO[str]:
     return handle
 
 
-class SqliteRebuild(StateReadsOn):
-    def __init__(self, live: SqliteDerived, path: Path, conn: sqlite3.Connection, lock: IO[str]) -> None:
+class _Scratch(StateReadsOn):
+    """One partition's fresh state, on its scratch file."""
+
+    def __init__(self, live: PartitionFile, path: Path) -> None:
         self.live = live
         self.path = path
-        self.conn = conn
-        self.lock = lock
-
-    @classmethod
-    async def open(cls, live: SqliteDerived) -> SqliteRebuild:
-        lock = _take_lock(live.path.parent)
-        path = live.path.parent / f"rebuild-{uuid.uuid4().hex}.db"
-        try:
-            conn = await asyncio.to_thread(cls._create, live.path, path)
-        except BaseException:
-            lock.close()
-            raise
-        return cls(live, path, conn, lock)
+        self.conn = self._create(live.path, path)
 
     @staticmethod
     def _create(live_path: Path, path: Path) -> sqlite3.Connection:
@@ -85,22 +79,16 @@ class SqliteRebuild(StateReadsOn):
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(fn, self.conn, *args)
 
-    async def write(self, effects: Effects) -> None:
-        def run() -> None:
-            self.conn.execute("BEGIN")
-            try:
-                write_effects(self.conn, effects)
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+    def write(self, effects: Effects) -> None:
+        self.conn.execute("BEGIN")
+        try:
+            write_effects(self.conn, effects)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
-        await asyncio.to_thread(run)
-
-    async def swap(self, position: int, checkpoints: Sequence[tuple[str, int]]) -> dict[str, int]:
-        return await asyncio.to_thread(self._swap, position, list(checkpoints))
-
-    def _swap(self, position: int, checkpoints: list[tuple[str, int]]) -> dict[str, int]:
+    def swap(self, position: int, consumers: Sequence[str]) -> dict[str, int]:
         live = self.live
         conn = sqlite3.connect(live.path, isolation_level=None, timeout=live.busy_timeout_ms / 1000)
         try:
@@ -114,7 +102,7 @@ class SqliteRebuild(StateReadsOn):
                         conn.execute(f"DELETE FROM main.{table}")
                         conn.execute(f"INSERT INTO main.{table} SELECT * FROM scratch.{table}")
                         rows[table] = conn.execute(f"SELECT count(*) FROM main.{table}").fetchone()[0]
-                    conn.executemany(SET_CHECKPOINT, [(c, p, position) for c, p in checkpoints])
+                    conn.executemany(SET_CHECKPOINT, [(c, live.partition, position) for c in consumers])
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -124,9 +112,45 @@ class SqliteRebuild(StateReadsOn):
         finally:
             conn.close()
 
+
+class SqliteRebuild:
+    def __init__(self, directory: Path, scratches: list[_Scratch], lock: IO[str]) -> None:
+        self.directory = directory
+        self.scratches = scratches
+        self.lock = lock
+
+    @classmethod
+    async def open(cls, live: SqliteDerived) -> SqliteRebuild:
+        lock = _take_lock(live.data_dir)
+        directory = live.data_dir / f"rebuild-{uuid.uuid4().hex}"
+        try:
+            directory.mkdir()
+            scratches = [
+                await asyncio.to_thread(_Scratch, part, directory / f"{part.partition}.db") for part in live.parts
+            ]
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            lock.close()
+            raise
+        return cls(directory, scratches, lock)
+
+    def partition(self, partition: int) -> StateReads:
+        return self.scratches[partition]
+
+    async def write(self, partition: int, effects: Effects) -> None:
+        await asyncio.to_thread(self.scratches[partition].write, effects)
+
+    async def swap(self, position: int, checkpoints: Sequence[tuple[str, int]]) -> dict[str, int]:
+        rows: dict[str, int] = {}
+        for scratch in self.scratches:
+            consumers = [c for c, p in checkpoints if p == scratch.live.partition]
+            for table, count in (await asyncio.to_thread(scratch.swap, position, consumers)).items():
+                rows[table] = rows.get(table, 0) + count
+        return rows
+
     async def discard(self) -> None:
-        self.conn.close()
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{self.path}{suffix}").unlink()
+        for scratch in self.scratches:
+            scratch.conn.close()
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.directory)
         self.lock.close()
