@@ -56,7 +56,7 @@ from headwater.processing.gamification import ChallengeIn, compile_challenge
 from headwater.runtime import tune_gc
 from headwater.storage.base import Store
 from headwater.storage.registry import BadgeRecord, ChallengeRecord
-from headwater.storage.sqlite import DERIVED_FILE, MAIN_FILE, open_sqlite_store
+from headwater.storage.sqlite import MAIN_FILE, open_sqlite_store, partition_file
 
 BENCH_DIR = Path(__file__).resolve().parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -142,16 +142,24 @@ async def ingest(store: Store, batches: list[list[Event]], in_flight: int = IN_F
     return time.perf_counter() - started
 
 
+def derived_rows(directory: Path, sql: str) -> list[tuple[Any, ...]]:
+    """The rows `sql` selects from every partition's derived file there is yet."""
+    rows: list[tuple[Any, ...]] = []
+    for p in range(PARTITIONS):
+        try:
+            conn = sqlite3.connect(f"file:{partition_file(directory, p)}?mode=ro", uri=True)
+            try:
+                rows.extend(conn.execute(sql).fetchall())
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:  # not made yet
+            pass
+    return rows
+
+
 def behind(directory: Path) -> int:
     """Events of every partition past the facts consumer's checkpoint there."""
-    try:
-        derived = sqlite3.connect(f"file:{directory / DERIVED_FILE}?mode=ro", uri=True)
-        try:
-            done = dict(derived.execute("SELECT partition, seq FROM checkpoints WHERE consumer = 'facts'").fetchall())
-        finally:
-            derived.close()
-    except sqlite3.OperationalError:  # not made yet
-        done = {}
+    done = dict(derived_rows(directory, "SELECT partition, seq FROM checkpoints WHERE consumer = 'facts'"))
     main = sqlite3.connect(f"file:{directory / MAIN_FILE}?mode=ro", uri=True)
     try:
         sql = "SELECT count(*) FROM events WHERE partition = ? AND seq > ?"
@@ -198,14 +206,7 @@ def logged(directory: Path) -> int:
 
 def split(directory: Path, count: int) -> bool:
     """Whether `count` workers hold the partitions between them, each its share."""
-    try:
-        derived = sqlite3.connect(f"file:{directory / DERIVED_FILE}?mode=ro", uri=True)
-        try:
-            owners = [r[0] for r in derived.execute("SELECT owner FROM leases WHERE name LIKE 'partition:%'")]
-        finally:
-            derived.close()
-    except sqlite3.OperationalError:
-        return False
+    owners = [r[0] for r in derived_rows(directory, "SELECT owner FROM leases WHERE name LIKE 'partition:%'")]
     held = {o: owners.count(o) for o in owners}
     return len(held) == count and sum(held.values()) == PARTITIONS and max(held.values()) - min(held.values()) <= 1
 
@@ -242,27 +243,25 @@ class Counts:
 
 
 def counts(directory: Path) -> Counts:
-    derived = sqlite3.connect(directory / DERIVED_FILE)
+    def total(sql: str) -> int:
+        return sum(int(row[0]) for row in derived_rows(directory, sql))
+
+    # Each fact's effects list the progress changes it made: the steps applied.
+    effects = derived_rows(directory, "SELECT effects FROM fact_effects")
     main = sqlite3.connect(directory / MAIN_FILE)
     try:
-
-        def one(conn: sqlite3.Connection, sql: str) -> int:
-            return int(conn.execute(sql).fetchone()[0])
-
-        # Each fact's effects list the progress changes it made: the steps applied.
-        steps = sum(len(msgspec.json.decode(row[0])[0]) for row in derived.execute("SELECT effects FROM fact_effects"))
-        return Counts(
-            one(derived, "SELECT count(*) FROM fact_effects"),
-            steps,
-            one(derived, "SELECT count(*) FROM challenge_progress"),
-            one(derived, "SELECT count(*) FROM challenge_completions"),
-            one(derived, "SELECT count(*) FROM badge_awards"),
-            one(derived, "SELECT count(*) FROM points_ledger"),
-            one(main, "SELECT count(*) FROM events WHERE source = 'headwater'"),
-        )
+        award_events = int(main.execute("SELECT count(*) FROM events WHERE source = 'headwater'").fetchone()[0])
     finally:
-        derived.close()
         main.close()
+    return Counts(
+        total("SELECT count(*) FROM fact_effects"),
+        sum(len(msgspec.json.decode(row[0])[0]) for row in effects),
+        total("SELECT count(*) FROM challenge_progress"),
+        total("SELECT count(*) FROM challenge_completions"),
+        total("SELECT count(*) FROM badge_awards"),
+        total("SELECT count(*) FROM points_ledger"),
+        award_events,
+    )
 
 
 def copy_log(source: Path, target: Path) -> Path:
