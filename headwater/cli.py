@@ -145,7 +145,7 @@ def serve(host: str, port: int, data_dir: Path, log_level: str, worker: bool) ->
     import uvicorn
 
     from headwater.app import create_app
-    from headwater.processes import Supervisor
+    from headwater.processes import Supervisor, run_api
     from headwater.runtime import tune_gc
 
     async def bootstrap(store: Store) -> str | None:
@@ -175,7 +175,7 @@ def serve(host: str, port: int, data_dir: Path, log_level: str, worker: bool) ->
             log_level=log_level,
             log_config=_logging(log_level),
         )
-        uvicorn.Server(config).run(sockets=[sock])
+        run_api(config, sock, workers)
     finally:
         if workers is not None:
             workers.stop()

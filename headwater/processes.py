@@ -14,14 +14,20 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from headwater.config import Settings
 from headwater.runtime import tune_gc
+
+if TYPE_CHECKING:
+    import uvicorn
 
 logger = logging.getLogger("headwater.processes")
 RESTART_DELAY = 1.0
@@ -78,6 +84,25 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def run_api(config: uvicorn.Config, sock: socket.socket, workers: Supervisor | None) -> None:
+    """uvicorn with `config` on `sock` until SIGTERM or SIGINT; the first signal also begins the
+    workers' stop, so a signal to the whole process group (systemd's default) does not make the
+    supervisor start a worker again while the server shuts down."""
+    import uvicorn
+
+    class ApiServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if workers is not None:
+                workers.stopping()
+            super().handle_exit(sig, frame)
+
+    # Once stopped, uvicorn raises the signal again under the handler it found: this one, so
+    # that the caller goes on to stop the workers rather than die of the default handler.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    ApiServer(config).run(sockets=[sock])
+
+
 class Supervisor:
     """`count` child worker processes on `data_dir`, started again when one dies."""
 
@@ -107,6 +132,11 @@ class Supervisor:
                 if child is not None and child.poll() is not None and not self._stopping.is_set():
                     logger.warning("worker process %d exited with %s; starting it again", child.pid, child.returncode)
                     self.children[i] = self._spawn()
+
+    def stopping(self) -> None:
+        """The stop has begun: a child that exits now (a signal to the whole process group, say)
+        is not started again."""
+        self._stopping.set()
 
     def stop(self, timeout: float = 15.0) -> None:
         self._stopping.set()

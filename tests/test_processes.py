@@ -3,7 +3,11 @@ its worker, and the partition count a data dir is created with and keeps."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import multiprocessing
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -12,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from headwater.storage.sqlite import open_sqlite_store
 from tests.conftest import HEADWATER, ServerProcess, run_cli
 
 
@@ -69,6 +74,31 @@ def test_serve_runs_a_worker_and_no_worker_runs_none(server_factory: type[Server
     wait_until(lambda: status(data_dir)["workers"] == [], 20)
 
 
+def test_serve_stops_its_worker_on_a_signal_to_its_process_group(tmp_path: Path) -> None:
+    """As systemd stops a service by default: SIGTERM to every process of the group at once. The
+    worker is not started again while the server stops, and serve exits 0 once it has stopped."""
+    data_dir, log = tmp_path / "data", tmp_path / "serve.log"
+    port = str(ServerProcess(data_dir).port)
+    with open(log, "wb") as out:
+        serve = subprocess.Popen(
+            [*HEADWATER, "serve", "--port", port, "--data-dir", str(data_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        [owner] = wait_until(lambda: status(data_dir)["workers"], 30)
+        worker_pid = int(owner.rsplit(":", 1)[1])
+        os.killpg(serve.pid, signal.SIGTERM)
+        assert serve.wait(30) == 0
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{worker_pid}").exists(), 10)
+    assert "starting it again" not in log.read_text()
+    assert status(data_dir)["workers"] == []
+
+
 def test_worker_processes_split_the_partitions(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     run_cli("status", "--data-dir", str(data_dir))  # creates it
@@ -103,3 +133,28 @@ def test_a_data_dir_keeps_its_partition_count(tmp_path: Path) -> None:
         "headwater: HEADWATER_PARTITIONS='0' is not valid: expected a whole number of partitions (from 1 to 256),"
         " e.g. 8, or nothing\n",
     )
+
+
+def _open_at_once(data_dir: str, barrier: Any) -> None:
+    async def run() -> None:
+        store = open_sqlite_store(Path(data_dir))
+        await store.start()
+        await store.close()
+
+    barrier.wait(10)
+    asyncio.run(run())
+
+
+def test_processes_opening_a_new_data_dir_at_once_all_open_it(tmp_path: Path) -> None:
+    """Workers started together on a new data dir each create its files: none may fail for
+    finding another's lock on a file that is still being set up."""
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(5):
+        data_dir = tmp_path / f"data-{attempt}"
+        barrier = context.Barrier(4)
+        procs = [context.Process(target=_open_at_once, args=(str(data_dir), barrier)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]

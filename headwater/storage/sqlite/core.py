@@ -202,7 +202,6 @@ class SqliteCore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         conn = self._connect()
-        conn.execute("PRAGMA journal_mode = WAL")
         # The writer's page cache (SQLite's default is 2 MiB): the consumers update rows all over
         # their tables, and a page read again from the OS costs more than the update itself
         # (bench/gamification.py: progress writes 1.45 s -> 0.90 s per 100k events).
@@ -210,6 +209,9 @@ class SqliteCore:
         # Each class in the store's hierarchy brings the tables it works on; `upgrade` may
         # first change what an older version left.
         with self.write_lock():
+            # Under the lock: on a new file, two processes starting at once would otherwise both
+            # try to switch it to WAL, and the one that finds the other's lock fails at once.
+            conn.execute("PRAGMA journal_mode = WAL")
             self.upgrade(conn)
             for cls in reversed(type(self).__mro__):
                 if "SCHEMA" in cls.__dict__:
