@@ -142,42 +142,59 @@ async def ingest(store: Store, batches: list[list[Event]], in_flight: int = IN_F
     return time.perf_counter() - started
 
 
-def derived_rows(directory: Path, sql: str) -> list[tuple[Any, ...]]:
-    """The rows `sql` selects from every partition's derived file there is yet."""
-    rows: list[tuple[Any, ...]] = []
-    for p in range(PARTITIONS):
-        try:
-            conn = sqlite3.connect(f"file:{partition_file(directory, p)}?mode=ro", uri=True)
+class Watch:
+    """How far the workers on `directory` are, read on connections kept open: opening nine
+    SQLite files for every look cost 2.3 ms of CPU, a tenth of a core at 50 looks a second,
+    taken from the workers being timed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        # Used from one thread at a time, but not always the same one (phase 4's `to_thread`).
+        self.main = self._open(directory / MAIN_FILE)
+        self.parts: dict[int, sqlite3.Connection] = {}
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """The rows `sql` selects from every partition's derived file there is yet."""
+        found: list[tuple[Any, ...]] = []
+        for p in range(PARTITIONS):
             try:
-                rows.extend(conn.execute(sql).fetchall())
-            finally:
-                conn.close()
-        except sqlite3.OperationalError:  # not made yet
-            pass
-    return rows
+                if p not in self.parts:
+                    self.parts[p] = self._open(partition_file(self.directory, p))
+                found.extend(self.parts[p].execute(sql).fetchall())
+            except sqlite3.OperationalError:  # not made yet
+                self.parts.pop(p, None)
+        return found
 
+    def done(self) -> dict[int, int]:
+        return dict(self.rows("SELECT partition, seq FROM checkpoints WHERE consumer = 'facts'"))
 
-def behind(directory: Path) -> int:
-    """Events of every partition past the facts consumer's checkpoint there."""
-    done = dict(derived_rows(directory, "SELECT partition, seq FROM checkpoints WHERE consumer = 'facts'"))
-    main = sqlite3.connect(f"file:{directory / MAIN_FILE}?mode=ro", uri=True)
-    try:
-        sql = "SELECT count(*) FROM events WHERE partition = ? AND seq > ?"
-        return sum(main.execute(sql, (p, done.get(p, 0))).fetchone()[0] for p in range(PARTITIONS))
-    finally:
-        main.close()
+    def behind(self) -> int:
+        """Events of every partition past the facts consumer's checkpoint there."""
+        done, sql = self.done(), "SELECT count(*) FROM events WHERE partition = ? AND seq > ?"
+        return sum(self.main.execute(sql, (p, done.get(p, 0))).fetchone()[0] for p in range(PARTITIONS))
 
+    def caught_up(self) -> bool:
+        """Whether the facts consumer's checkpoint is at every partition's head (an index probe
+        each, where counting what is behind would take CPU from the workers)."""
+        done, sql = self.done(), "SELECT coalesce(max(seq), 0) FROM events WHERE partition = ?"
+        return all(self.main.execute(sql, (p,)).fetchone()[0] <= done.get(p, 0) for p in range(PARTITIONS))
 
-def caught_up(directory: Path) -> bool:
-    """Whether the facts consumer's checkpoint is at every partition's head: two index probes per
-    partition, cheap enough to poll often (counting what is behind would take CPU from the workers)."""
-    done = dict(derived_rows(directory, "SELECT partition, seq FROM checkpoints WHERE consumer = 'facts'"))
-    main = sqlite3.connect(f"file:{directory / MAIN_FILE}?mode=ro", uri=True)
-    try:
-        sql = "SELECT coalesce(max(seq), 0) FROM events WHERE partition = ?"
-        return all(main.execute(sql, (p,)).fetchone()[0] <= done.get(p, 0) for p in range(PARTITIONS))
-    finally:
-        main.close()
+    def split(self, count: int) -> bool:
+        """Whether `count` workers hold the partitions between them, each its share."""
+        owners = [r[0] for r in self.rows("SELECT owner FROM leases WHERE name LIKE 'partition:%'")]
+        held = {o: owners.count(o) for o in owners}
+        return len(held) == count and sum(held.values()) == PARTITIONS and max(held.values()) - min(held.values()) <= 1
+
+    def logged(self) -> int:
+        return int(self.main.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def close(self) -> None:
+        for conn in [self.main, *self.parts.values()]:
+            conn.close()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -208,38 +225,27 @@ def workers(directory: Path, count: int) -> Any:
             proc.wait(30)
 
 
-def logged(directory: Path) -> int:
-    main = sqlite3.connect(f"file:{directory / MAIN_FILE}?mode=ro", uri=True)
-    try:
-        return int(main.execute("SELECT count(*) FROM events").fetchone()[0])
-    finally:
-        main.close()
-
-
-def split(directory: Path, count: int) -> bool:
-    """Whether `count` workers hold the partitions between them, each its share."""
-    owners = [r[0] for r in derived_rows(directory, "SELECT owner FROM leases WHERE name LIKE 'partition:%'")]
-    held = {o: owners.count(o) for o in owners}
-    return len(held) == count and sum(held.values()) == PARTITIONS and max(held.values()) - min(held.values()) <= 1
-
-
 def process(directory: Path, count: int) -> tuple[float, float, int]:
     """Run `count` worker processes over the log in `directory` until nothing is behind, timed
     from the moment they have split the partitions (a worker that starts first holds them all
     for the second or so until it sees the other): (seconds, worker CPU seconds, events
     processed in that time)."""
-    with workers(directory, count) as (procs, go):
-        go.touch()
-        while not split(directory, count):
-            time.sleep(0.005)
-        started = time.perf_counter()
-        cpu_before = sum(cpu_seconds(p.pid) for p in procs)
-        backlog, before = behind(directory), logged(directory)
-        while not caught_up(directory):
-            time.sleep(POLL)
-        elapsed = time.perf_counter() - started
-        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu_before
-        processed = backlog + logged(directory) - before  # award events appended meanwhile count too
+    watch = Watch(directory)
+    try:
+        with workers(directory, count) as (procs, go):
+            go.touch()
+            while not watch.split(count):
+                time.sleep(0.005)
+            started = time.perf_counter()
+            cpu_before = sum(cpu_seconds(p.pid) for p in procs)
+            backlog, before = watch.behind(), watch.logged()
+            while not watch.caught_up():
+                time.sleep(POLL)
+            elapsed = time.perf_counter() - started
+            cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu_before
+            processed = backlog + watch.logged() - before  # award events appended meanwhile count too
+    finally:
+        watch.close()
     return elapsed, cpu, processed
 
 
@@ -255,25 +261,25 @@ class Counts:
 
 
 def counts(directory: Path) -> Counts:
-    def total(sql: str) -> int:
-        return sum(int(row[0]) for row in derived_rows(directory, sql))
-
-    # Each fact's effects list the progress changes it made: the steps applied.
-    effects = derived_rows(directory, "SELECT effects FROM fact_effects")
-    main = sqlite3.connect(directory / MAIN_FILE)
+    watch = Watch(directory)
     try:
-        award_events = int(main.execute("SELECT count(*) FROM events WHERE source = 'headwater'").fetchone()[0])
+
+        def total(sql: str) -> int:
+            return sum(int(row[0]) for row in watch.rows(sql))
+
+        award_events = "SELECT count(*) FROM events WHERE source = 'headwater'"
+        return Counts(
+            total("SELECT count(*) FROM fact_effects"),
+            # Each fact's effects list the progress changes it made: the steps applied.
+            sum(len(msgspec.json.decode(row[0])[0]) for row in watch.rows("SELECT effects FROM fact_effects")),
+            total("SELECT count(*) FROM challenge_progress"),
+            total("SELECT count(*) FROM challenge_completions"),
+            total("SELECT count(*) FROM badge_awards"),
+            total("SELECT count(*) FROM points_ledger"),
+            int(watch.main.execute(award_events).fetchone()[0]),
+        )
     finally:
-        main.close()
-    return Counts(
-        total("SELECT count(*) FROM fact_effects"),
-        sum(len(msgspec.json.decode(row[0])[0]) for row in effects),
-        total("SELECT count(*) FROM challenge_progress"),
-        total("SELECT count(*) FROM challenge_completions"),
-        total("SELECT count(*) FROM badge_awards"),
-        total("SELECT count(*) FROM points_ledger"),
-        award_events,
-    )
+        watch.close()
 
 
 def copy_log(source: Path, target: Path) -> Path:
@@ -342,17 +348,19 @@ async def main() -> None:
         directory = root / "both"
         store = await open_store(directory, definitions)
         lags: list[int] = []
+        watch = Watch(directory)
         with workers(directory, 2) as (_, go):
             go.touch()
             started = time.perf_counter()
             ingesting = asyncio.create_task(ingest(store, batches))
             while not ingesting.done():
-                lags.append(await asyncio.to_thread(behind, directory))
+                lags.append(await asyncio.to_thread(watch.behind))
                 await asyncio.sleep(0.1)
             ingest_both_s = await ingesting
-            while not await asyncio.to_thread(caught_up, directory):
+            while not await asyncio.to_thread(watch.caught_up):
                 await asyncio.sleep(POLL)
             catch_up_s = time.perf_counter() - started - ingest_both_s
+        watch.close()
         await store.close()
         print(
             f"both     ingest {total / ingest_both_s:,.0f} events/s while two workers follow"
