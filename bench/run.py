@@ -1,7 +1,7 @@
 """Headwater benchmark: figures side by side in one run, as ratios against ceilings.
 
-    .venv/bin/python bench/run.py            # full run, about a minute
-    .venv/bin/python bench/run.py --quick    # shorter phases, for a smoke check
+    .venv/bin/python bench/run.py            # full run, about 3 minutes
+    .venv/bin/python bench/run.py --quick    # shorter phases, 1 latency round, for a smoke check
 
 Everything runs on 127.0.0.1. Each server is a subprocess on a fresh temp dir and is killed
 when its phases end, on error and on Ctrl-C. Exits 0 when targets are missed (this is a
@@ -19,6 +19,7 @@ import platform
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,8 @@ UVICORN_FLAGS = [
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SINGLE_CONNECTIONS = 32
 BATCH_CONNECTIONS = 4
+STOP_SECONDS = 30.0  # serve gives its worker up to 20 s to stop
+SLOW_STOP_SECONDS = 5.0
 
 
 class PhaseError(Exception):
@@ -83,16 +86,49 @@ def tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [0] state, [1] ppid, [11] utime, [12] stime,
+    [13] cutime, [14] cstime, [19] starttime. None when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(root: int) -> dict[int, list[str]]:
+    """Every live process below `root` (children, theirs, ...), with its stat fields."""
+    stats: dict[int, list[str]] = {}
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (fields := stat_fields(entry.name)) is not None:
+            stats[int(entry.name)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: dict[int, list[str]] = {}
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found[child] = stats[child]
+            todo.append(child)
+    return found
+
+
+def ticks(fields: list[str], *at: int) -> float:
+    return sum(int(fields[i]) for i in at) / CLOCK_TICKS
+
+
 @dataclass
 class Server:
-    """One server subprocess in its own process group, so stopping it stops its children."""
+    """One server subprocess in its own process group: SIGTERM to it, and if it hangs, SIGKILL
+    to the group, so nothing it started outlives the run."""
 
     name: str
     argv: list[str]
     log: Path
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    workers: bool = False  # `headwater serve` with its worker child: its CPU is reported apart
     process: subprocess.Popen[bytes] | None = None
+    notes: list[str] = field(default_factory=list)  # how stopping went, when it went wrong
 
     @property
     def url(self) -> str:
@@ -118,11 +154,16 @@ class Server:
             time.sleep(0.1)
         raise PhaseError(f"{self.name} not healthy after {timeout:.0f}s:\n{tail(self.log)}")
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the server process so far, all threads included."""
+    def cpu_seconds(self) -> tuple[float, float]:
+        """User + system CPU so far, all threads included: (the server process, every process
+        below it). The second counts live children and, through the server's cutime/cstime,
+        children that have exited, so a worker restarted mid-phase is still billed."""
         assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        own = stat_fields(self.process.pid)
+        if own is None:
+            raise PhaseError(f"{self.name} is gone (pid {self.process.pid})")
+        below = ticks(own, 13, 14) + sum(ticks(f, 11, 12, 13, 14) for f in descendants(self.process.pid).values())
+        return ticks(own, 11, 12), below
 
     def check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -132,15 +173,43 @@ class Server:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        # Who was below the server, so we can tell whether they went with it (pid + start time,
+        # since a pid can be reused).
+        children = {pid: fields[19] for pid, fields in descendants(self.process.pid).items()}
         pgid = self.process.pid  # start_new_session made it the group leader
+        started = time.monotonic()
+        # SIGTERM to the server alone: stopping its worker is its own job (checked below). A
+        # SIGTERM to the whole group reaches the worker first, and serve then restarts it.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
+            os.kill(pgid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
+            self.notes.append(f"{self.name} ignored SIGTERM for {STOP_SECONDS:.0f}s; killed")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             self.process.wait(timeout=10)
+        stopped = time.monotonic() - started
+        if stopped > SLOW_STOP_SECONDS:
+            self.notes.append(f"{self.name} took {stopped:.1f}s to stop after SIGTERM")
+        self.reap_children(children)
+
+    def reap_children(self, children: dict[int, str], timeout: float = 10.0) -> None:
+        """A child still running after the server exited is a bug to report (and to stop)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = [
+                pid
+                for pid, start in children.items()
+                if (f := stat_fields(pid)) is not None and f[19] == start and f[0] != "Z"
+            ]
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        for pid in alive:
+            self.notes.append(f"{self.name}: child process {pid} still running {timeout:.0f}s after the server exited")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -159,13 +228,34 @@ def headwater_command() -> list[str]:
     return [str(executable)]
 
 
-def create_key(command: list[str], data_dir: Path) -> str:
-    argv = [*command, "keys", "create", "--tenant", "bench", "--role", "ingest", "--data-dir", str(data_dir)]
+def create_key(command: list[str], data_dir: Path, role: str = "ingest") -> str:
+    argv = [*command, "keys", "create", "--tenant", "bench", "--role", role, "--data-dir", str(data_dir)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
     if done.returncode != 0 or not lines:
         raise PhaseError(f"`{' '.join(argv)}` failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     return lines[-1]
+
+
+def worker_lag(command: list[str], data_dir: Path) -> int:
+    """Events the consumers have still to process, over every consumer and partition."""
+    argv = [*command, "status", "--json", "--data-dir", str(data_dir)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise PhaseError(f"`{' '.join(argv)}` failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return sum(int(c["lag"]) for c in json.loads(done.stdout)["consumers"])
+
+
+def catch_up(command: list[str], data_dir: Path, timeout: float) -> dict[str, float | None]:
+    """The worker's lag when the load stops, and how long it then takes to reach the head:
+    a worker that keeps the ingest rate up by falling behind shows here."""
+    started = time.monotonic()
+    lag = worker_lag(command, data_dir)
+    left = lag
+    while left and time.monotonic() - started < timeout:
+        time.sleep(0.5)
+        left = worker_lag(command, data_dir)
+    return {"lag_at_end": lag, "caught_up_s": None if left else time.monotonic() - started, "lag_left": left}
 
 
 def check_contract(url: str, body: bytes, key: str, expected: int) -> None:
@@ -194,7 +284,8 @@ class Load:
     socket_errors: int
     p50_ms: float
     p99_ms: float
-    server_cpu_s: float | None = None
+    server_cpu_s: float | None = None  # the server and every process below it
+    worker_cpu_s: float | None = None  # of that, the worker child's (serve with a worker only)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -291,19 +382,31 @@ def openloop(url: str, body_file: Path, key: str, rate: float, seconds: int, war
 
 # --- the run ------------------------------------------------------------------------------
 
+# The open-loop rounds: every target gets the same rate; the first target rotates each round,
+# so none always runs right after Headwater's load (or first, on a cold disk).
+LATENCY_TARGETS = ("bare ASGI", "bare durable", "headwater")
+
 
 @dataclass
 class Run:
     seconds: int
     warmup: int
     subjects: int
+    rounds: int
+    sync_count: int
     work: Path
     single_file: Path = field(init=False)
     batch_file: Path = field(init=False)
     loads: dict[str, Load] = field(default_factory=dict)
+    latency_rate: float | None = None
+    latency: dict[str, list[Load]] = field(default_factory=dict)  # per target, one Load per round
+    catch_up: dict[str, float | None] | None = None
     ceiling_figures: dict[str, float] | None = None
+    sync_figures: dict[str, Any] | None = None
     broken: dict[str, str] = field(default_factory=dict)
     server_logs: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    keys: dict[Path, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.single_file = self.work / "single.json"
@@ -323,38 +426,55 @@ class Run:
         url = f"{server.url}/v1/events"
         wrk(url, body_file, key, connections, self.warmup)
         server.check_alive()
-        cpu_before = server.cpu_seconds()
+        api_before, below_before = server.cpu_seconds()
         load = wrk(url, body_file, key, connections, self.seconds)
         server.check_alive()
-        load.server_cpu_s = server.cpu_seconds() - cpu_before
+        api_after, below_after = server.cpu_seconds()
+        load.server_cpu_s = api_after - api_before + below_after - below_before
+        if server.workers:
+            load.worker_cpu_s = below_after - below_before
         self.loads[name] = load
         return load
 
-    def headwater(self) -> None:
-        command = headwater_command()
-        data_dir = self.work / "headwater"
-        data_dir.mkdir()
-        key = create_key(command, data_dir)
-        port = free_port()
-        argv = [*command, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
-        server = Server("headwater", argv, self.work / "headwater.log", port)
+    @contextlib.contextmanager
+    def watched(self, server: Server) -> Iterator[Server]:
+        """Run the server; afterwards keep what it logged after its start and how it stopped."""
         with running(server):
             startup_log_size = server.log.stat().st_size
-            url = f"{server.url}/v1/events"
-            check_contract(url, self.single_file.read_bytes(), key, 1)
-            check_contract(url, self.batch_file.read_bytes(), key, BATCH_SIZE)
-            single = self.measure("headwater single", server, self.single_file, key, SINGLE_CONNECTIONS)
-            self.loads["headwater open-loop"] = openloop(
-                url, self.single_file, key, single.ok_per_s / 2, self.seconds, self.warmup
-            )
-            server.check_alive()
-            self.measure("headwater batch", server, self.batch_file, key, BATCH_CONNECTIONS)
+            yield server
         # The server runs at log level warning, so anything it printed under load is news.
         with open(server.log, "rb") as f:
             f.seek(startup_log_size)
             log = f.read().decode(errors="replace").strip()
         if log:
-            self.server_logs["headwater"] = log
+            self.server_logs[server.name] = log
+        self.notes += server.notes
+
+    def headwater_server(self, name: str, data_dir: Path, worker: bool) -> tuple[Server, str]:
+        """`headwater serve` on `data_dir` (a key made on first use), with or without its worker."""
+        command = headwater_command()
+        if data_dir not in self.keys:
+            data_dir.mkdir()
+            self.keys[data_dir] = create_key(command, data_dir)
+        port = free_port()
+        argv = [*command, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
+        if not worker:
+            argv.append("--no-worker")
+        return Server(name, argv, self.work / f"{name}.log", port, workers=worker), self.keys[data_dir]
+
+    def headwater(self, worker: bool) -> None:
+        """Single events, then batches; with the worker, also how far behind it was left."""
+        prefix = "headwater" if worker else "headwater no-worker"
+        data_dir = self.work / prefix.replace(" ", "-")
+        server, key = self.headwater_server(prefix.replace(" ", "-"), data_dir, worker)
+        with self.watched(server):
+            url = f"{server.url}/v1/events"
+            check_contract(url, self.single_file.read_bytes(), key, 1)
+            check_contract(url, self.batch_file.read_bytes(), key, BATCH_SIZE)
+            self.measure(f"{prefix} single", server, self.single_file, key, SINGLE_CONNECTIONS)
+            self.measure(f"{prefix} batch", server, self.batch_file, key, BATCH_CONNECTIONS)
+            if worker:
+                self.catch_up = catch_up(headwater_command(), data_dir, timeout=10.0 * self.seconds)
 
     def uvicorn(self, name: str, app: str, env: dict[str, str]) -> Server:
         port = free_port()
@@ -376,12 +496,6 @@ class Run:
     def bare(self) -> None:
         with running(self.uvicorn("bare", "bare_app:app", {})) as server:
             self.measure("bare ASGI single", server, self.single_file, "", SINGLE_CONNECTIONS)
-            reference = self.loads.get("headwater open-loop")
-            if reference is not None:
-                # The same open-loop rate against the ceiling app: what the generator adds.
-                self.loads["bare open-loop"] = openloop(
-                    f"{server.url}/v1/events", self.single_file, "", reference.extra["rate"], self.seconds, self.warmup
-                )
 
     def fastapi(self) -> None:
         key = "bench"
@@ -405,6 +519,64 @@ class Run:
         if done.returncode != 0:
             raise PhaseError(f"ceiling failed ({done.returncode}):\n{done.stderr[-2000:]}")
         self.ceiling_figures = json.loads(done.stdout)
+
+    def latency_rounds(self) -> None:
+        """Open loop at half Headwater's single-event maximum against the three targets, in
+        interleaved rounds: the disk's slow spells (single fsyncs of hundreds of ms) then fall
+        on every target alike, and the spread across rounds shows how much one round says."""
+        single = self.loads.get("headwater single")
+        if single is None or not single.ok:
+            raise PhaseError("needs the rate of the headwater single phase, which did not run")
+        self.latency_rate = rate = single.ok_per_s / 2
+        headwater, key = self.headwater_server("headwater-latency", self.work / "headwater", worker=True)
+        servers = {
+            "bare ASGI": (self.uvicorn("bare-latency", "bare_app:app", {}), ""),
+            "bare durable": (
+                self.uvicorn("durable", "durable_app:app", {"BENCH_DB_PATH": str(self.work / "durable.db")}),
+                "",
+            ),
+            "headwater": (headwater, key),
+        }
+        self.latency = {name: [] for name in LATENCY_TARGETS}
+        with contextlib.ExitStack() as stack:
+            for server, _ in servers.values():
+                stack.enter_context(self.watched(server))
+            for r in range(self.rounds):
+                order = LATENCY_TARGETS[r % len(LATENCY_TARGETS) :] + LATENCY_TARGETS[: r % len(LATENCY_TARGETS)]
+                for name in order:
+                    server, key = servers[name]
+                    load = openloop(f"{server.url}/v1/events", self.single_file, key, rate, self.seconds, self.warmup)
+                    server.check_alive()
+                    load.extra["round"] = r + 1
+                    self.latency[name].append(load)
+
+    def sync(self) -> None:
+        argv = [PYTHON, str(BENCH_DIR / "sync.py"), "--count", str(self.sync_count), "--json"]
+        max_seconds = 60 + self.sync_count * 0.3  # a bound on a hang, far above the expected
+        argv += ["--max-seconds", f"{max_seconds:.0f}"]
+        done = bounded_run(argv, max_seconds + 90)
+        if done.returncode != 0:
+            raise PhaseError(f"sync.py failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        self.sync_figures = json.loads(done.stdout.strip().splitlines()[-1])
+        if self.sync_figures.get("server_log"):
+            self.server_logs["headwater (sync)"] = self.sync_figures["server_log"]
+        self.notes += self.sync_figures.get("stop_notes", [])
+
+
+def bounded_run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """subprocess.run, but on timeout SIGTERM first: the child stops the server it started."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.terminate()
+            try:
+                child.communicate(timeout=STOP_SECONDS + 10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.communicate()
+            raise
+        return subprocess.CompletedProcess(argv, child.returncode, stdout, stderr)
 
 
 # --- report -------------------------------------------------------------------------------
@@ -441,20 +613,14 @@ def verdict(value: float | None, target: float, higher_is_better: bool = True) -
     return "PASS" if ok else "MISS"
 
 
-def report(run: Run, machine_info: str) -> None:
-    loads = run.loads
-    print()
-    print("Headwater benchmark")
-    print(f"machine: {machine_info}")
-    print(
-        f"phases: {run.warmup}s warm-up + {run.seconds}s measured; single = 1 event/request "
-        f"at {SINGLE_CONNECTIONS} connections; batch = {BATCH_SIZE} events/request "
-        f"({run.subjects} subjects) at {BATCH_CONNECTIONS} connections"
-    )
-    print()
+def cpu_share(cpu_s: float | None, seconds: float) -> str:
+    return "" if cpu_s is None else f"{cpu_s / seconds:.0%}"
+
+
+def print_loads(run: Run) -> None:
     header = (
         f"{'phase':<34}{'rate':>18}{'p50 ms':>9}{'p99 ms':>9}{'200':>9}{'503':>6}"
-        f"{'other':>7}{'srv cpu':>9}{'µs/event':>10}"
+        f"{'other':>7}{'srv cpu':>9}{'worker':>8}{'µs/event':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -463,48 +629,108 @@ def report(run: Run, machine_info: str) -> None:
         ("FastAPI+SQLite single (wrk)", "FastAPI single", "req/s"),
         ("headwater single (wrk)", "headwater single", "events/s"),
         ("headwater batch (wrk)", "headwater batch", "events/s"),
-        ("headwater open-loop", "headwater open-loop", "req/s"),
-        ("bare ASGI open-loop (reference)", "bare open-loop", "req/s"),
+        ("headwater --no-worker single", "headwater no-worker single", "events/s"),
+        ("headwater --no-worker batch", "headwater no-worker batch", "events/s"),
     ]
     for label, name, unit in rows:
-        load = loads.get(name)
+        load = run.loads.get(name)
         if load is None:
             print(f"{label:<34}{'n/a':>18}")
             continue
-        rate = load.extra.get("rate", load.events_per_s if unit == "events/s" else load.ok_per_s)
-        cpu = "" if load.server_cpu_s is None else f"{load.server_cpu_s / load.seconds:.0%}"
+        rate = load.events_per_s if unit == "events/s" else load.ok_per_s
         per_event = load.cpu_us_per_event
         print(
             f"{label:<34}{f'{rate:,.0f} {unit}':>18}{load.p50_ms:>9.2f}{load.p99_ms:>9.2f}"
             f"{load.ok:>9}{load.busy_503:>6}{load.other_status + load.socket_errors:>7}"
-            f"{cpu:>9}{'' if per_event is None else f'{per_event:.1f}':>10}"
+            f"{cpu_share(load.server_cpu_s, load.seconds):>9}{cpu_share(load.worker_cpu_s, load.seconds):>8}"
+            f"{'' if per_event is None else f'{per_event:.1f}':>10}"
         )
     ceiling = run.ceiling_figures
     if ceiling is not None:
         rate = f"{ceiling['events_per_s']:,.0f} events/s"
         print(
             f"{'ceiling: parse + SQLite insert':<34}{rate:>18}{'':>40}"
-            f"{ceiling['cpu_s'] / ceiling['seconds']:>9.0%}{ceiling['cpu_us_per_event']:>10.1f}"
+            f"{ceiling['cpu_s'] / ceiling['seconds']:>9.0%}{'':>8}{ceiling['cpu_us_per_event']:>10.1f}"
         )
-    for name in ("headwater open-loop", "bare open-loop"):
-        if name in loads:
-            x = loads[name].extra
+    print("  srv cpu: the server process and every process below it (100% = one core); worker: its worker child")
+    if run.catch_up is not None:
+        c = run.catch_up
+        if not c["lag_at_end"]:
+            caught = "kept up"
+        elif c["caught_up_s"] is not None:
+            caught = f"caught up {c['caught_up_s']:.1f}s later"
+        else:
+            caught = f"still {c['lag_left']} behind when the bench stopped waiting"
+        # The first look is a `headwater status` process started as wrk exits: a few tenths late.
+        print(f"  headwater's worker after the batch phase: {c['lag_at_end']} events behind, {caught}")
+
+
+def p99s(loads: list[Load]) -> list[float]:
+    return [load.p99_ms for load in loads]
+
+
+def median_p99(run: Run, target: str) -> float | None:
+    loads = run.latency.get(target)
+    return statistics.median(p99s(loads)) if loads else None
+
+
+def print_latency(run: Run) -> None:
+    if not run.latency or run.latency_rate is None:
+        return
+    rounds = max(len(loads) for loads in run.latency.values())
+    print(
+        f"\nopen-loop latency at {run.latency_rate:,.0f} req/s (half of headwater single), {rounds} interleaved "
+        f"round(s) of {run.warmup}s + {run.seconds}s, first target rotating; latency from each request's due time"
+    )
+    header = (
+        f"{'target':<16}{'round':>6}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}"
+        f"{'200':>8}{'503':>6}{'other':>7}{'gen lag p99':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for target, loads in run.latency.items():
+        for load in loads:
+            x = load.extra
             print(
-                f"  {name}: p99.9 {x['p999_ms']:.2f} ms, max {x['max_ms']:.2f} ms, "
-                f"generator lag p99 {x['gen_lag_p99_ms']:.2f} ms"
+                f"{target:<16}{x['round']:>6}{load.p50_ms:>9.2f}{load.p99_ms:>9.2f}{x['p999_ms']:>10.2f}"
+                f"{x['max_ms']:>9.2f}{load.ok:>8}{load.busy_503:>6}{load.other_status + load.socket_errors:>7}"
+                f"{x['gen_lag_p99_ms']:>13.2f}"
+            )
+    for target, loads in run.latency.items():
+        if loads:
+            values = p99s(loads)
+            print(
+                f"  {target}: p99 median {statistics.median(values):.2f} ms, "
+                f"spread {min(values):.2f}-{max(values):.2f} ms over {len(values)} round(s)"
             )
 
+
+def print_sync(run: Run) -> None:
+    figures = run.sync_figures
+    if figures is None:
+        return
+    print(f"\nsync latency: {figures['sent']} sequential requests per endpoint on an idle `headwater serve`")
+    header = f"{'endpoint':<40}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'ok':>7}{'wrong':>7}"
+    print(header)
+    print("-" * len(header))
+    for name, e in figures["endpoints"].items():
+        print(f"{name:<40}{e['p50_ms']:>9.2f}{e['p99_ms']:>9.2f}{e['max_ms']:>9.2f}{e['ok']:>7}{e['failures']:>7}")
+
+
+Target = tuple[str, float | None, float, bool, str, str]  # label, value, target, higher is better, format, text
+
+
+def ingest_targets(run: Run) -> list[Target]:
     def per_s(name: str, events: bool = True) -> float | None:
-        load = loads.get(name)
+        load = run.loads.get(name)
         if load is None:
             return None
         return load.events_per_s if events else load.ok_per_s
 
     single = per_s("headwater single")
     batch = per_s("headwater batch")
-    open_loop = loads.get("headwater open-loop")
-    headwater_failures = sum(loads[n].failures for n in loads if n.startswith("headwater"))
-    targets = [
+    ceiling = run.ceiling_figures
+    return [
         (
             "single: headwater / bare ASGI",
             ratio(single, per_s("bare ASGI single", False)),
@@ -514,6 +740,14 @@ def report(run: Run, machine_info: str) -> None:
             ">= 40%",
         ),
         ("single: headwater / FastAPI", ratio(single, per_s("FastAPI single", False)), 2.5, True, "{:.2f}x", ">= 2.5x"),
+        (
+            "single: worker / no-worker",
+            ratio(single, per_s("headwater no-worker single")),
+            0.90,
+            True,
+            "{:.0%}",
+            ">= 90%",
+        ),
         ("batch: headwater events/s", batch, 100_000, True, "{:,.0f}", ">= 100,000"),
         (
             "batch: headwater / ceiling",
@@ -523,35 +757,74 @@ def report(run: Run, machine_info: str) -> None:
             "{:.0%}",
             ">= 80%",
         ),
+        ("batch: worker / no-worker", ratio(batch, per_s("headwater no-worker batch")), 0.90, True, "{:.0%}", ">= 90%"),
+    ]
+
+
+def latency_targets(run: Run) -> list[Target]:
+    headwater = median_p99(run, "headwater")
+    targets: list[Target] = [
+        ("latency: open-loop p99 (median)", headwater, 10.0, False, "{:.2f} ms", "<= 10 ms"),
         (
-            "latency: open-loop p99 at half max",
-            open_loop.p99_ms if open_loop else None,
-            10.0,
+            "latency: p99 headwater / durable",
+            ratio(headwater, median_p99(run, "bare durable")),
+            1.0,
             False,
-            "{:.2f} ms",
-            "<= 10 ms",
-        ),
-        (
-            "errors: headwater non-200 / socket",
-            float(headwater_failures) if "headwater single" in loads else None,
-            0,
-            False,
-            "{:.0f}",
-            "0",
+            "{:.2f}x",
+            "<= 1.00x",
         ),
     ]
+    if run.sync_figures is not None:
+        endpoints = run.sync_figures["endpoints"]
+        for name, e in endpoints.items():
+            # "002 POST /api/v1/events/ingest" -> "sync p99: 002" (the table above has the route)
+            targets.append((f"sync p99: {name.split()[0]}", e["p99_ms"], 50.0, False, "{:.2f} ms", "<= 50 ms"))
+        wrong = sum(e["failures"] for e in endpoints.values())
+        targets.append(("sync: wrong or non-200 answers", float(wrong), 0, False, "{:.0f}", "0"))
+    return targets
+
+
+def headwater_failures(run: Run) -> int:
+    loads = [load for name, load in run.loads.items() if name.startswith("headwater")]
+    return sum(load.failures for load in loads + run.latency.get("headwater", []))
+
+
+def print_targets(run: Run) -> None:
+    errors = float(headwater_failures(run)) if "headwater single" in run.loads else None
+    targets = [
+        *ingest_targets(run),
+        *latency_targets(run),
+        ("errors: headwater non-200 / socket", errors, 0, False, "{:.0f}", "0"),
+    ]
     print()
-    header = f"{'target':<38}{'measured':>14}{'target':>14}  result"
+    header = f"{'target':<40}{'measured':>14}{'target':>14}  result"
     print(header)
     print("-" * len(header))
     for label, value, target, higher, fmt, target_text in targets:
         shown = "n/a" if value is None else fmt.format(value)
-        print(f"{label:<38}{shown:>14}{target_text:>14}  {verdict(value, target, higher)}")
-    if headwater_failures:
+        print(f"{label:<40}{shown:>14}{target_text:>14}  {verdict(value, target, higher)}")
+    print(
+        "  latency verdicts use the median over rounds of each target's p99; headwater / durable compares "
+        "Headwater's median p99 with the durable reference's, at the same rate in the same rounds"
+    )
+
+
+def print_warnings(run: Run) -> None:
+    failures = headwater_failures(run)
+    if failures:
         print(
-            f"\nWARNING: headwater answered {headwater_failures} requests with non-200 or "
+            f"\nWARNING: headwater answered {failures} requests with non-200 or "
             "socket errors/timeouts; its rates count only 200s."
         )
+    sync = run.sync_figures or {}
+    for name, e in sync.get("endpoints", {}).items():
+        if e["failures"]:
+            print(f"\nWARNING: sync {name}: {e['failures']} wrong answers (counted as infinitely slow); the first:")
+            print(f"  {e['first_failure']}")
+    if sync.get("stopped_early"):
+        print(f"\nWARNING: sync stopped after {sync['sent']} of {sync['count']} requests per endpoint (its time bound)")
+    for note in run.notes:
+        print(f"\nNOTE: {note}")
     for name, log in run.server_logs.items():
         lines = log.splitlines()
         print(f"\nNOTE: {name} wrote {len(lines)} log lines during the run; the last ones:")
@@ -560,16 +833,50 @@ def report(run: Run, machine_info: str) -> None:
         print(f"\nBROKEN phase {name}:\n{error}")
 
 
+def report(run: Run, machine_info: str) -> None:
+    print()
+    print("Headwater benchmark")
+    print(f"machine: {machine_info}")
+    print(
+        f"phases: {run.warmup}s warm-up + {run.seconds}s measured; single = 1 event/request "
+        f"at {SINGLE_CONNECTIONS} connections; batch = {BATCH_SIZE} events/request "
+        f"({run.subjects} subjects) at {BATCH_CONNECTIONS} connections; headwater = `serve` with its worker"
+    )
+    print()
+    print_loads(run)
+    print_latency(run)
+    print_sync(run)
+    print_targets(run)
+    print_warnings(run)
+
+
+def figures(run: Run) -> dict[str, Any]:
+    out: dict[str, Any] = {name: vars(load) for name, load in run.loads.items()}
+    out["ceiling"] = run.ceiling_figures or {}
+    out["worker_catch_up"] = run.catch_up or {}
+    out["latency"] = {
+        "rate": run.latency_rate,
+        "rounds": {target: [vars(load) for load in loads] for target, loads in run.latency.items()},
+        "median_p99_ms": {target: median_p99(run, target) for target in run.latency},
+    }
+    out["sync"] = run.sync_figures or {}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2s phases instead of 6s")
+    parser.add_argument("--quick", action="store_true", help="2s phases, 1 latency round, 50 sync requests")
     parser.add_argument("--seconds", type=int, help="measured seconds per phase")
+    parser.add_argument("--rounds", type=int, help="interleaved open-loop rounds (default 3, 1 with --quick)")
+    parser.add_argument("--sync-count", type=int, help="sync requests per endpoint (default 300, 50 with --quick)")
     parser.add_argument(
         "--subjects", type=int, default=BATCH_SUBJECTS, help="distinct subjects per batch (default: %(default)s)"
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
     seconds = args.seconds or (2 if args.quick else 6)
+    rounds = args.rounds or (1 if args.quick else 3)
+    sync_count = args.sync_count or (50 if args.quick else 300)
     # SIGTERM should clean up like Ctrl-C does: through the finally blocks.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # Also when started from a script that ignores SIGINT, so the servers are always stopped.
@@ -577,20 +884,23 @@ def main() -> int:
     started = time.monotonic()
     machine_info = machine()
     with tempfile.TemporaryDirectory(prefix="hw-bench-") as work:
-        run = Run(seconds=seconds, warmup=1, subjects=args.subjects, work=Path(work))
-        run.phase("headwater", run.headwater)
+        run = Run(
+            seconds=seconds, warmup=1, subjects=args.subjects, rounds=rounds, sync_count=sync_count, work=Path(work)
+        )
+        run.phase("headwater", run.headwater, True)
+        run.phase("headwater --no-worker", run.headwater, False)
         run.phase("bare ASGI", run.bare)
         run.phase("FastAPI", run.fastapi)
         run.phase("ceiling", run.ceiling)
+        run.phase("latency rounds", run.latency_rounds)
+        run.phase("sync", run.sync)
     report(run, machine_info)
     print(
         f"\ntotal time {time.monotonic() - started:.0f}s, load avg at end "
         f"{os.getloadavg()[0]:.2f} (other work on this machine skews every figure)"
     )
     if args.json:
-        figures = {name: vars(load) for name, load in run.loads.items()}
-        figures["ceiling"] = run.ceiling_figures or {}
-        args.json.write_text(json.dumps(figures, indent=2))
+        args.json.write_text(json.dumps(figures(run), indent=2))
     return 1 if run.broken else 0
 
 
