@@ -59,7 +59,14 @@ from headwater.api.common import json_response
 from headwater.auth import Principal, read_credentials
 from headwater.errors import ApiError, bad_request
 from headwater.events import EventDraft, EventResult, FieldError, Rejection
-from headwater.parsing import MAX_TIME_LENGTH, field_error, nesting_exceeds, parse_time
+from headwater.parsing import (
+    MAX_NUMBER_ERRORS,
+    MAX_TIME_LENGTH,
+    field_error,
+    nesting_exceeds,
+    out_of_range_numbers,
+    parse_time,
+)
 from headwater.services import Services
 
 NAME = "segment"
@@ -416,6 +423,13 @@ class _BatchEndpoint(_Endpoint):
             sent_at = None if envelope.sentAt is None else parse_time(envelope.sentAt)
         except ValueError as exc:
             raise bad_request(str(exc), "sentAt", "invalid_format") from None
+        # The batch's context goes into every message: a number in it that no message could
+        # keep refuses the request, as a bad `sentAt` does, rather than each message.
+        numbers = [
+            e for k, v in (envelope.context or {}).items() for e in out_of_range_numbers(bytes(v), f"context.{k}")
+        ]
+        if numbers:
+            raise ApiError(400, "the batch's context holds a number out of range", numbers[:MAX_NUMBER_ERRORS])
         clock = self.clock()
         items = [
             read_message(bytes(raw), batch_sent_at=sent_at, batch_context=envelope.context, clock=clock)

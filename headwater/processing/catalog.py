@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 import msgspec
 
-from headwater.clock import to_us
-from headwater.events import Event, Mode
+from headwater.events import Mode
 from headwater.storage.base import Store
 from headwater.storage.effects import CatalogProperty, CheckpointMove, EffectBatch, Effects
+from headwater.storage.log import EventSummary
 from headwater.storage.records import WHOLE_LOG, CatalogCount
 
 NAME = "catalog"
@@ -38,23 +38,23 @@ def json_type(raw: bytes) -> str:
     return "number" if any(c in raw for c in b".eE") else "integer"
 
 
-def fold(events: Sequence[Event], known: set[tuple[str, Mode, str]]) -> Effects:
+def fold(events: Sequence[EventSummary], known: set[tuple[str, Mode, str]]) -> Effects:
     """What a page of the log adds to the catalog; `known` holds the (tenant, mode, type)
     entries the catalog had before it."""
     counts: dict[tuple[str, Mode, str], list[int]] = {}  # [count, first µs, last µs, violations]
     properties: set[CatalogProperty] = set()
     for event in events:
         key = (event.tenant, event.mode, event.type)
-        received = to_us(event.received_at)
+        received = event.received_us
         entry = counts.get(key)
         if entry is None:
             counts[key] = entry = [0, received, received, 0]
         entry[0] += 1
         entry[1] = min(entry[1], received)
         entry[2] = max(entry[2], received)
-        if event.violations:
+        if event.flagged:
             entry[3] += 1
-        if key not in known or (event.seq or 0) % PROPERTY_SAMPLE == 0:
+        if key not in known or event.seq % PROPERTY_SAMPLE == 0:
             try:
                 fields = _top_level.decode(event.data)
             except (msgspec.DecodeError, msgspec.ValidationError):
@@ -81,10 +81,10 @@ class CatalogConsumer:
         derived = self.store.derived
         if self.position is None:
             self.position = await derived.checkpoint(NAME, WHOLE_LOG)
-        events = await self.store.log.read_log(self.position, self.batch_size)
+        events = await self.store.log.read_summaries(self.position, self.batch_size)
         if not events:
             return 0
-        end = events[-1].seq or self.position
+        end = events[-1].seq
         known = await derived.catalog_types(sorted({(e.tenant, e.mode) for e in events}))
         batch = EffectBatch(
             WHOLE_LOG, fold(events, known), CheckpointMove(NAME, WHOLE_LOG, self.position, end), self.owner, self.lease

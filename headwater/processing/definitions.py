@@ -8,6 +8,7 @@ committed before an event was appended is always in force when that event is app
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -54,12 +55,21 @@ class ScopeDefinitions:
         return [id_ for id_, topics in self.endpoints.items() if any(topic_matches(t, topic) for t in topics)]
 
 
+class _Look:
+    """One read of the registry's version, which the refreshes that ask before it begins share."""
+
+    def __init__(self) -> None:
+        self.begun = False
+        self.task: asyncio.Future[int] | None = None
+
+
 class Definitions:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._version = -1
         self._scopes: dict[Scope, ScopeDefinitions] = {}
         self._kinds: dict[DefinitionKind, frozenset[Scope]] = {}
+        self._look: _Look | None = None
 
     @property
     def version(self) -> int:
@@ -69,14 +79,31 @@ class Definitions:
     async def refresh(self) -> bool:
         """Drop what is cached when any process changed any definition since the last look;
         True when it did. The version is read before anything is loaded: a change committed
-        during a load bumps it past what was read, and the next refresh loads again."""
-        version = await self.registry.definitions_version()
-        if version == self._version:
+        during a load bumps it past what was read, and the next refresh loads again.
+
+        The consumers of a worker share the cache and wake together: their refreshes share one
+        read, but only a read that begins after a refresh was asked for, so each still sees
+        every change committed before it asked."""
+        look = self._look
+        if look is None or look.begun:
+            look = self._look = _Look()
+            look.task = asyncio.ensure_future(self._read_version(look))
+        assert look.task is not None
+        version = await asyncio.shield(look.task)
+        if version <= self._version:
             return False
         self._scopes.clear()
         self._kinds.clear()
         self._version = version
         return True
+
+    async def _read_version(self, look: _Look) -> int:
+        look.begun = True
+        try:
+            return await self.registry.definitions_version()
+        finally:
+            if self._look is look:
+                self._look = None
 
     async def scopes_with(self, *kinds: DefinitionKind) -> frozenset[Scope]:
         found: set[Scope] = set()

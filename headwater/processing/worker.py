@@ -42,6 +42,13 @@ logger = logging.getLogger("headwater.worker")
 TICK_SECONDS = 0.5
 RETRY_INTERVAL = 0.25  # seconds between looks for dead letters to apply again
 HEAD_TIMEOUT = 0.5
+# A partition with nothing to do looks again when the log grows, but no sooner than this after
+# its last look: under steady ingest the head moves every few milliseconds, and every look
+# costs each consumer a read and a checkpoint write, for nothing when no rule applies.
+IDLE_LOOK_SECONDS = 0.02
+# The catalog folds at most this often (sooner only while it is behind by a full page): its
+# cost per fold is a read, a write and the counts of the types it saw.
+CATALOG_SPACING_SECONDS = 0.2
 BACKOFF_SECONDS = 0.5
 _instances = itertools.count(1)
 
@@ -236,7 +243,7 @@ class Worker:
         retry_at = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            seen = self.head
+            seen, looked = self.head, loop.time()
             behind = False
             try:
                 for consumer in consumers:
@@ -253,6 +260,7 @@ class Worker:
                 await asyncio.sleep(BACKOFF_SECONDS)
                 continue
             if not behind:
+                await asyncio.sleep(max(0.0, looked + IDLE_LOOK_SECONDS - loop.time()))
                 await self._wait_for_growth(seen, RETRY_INTERVAL)
 
     async def _retry_dead_letters(self, partition: int, consumers: list[PartitionConsumer]) -> None:
@@ -264,8 +272,9 @@ class Worker:
 
     async def _run_catalog(self) -> None:
         consumer = CatalogConsumer(self.store, self.owner, CATALOG_LEASE)
+        loop = asyncio.get_running_loop()
         while True:
-            seen = self.head
+            seen, looked = self.head, loop.time()
             try:
                 if await consumer.run_once() >= consumer.batch_size:
                     continue
@@ -277,4 +286,5 @@ class Worker:
                 logger.exception("catalog: folding failed; retrying")
                 await asyncio.sleep(BACKOFF_SECONDS)
                 continue
+            await asyncio.sleep(max(0.0, looked + CATALOG_SPACING_SECONDS - loop.time()))
             await self._wait_for_growth(seen, self.settings.catalog_interval)

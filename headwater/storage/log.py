@@ -55,6 +55,19 @@ class LogPage(NamedTuple):
     examined: int
 
 
+class EventSummary(NamedTuple):
+    """What the catalog folds of an event, read without making the whole event (the two
+    datetimes alone cost more than the fold)."""
+
+    seq: int
+    tenant: str
+    mode: Mode
+    type: str
+    received_us: int
+    flagged: bool  # a soft schema recorded violations
+    data: bytes
+
+
 class EventQuery(msgspec.Struct, frozen=True):
     """A page of one tenant's events, newest `time` first.
 
@@ -109,6 +122,9 @@ class EventLog(Protocol):
 
     async def read_log(self, after_seq: int, limit: int) -> list[Event]:
         """Events of every partition with `seq > after_seq`, in log order."""
+
+    async def read_summaries(self, after_seq: int, limit: int) -> list[EventSummary]:
+        """As `read_log`, the summaries."""
 
     async def read_partition(
         self, partition: int, after_seq: int, limit: int, scopes: frozenset[Scope] | None = None

@@ -327,6 +327,33 @@ def test_batch_context_is_merged_into_each_message(api: Api) -> None:
     assert (second["channel"], second["data"]["context"]) == (None, {"ip": "9.9.9.9", "device": {"id": "d-1"}})
 
 
+def test_a_number_out_of_range_in_the_batch_context_refuses_the_batch(api: Api) -> None:
+    """The batch's context goes into every message, so no message could be kept: a 400 naming
+    the number, and nothing stored."""
+    key = api.key()
+    body = (
+        b'{"batch": [{"type": "track", "userId": "u", "event": "A"}],'
+        b' "context": {"ok": 1, "device": {"big": -36893488147419103233}}}'
+    )
+    response = api.client.post("/v1/batch", content=body, headers={**api.as_(key), "Content-Type": "application/json"})
+    assert (response.status_code, response.json()) == (
+        400,
+        {
+            "error": "the batch's context holds a number out of range",
+            "details": [
+                {
+                    "field": "context.device.big",
+                    "code": "number_out_of_range",
+                    "message": (
+                        "number out of range: a float must be finite in 64 bits, an integer from -2^63 to 2^64-1"
+                    ),
+                }
+            ],
+        },
+    )
+    assert api.client.get("/v1/events", headers=api.as_(key)).json()["data"] == []
+
+
 def test_message_id_deduplicates(api: Api) -> None:
     key = api.key()
     message = {"userId": "u", "event": "Signed Up", "messageId": "dup-1"}

@@ -29,12 +29,12 @@ from headwater.storage.registry import DefinitionKind, TriggerRecord
 from headwater.storage.sqlite.derived import SqliteDerived
 
 
-async def define_trigger(store: Store, tenant: str) -> None:
+async def define_trigger(store: Store, tenant: str, trigger_id: str = "trg_1") -> None:
     """A trigger, so that the tenant's events are read by a consumer of triggers."""
     now = datetime.now(UTC)
     rule = {"name": "any", "event_types": ["view"], "action": {"type": "recommend", "config": {}}}
     await store.registry.put_trigger(
-        TriggerRecord("trg_1", tenant, "live", msgspec.Raw(msgspec.json.encode(rule)), now, now)
+        TriggerRecord(trigger_id, tenant, "live", msgspec.Raw(msgspec.json.encode(rule)), now, now)
     )
 
 
@@ -249,5 +249,41 @@ def test_a_store_that_cannot_write_is_retried_and_nothing_is_dead_lettered(setti
         await drain(c)
         assert await store.derived.checkpoint("recorder", p) == seqs[-1]
         assert await store.derived.list_dead_letters("t", "live") == []
+
+    run(settings, body)
+
+
+def test_refreshes_asked_together_share_one_read_and_none_misses_an_earlier_change(settings: Settings) -> None:
+    """A worker's consumers wake together and refresh the one cache: one read of the version
+    serves them all. A refresh asked while a read is under way reads again, so a change
+    committed before it asked is in force for it."""
+
+    async def body(store: Store) -> None:
+        reads: list[int] = []
+        real = store.registry.definitions_version
+        hold = asyncio.Event()
+
+        async def counted() -> int:
+            reads.append(1)
+            version = await real()
+            if len(reads) == 2:
+                await hold.wait()  # a read that began before the change and ends after it
+            return version
+
+        store.registry.definitions_version = counted  # type: ignore[method-assign]
+        definitions = Definitions(store.registry)
+        assert await asyncio.gather(*(definitions.refresh() for _ in range(16))) == [True] + [False] * 15
+        assert len(reads) == 1
+        assert await definitions.scopes_with("triggers") == frozenset({("t", "live")})
+        slow = asyncio.ensure_future(definitions.refresh())
+        while len(reads) < 2:
+            await asyncio.sleep(0.001)
+        await define_trigger(store, "u", "trg_2")
+        assert await definitions.refresh() is True  # a read of its own, after the trigger
+        assert len(reads) == 3
+        assert await definitions.scopes_with("triggers") == frozenset({("t", "live"), ("u", "live")})
+        hold.set()
+        assert await slow is False  # an older version changes nothing
+        assert await definitions.scopes_with("triggers") == frozenset({("t", "live"), ("u", "live")})
 
     run(settings, body)

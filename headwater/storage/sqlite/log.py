@@ -21,7 +21,15 @@ from headwater.events import Event, EventDraft, FieldError, Mode, QuarantinedEve
 from headwater.ids import looks_like_event_id
 from headwater.partitions import DEFAULT_PARTITIONS, partition_of
 from headwater.storage.base import IncompatibleStore
-from headwater.storage.log import AppendOutcome, EventQuery, LogPage, QuarantineQuery, Refused, Scope
+from headwater.storage.log import (
+    AppendOutcome,
+    EventQuery,
+    EventSummary,
+    LogPage,
+    QuarantineQuery,
+    Refused,
+    Scope,
+)
 from headwater.storage.sqlite.core import SqliteCore, Transaction, where
 
 LOG_SCHEMA = """
@@ -282,6 +290,13 @@ class LogTables(SqliteCore):
     async def read_log(self, after_seq: int, limit: int) -> list[Event]:
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
         return await self.read(lambda conn: [row_to_event(r) for r in conn.execute(sql, (after_seq, limit))])
+
+    async def read_summaries(self, after_seq: int, limit: int) -> list[EventSummary]:
+        sql = (
+            "SELECT seq, tenant, mode, type, received_at, coalesce(violations, '[]') != '[]', CAST(data AS BLOB)"
+            " FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        )
+        return await self.read(lambda conn: [EventSummary._make(r) for r in conn.execute(sql, (after_seq, limit))])
 
     async def read_partition(
         self, partition: int, after_seq: int, limit: int, scopes: frozenset[Scope] | None = None
