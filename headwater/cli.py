@@ -39,6 +39,8 @@ from headwater.storage import open_store
 from headwater.storage.base import IncompatibleStore, Store
 
 T = TypeVar("T")
+# How much lower than the API the worker that `serve` starts runs (see `serve`).
+WORKER_NICE = 10
 err = Console(stderr=True)
 _encoder = msgspec.json.Encoder()
 
@@ -162,7 +164,10 @@ def serve(host: str, port: int, data_dir: Path, log_level: str, worker: bool) ->
     address = f"[{host}]" if ":" in host else host
     click.echo(f"Headwater listening on http://{address}:{sock.getsockname()[1]} (data in {data_dir})", err=True)
     tune_gc()
-    workers = Supervisor(data_dir, 1) if worker else None
+    # The worker yields the CPU to the API when both want it: ingest keeps its rate under load,
+    # and the worker catches up from the log as soon as there is room (`headwater worker`
+    # processes of their own run at normal priority).
+    workers = Supervisor(data_dir, 1, nice=WORKER_NICE) if worker else None
     if workers is not None:
         workers.start()
     try:

@@ -106,9 +106,10 @@ def run_api(config: uvicorn.Config, sock: socket.socket, workers: Supervisor | N
 class Supervisor:
     """`count` child worker processes on `data_dir`, started again when one dies."""
 
-    def __init__(self, data_dir: Path, count: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, count: int, env: dict[str, str] | None = None, nice: int = 0) -> None:
         self.data_dir = data_dir
         self.count = count
+        self.nice = nice
         self.env = {**os.environ, **(env or {})}
         self.children: list[subprocess.Popen[bytes] | None] = [None] * count
         self._stopping = threading.Event()
@@ -119,7 +120,14 @@ class Supervisor:
             sys.executable, "-m", "headwater", "worker", "--processes", "1",
             "--data-dir", str(self.data_dir), "--stop-with", str(os.getpid()),
         ]  # fmt: skip
-        return subprocess.Popen(command, env=self.env, preexec_fn=_die_with_parent)
+        nice = self.nice
+
+        def prepare() -> None:
+            _die_with_parent()
+            if nice:
+                os.nice(nice)
+
+        return subprocess.Popen(command, env=self.env, preexec_fn=prepare)
 
     def start(self) -> None:
         self.children = [self._spawn() for _ in range(self.count)]

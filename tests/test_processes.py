@@ -76,7 +76,8 @@ def test_serve_runs_a_worker_and_no_worker_runs_none(server_factory: type[Server
 
 def test_serve_stops_its_worker_on_a_signal_to_its_process_group(tmp_path: Path) -> None:
     """As systemd stops a service by default: SIGTERM to every process of the group at once. The
-    worker is not started again while the server stops, and serve exits 0 once it has stopped."""
+    worker (which runs at a lower priority than the API) is not started again while the server
+    stops, and serve exits 0 once it has stopped."""
     data_dir, log = tmp_path / "data", tmp_path / "serve.log"
     port = str(ServerProcess(data_dir).port)
     with open(log, "wb") as out:
@@ -89,6 +90,8 @@ def test_serve_stops_its_worker_on_a_signal_to_its_process_group(tmp_path: Path)
     try:
         [owner] = wait_until(lambda: status(data_dir)["workers"], 30)
         worker_pid = int(owner.rsplit(":", 1)[1])
+        # It yields the CPU to the API when both want it.
+        assert os.getpriority(os.PRIO_PROCESS, worker_pid) == os.getpriority(os.PRIO_PROCESS, serve.pid) + 10
         os.killpg(serve.pid, signal.SIGTERM)
         assert serve.wait(30) == 0
     finally:

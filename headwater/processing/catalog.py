@@ -38,9 +38,13 @@ def json_type(raw: bytes) -> str:
     return "number" if any(c in raw for c in b".eE") else "integer"
 
 
-def fold(events: Sequence[EventSummary], known: set[tuple[str, Mode, str]]) -> Effects:
+def fold(
+    events: Sequence[EventSummary], known: set[tuple[str, Mode, str]], datas: dict[int, bytes] | None = None
+) -> Effects:
     """What a page of the log adds to the catalog; `known` holds the (tenant, mode, type)
-    entries the catalog had before it."""
+    entries the catalog had before it, `datas` the `data` (by offset) of the events of the
+    others that the summaries came without."""
+    datas = datas or {}
     counts: dict[tuple[str, Mode, str], list[int]] = {}  # [count, first µs, last µs, violations]
     properties: set[CatalogProperty] = set()
     for event in events:
@@ -54,9 +58,12 @@ def fold(events: Sequence[EventSummary], known: set[tuple[str, Mode, str]]) -> E
         entry[2] = max(entry[2], received)
         if event.flagged:
             entry[3] += 1
-        if key not in known or event.seq % PROPERTY_SAMPLE == 0:
+        data = event.data
+        if data is None and key not in known:
+            data = datas.get(event.seq)
+        if data is not None:
             try:
-                fields = _top_level.decode(event.data)
+                fields = _top_level.decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue  # a `data` that is not an object (an older event) has no properties
             properties.update(CatalogProperty(*key, name, json_type(bytes(raw))) for name, raw in fields.items())
@@ -81,13 +88,18 @@ class CatalogConsumer:
         derived = self.store.derived
         if self.position is None:
             self.position = await derived.checkpoint(NAME, WHOLE_LOG)
-        events = await self.store.log.read_summaries(self.position, self.batch_size)
+        events = await self.store.log.read_summaries(self.position, self.batch_size, PROPERTY_SAMPLE)
         if not events:
             return 0
         end = events[-1].seq
         known = await derived.catalog_types(sorted({(e.tenant, e.mode) for e in events}))
+        # Every event of a type the catalog has not seen gives its properties; those are rare
+        # once a tenant's types are known, so their `data` is read apart.
+        unseen = [e.seq for e in events if e.data is None and (e.tenant, e.mode, e.type) not in known]
+        datas = {e.seq or 0: bytes(e.data) for e in await self.store.log.get_events(unseen)} if unseen else {}
+        effects = fold(events, known, datas)
         batch = EffectBatch(
-            WHOLE_LOG, fold(events, known), CheckpointMove(NAME, WHOLE_LOG, self.position, end), self.owner, self.lease
+            WHOLE_LOG, effects, CheckpointMove(NAME, WHOLE_LOG, self.position, end), self.owner, self.lease
         )
         self.position = end if await derived.apply(batch) else None
         return len(events)

@@ -57,7 +57,7 @@ class LogPage(NamedTuple):
 
 class EventSummary(NamedTuple):
     """What the catalog folds of an event, read without making the whole event (the two
-    datetimes alone cost more than the fold)."""
+    datetimes alone cost more than the fold), and its `data` only when asked for."""
 
     seq: int
     tenant: str
@@ -65,7 +65,7 @@ class EventSummary(NamedTuple):
     type: str
     received_us: int
     flagged: bool  # a soft schema recorded violations
-    data: bytes
+    data: bytes | None
 
 
 class EventQuery(msgspec.Struct, frozen=True):
@@ -123,8 +123,9 @@ class EventLog(Protocol):
     async def read_log(self, after_seq: int, limit: int) -> list[Event]:
         """Events of every partition with `seq > after_seq`, in log order."""
 
-    async def read_summaries(self, after_seq: int, limit: int) -> list[EventSummary]:
-        """As `read_log`, the summaries."""
+    async def read_summaries(self, after_seq: int, limit: int, sample: int) -> list[EventSummary]:
+        """As `read_log`, the summaries; with `data` for the events whose offset is a multiple of
+        `sample`, None for the others."""
 
     async def read_partition(
         self, partition: int, after_seq: int, limit: int, scopes: frozenset[Scope] | None = None

@@ -291,12 +291,13 @@ class LogTables(SqliteCore):
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
         return await self.read(lambda conn: [row_to_event(r) for r in conn.execute(sql, (after_seq, limit))])
 
-    async def read_summaries(self, after_seq: int, limit: int) -> list[EventSummary]:
+    async def read_summaries(self, after_seq: int, limit: int, sample: int) -> list[EventSummary]:
         sql = (
-            "SELECT seq, tenant, mode, type, received_at, coalesce(violations, '[]') != '[]', CAST(data AS BLOB)"
-            " FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+            "SELECT seq, tenant, mode, type, received_at, coalesce(violations, '[]') != '[]',"
+            " CASE WHEN seq % ? = 0 THEN CAST(data AS BLOB) END FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
         )
-        return await self.read(lambda conn: [EventSummary._make(r) for r in conn.execute(sql, (after_seq, limit))])
+        args = (sample, after_seq, limit)
+        return await self.read(lambda conn: [EventSummary._make(r) for r in conn.execute(sql, args)])
 
     async def read_partition(
         self, partition: int, after_seq: int, limit: int, scopes: frozenset[Scope] | None = None
