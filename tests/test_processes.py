@@ -106,13 +106,18 @@ def test_worker_processes_split_the_partitions(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     run_cli("status", "--data-dir", str(data_dir))  # creates it
     proc = subprocess.Popen([*HEADWATER, "worker", "--processes", "2", "--data-dir", str(data_dir)])
-    try:
-        found = wait_until(lambda: len((s := status(data_dir))["workers"]) == 2 and s, 30)
+
+    def shares() -> list[int]:
         by_owner: dict[str, int] = {}
-        for c in found["consumers"]:
-            if c["name"] == "facts":
+        for c in status(data_dir)["consumers"]:
+            if c["name"] == "facts" and c["owner"] is not None:
                 by_owner[c["owner"]] = by_owner.get(c["owner"], 0) + 1
-        assert sorted(by_owner.values()) == [4, 4]
+        return sorted(by_owner.values())
+
+    try:
+        # The first worker up takes every partition, and hands half over once it sees the other.
+        wait_until(lambda: shares() == [4, 4], 30)
+        assert len(status(data_dir)["workers"]) == 2
     finally:
         proc.terminate()
         proc.wait(30)

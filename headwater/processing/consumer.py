@@ -141,6 +141,7 @@ class PartitionConsumer:
         self.checkpoint_seconds = checkpoint_seconds
         self._limit = batch_size
         self.position: int | None = None  # how far this consumer has looked
+        self.planned = False  # whether its last page had events to plan
         self._stored = 0  # the checkpoint as last written (or read)
         self._stored_at = 0.0
 
@@ -181,6 +182,7 @@ class PartitionConsumer:
         page, scopes = await self._read(start, limit)
         full = page.examined >= limit
         self._limit = min(limit * 2, self.max_batch_size) if full else self.batch_size
+        self.planned = bool(page.events)
         if not page.events:
             # Readers go by the stored checkpoint (facts are "the events before it"): store it now
             # when caught up, else at most every checkpoint_seconds.

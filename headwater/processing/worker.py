@@ -42,9 +42,10 @@ logger = logging.getLogger("headwater.worker")
 TICK_SECONDS = 0.5
 RETRY_INTERVAL = 0.25  # seconds between looks for dead letters to apply again
 HEAD_TIMEOUT = 0.5
-# A partition with nothing to do looks again when the log grows, but no sooner than this after
-# its last look: under steady ingest the head moves every few milliseconds, and every look
-# costs each consumer a read and a checkpoint write, for nothing when no rule applies.
+# A partition whose last look found nothing to plan looks again when the log grows, but no
+# sooner than this after that look: under steady ingest the head moves every few milliseconds,
+# and every look costs each consumer a read and a checkpoint write, for nothing when no rule
+# applies. A partition that had events to plan looks again at once (a `/sync` waits for it).
 IDLE_LOOK_SECONDS = 0.02
 # The catalog folds at most this often (sooner only while it is behind by a full page): its
 # cost per fold is a read, a write and the counts of the types it saw.
@@ -83,6 +84,10 @@ class Worker:
         self.definitions = Definitions(self.store.registry)
         self.head = 0
         self._grown = asyncio.Event()  # set, and replaced, each time the head moves
+        # Each partition's head, and an event set (and replaced) when it moves: a partition's
+        # runner wakes for its own events only.
+        self.heads: dict[int, int] = {}
+        self._partition_grown: dict[int, asyncio.Event] = {}
         self._runners: dict[int, asyncio.Task[None]] = {}
         self._catalog: asyncio.Task[None] | None = None
         self._alive = 0  # workers alive at the last look
@@ -215,20 +220,33 @@ class Worker:
                 await asyncio.sleep(BACKOFF_SECONDS)
                 continue
             if head != self.head:
+                with contextlib.suppress(StoreError):
+                    heads = await self.store.log.partition_heads()
+                    for p, at in heads.items():
+                        if at != self.heads.get(p) and p in self._partition_grown:
+                            self._partition_grown.pop(p).set()
+                    self.heads = heads
                 self.head = head
                 grown, self._grown = self._grown, asyncio.Event()
                 grown.set()
 
-    async def _wait_for_growth(self, seen: int, timeout: float) -> None:
+    async def _wait_for_growth(self, seen: int, timeout: float, partition: int | None = None) -> None:
+        """Until the head (of `partition`, when given) is past `seen`, or `timeout`."""
         # An event per head rather than a Condition: a wait cancelled while the head moves
         # (a worker stopping) must end at once, and an Event's wait holds no lock.
-        if self.head > seen:
-            return
+        if partition is None:
+            if self.head > seen:
+                return
+            grown = self._grown
+        else:
+            if self.heads.get(partition, 0) > seen:
+                return
+            grown = self._partition_grown.setdefault(partition, asyncio.Event())
         # asyncio.timeout, not wait_for: wait_for runs the wait as a task of its own, and on 3.11
         # a cancel that meets its timeout can be lost, leaving a stopping worker stuck here.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._grown.wait()
+                await grown.wait()
 
     # Consumers
 
@@ -243,7 +261,7 @@ class Worker:
         retry_at = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            seen, looked = self.head, loop.time()
+            seen, looked = self.heads.get(partition, 0), loop.time()
             behind = False
             try:
                 for consumer in consumers:
@@ -260,8 +278,9 @@ class Worker:
                 await asyncio.sleep(BACKOFF_SECONDS)
                 continue
             if not behind:
-                await asyncio.sleep(max(0.0, looked + IDLE_LOOK_SECONDS - loop.time()))
-                await self._wait_for_growth(seen, RETRY_INTERVAL)
+                if not any(c.planned for c in consumers):
+                    await asyncio.sleep(max(0.0, looked + IDLE_LOOK_SECONDS - loop.time()))
+                await self._wait_for_growth(seen, RETRY_INTERVAL, partition)
 
     async def _retry_dead_letters(self, partition: int, consumers: list[PartitionConsumer]) -> None:
         by_name = {c.name: c for c in consumers}
