@@ -17,12 +17,9 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from bare_app import lifespan, read_body, respond
+
 DB_PATH = os.environ.get("BENCH_DB_PATH", "durable_bench.db")
-RESPONSE = b'{"accepted":1,"duplicates":0,"rejected":0,"results":[{"status":"accepted"}]}'
-HEADERS = [
-    (b"content-type", b"application/json"),
-    (b"content-length", str(len(RESPONSE)).encode()),
-]
 
 conn = sqlite3.connect(DB_PATH, isolation_level=None, check_same_thread=False)
 conn.execute("PRAGMA journal_mode=WAL")
@@ -39,20 +36,9 @@ def commit(body: bytes) -> None:
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    body = b""
-    more_body = True
-    while more_body:
-        message = await receive()
-        body += message.get("body", b"")
-        more_body = message.get("more_body", False)
+        await lifespan(receive, send)
+        return
+    body = await read_body(receive)
     if scope["method"] == "POST":  # not the health checks
         await asyncio.get_running_loop().run_in_executor(writer, commit, body)
-    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-    await send({"type": "http.response.body", "body": RESPONSE})
+    await respond(send)
