@@ -26,15 +26,21 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed
 	$(BIN)/ruff check headwater tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4
 
-## Run the benchmarks: ingest (wrk, installed with apt when missing), trigger rules, facts and challenges.
+## Run the benchmarks: ingest (wrk, PostgreSQL and redis-server installed with apt when missing),
+## trigger rules, facts and challenges, and the backends side by side.
 bench: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq postgresql)
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/rules.py
 	$(BIN)/python bench/gamification.py
+	$(BIN)/python bench/backends.py
+	$(BIN)/python bench/fairness.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

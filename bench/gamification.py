@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,13 +50,15 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from headwater.config import Settings
 from headwater.events import Event
 from headwater.ids import new_event_ids, new_prefixed_id
 from headwater.processing.gamification import ChallengeIn, compile_challenge
 from headwater.runtime import tune_gc
+from headwater.storage import open_store as headwater_store
 from headwater.storage.base import Store
 from headwater.storage.registry import BadgeRecord, ChallengeRecord
-from headwater.storage.sqlite import MAIN_FILE, open_sqlite_store, partition_file
+from headwater.storage.sqlite import MAIN_FILE, partition_file
 
 BENCH_DIR = Path(__file__).resolve().parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -67,6 +69,13 @@ TENANT = "bench"
 BATCH = 1000
 IN_FLIGHT = 4
 START = datetime(2026, 4, 1, tzinfo=UTC)
+
+
+def settings_for(where: Path | str) -> Settings:
+    """The settings of a store: a data dir, or a PostgreSQL URL."""
+    if isinstance(where, str) and where.startswith("postgresql://"):
+        return replace(Settings(), store=where, partitions=PARTITIONS, webhook_worker=False)
+    return replace(Settings(), data_dir=Path(where), partitions=PARTITIONS, webhook_worker=False)
 
 
 def challenges(count: int, types: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -115,8 +124,9 @@ def events(count: int, participants: int, types: int, rng: random.Random) -> lis
     return batches
 
 
-async def open_store(directory: Path, definitions: list[dict[str, Any]]) -> Store:
-    store = open_sqlite_store(directory)
+async def open_store(where: Path | str, definitions: list[dict[str, Any]]) -> Store:
+    """A store (a data dir, or a PostgreSQL URL) with the badges and challenges of the workload."""
+    store = headwater_store(settings_for(where))
     await store.start()
     now = datetime.now(UTC)
     for i in range(20):
@@ -203,12 +213,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def workers(directory: Path, count: int) -> Any:
-    """`count` facts worker processes on `directory`, ready (imported) but not started."""
-    go = directory / "go"
+def workers(where: Path | str, count: int, go: Path | None = None) -> Any:
+    """`count` facts worker processes on `where` (a data dir, or a PostgreSQL URL), ready
+    (imported) but not started: they start when `go` (by default in the data dir) exists."""
+    go = go or Path(where) / "go"
     procs = [
         subprocess.Popen(
-            [sys.executable, str(BENCH_DIR / "facts_worker.py"), str(directory), str(go)],
+            [sys.executable, str(BENCH_DIR / "facts_worker.py"), str(where), str(go)],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -87,6 +87,12 @@ class Connection(asyncio.Protocol):
             if len(self.buffer) < end + 4 + length:
                 return
             del self.buffer[: end + 4 + length]
+            if self.due is None:
+                # Not an answer to a request: the server closing a connection idle past its
+                # header deadline (a 408). It goes; `lost` opens another.
+                assert self.transport is not None
+                self.transport.close()
+                return
             self.generator.answered(self, int(head[9:12]))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -126,6 +132,8 @@ class OpenLoop:
             self.idle.append(connection)
 
     def dispatch(self, due: float) -> None:
+        while self.idle and (self.idle[-1].transport is None or self.idle[-1].transport.is_closing()):
+            self.idle.pop()  # closed by the server, and not told yet
         if self.idle:
             self.in_flight += 1
             self.idle.pop().send(due)

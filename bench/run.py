@@ -228,8 +228,9 @@ def headwater_command() -> list[str]:
     return [str(executable)]
 
 
-def create_key(command: list[str], data_dir: Path, role: str = "ingest") -> str:
-    argv = [*command, "keys", "create", "--tenant", "bench", "--role", role, "--data-dir", str(data_dir)]
+def create_key(command: list[str], where: list[str], role: str = "ingest") -> str:
+    """A key of the store `where` names (`--data-dir DIR`, or `--store URL`)."""
+    argv = [*command, "keys", "create", "--tenant", "bench", "--role", role, *where]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
     if done.returncode != 0 or not lines:
@@ -237,24 +238,25 @@ def create_key(command: list[str], data_dir: Path, role: str = "ingest") -> str:
     return lines[-1]
 
 
-def worker_lag(command: list[str], data_dir: Path) -> int:
-    """Events the consumers have still to process, over every consumer and partition."""
-    argv = [*command, "status", "--json", "--data-dir", str(data_dir)]
+def worker_lag(command: list[str], where: list[str]) -> int:
+    """Events the consumers have still to process, over every consumer and partition, of the
+    store `where` names (`--data-dir DIR`, or `--store URL`)."""
+    argv = [*command, "status", "--json", *where]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         raise PhaseError(f"`{' '.join(argv)}` failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     return sum(int(c["lag"]) for c in json.loads(done.stdout)["consumers"])
 
 
-def catch_up(command: list[str], data_dir: Path, timeout: float) -> dict[str, float | None]:
+def catch_up(command: list[str], where: list[str], timeout: float) -> dict[str, float | None]:
     """The worker's lag when the load stops, and how long it then takes to reach the head:
     a worker that keeps the ingest rate up by falling behind shows here."""
     started = time.monotonic()
-    lag = worker_lag(command, data_dir)
+    lag = worker_lag(command, where)
     left = lag
     while left and time.monotonic() - started < timeout:
         time.sleep(0.5)
-        left = worker_lag(command, data_dir)
+        left = worker_lag(command, where)
     return {"lag_at_end": lag, "caught_up_s": None if left else time.monotonic() - started, "lag_left": left}
 
 
@@ -455,7 +457,7 @@ class Run:
         command = headwater_command()
         if data_dir not in self.keys:
             data_dir.mkdir()
-            self.keys[data_dir] = create_key(command, data_dir)
+            self.keys[data_dir] = create_key(command, ["--data-dir", str(data_dir)])
         port = free_port()
         argv = [*command, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
         if not worker:
@@ -474,7 +476,8 @@ class Run:
             self.measure(f"{prefix} single", server, self.single_file, key, SINGLE_CONNECTIONS)
             self.measure(f"{prefix} batch", server, self.batch_file, key, BATCH_CONNECTIONS)
             if worker:
-                self.catch_up = catch_up(headwater_command(), data_dir, timeout=10.0 * self.seconds)
+                where = ["--data-dir", str(data_dir)]
+                self.catch_up = catch_up(headwater_command(), where, timeout=10.0 * self.seconds)
 
     def uvicorn(self, name: str, app: str, env: dict[str, str]) -> Server:
         port = free_port()

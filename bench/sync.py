@@ -225,7 +225,8 @@ def run(work: Path, count: int, max_seconds: float) -> dict[str, Any]:
     command = headwater_command()
     data_dir = work / "sync-headwater"
     data_dir.mkdir()
-    key = create_key(command, data_dir, role="admin")  # 002 wants admin or editor; rules need configure
+    # 002 wants admin or editor; rules need configure
+    key = create_key(command, ["--data-dir", str(data_dir)], role="admin")
     port = free_port()
     argv = [*command, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
     server = Server("headwater (sync)", argv, work / "sync-headwater.log", port, workers=True)

@@ -14,28 +14,54 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
 
 from headwater import dialects, openapi, operations
-from headwater.access_log import AccessLogMiddleware
+from headwater.access_log import ROUTE_KEY, AccessLogMiddleware
 from headwater.api import (
+    audit,
     catalog,
     dead_letters,
+    erasures,
     events,
     gamification,
     health,
     keys,
+    limits,
     quarantine,
     schemas,
     triggers,
     webhooks,
 )
 from headwater.api.common import json_response
+from headwater.bus import open_bus
 from headwater.config import Settings
-from headwater.errors import ApiError
+from headwater.cors import CorsMiddleware, OriginIndex
+from headwater.dialects import analytics, data_events, segment
+from headwater.dialects import gamification as gamification_dialect
+from headwater.errors import ApiError, storage_full
 from headwater.middleware import BodyLimitMiddleware
+from headwater.sealing import Sealer, seal_stored_secrets
 from headwater.services import Services
 from headwater.storage import open_store
-from headwater.storage.base import Backpressure, StoreError
+from headwater.storage.base import Backpressure, StorageFull, StoreError
 
 logger = logging.getLogger("headwater")
+
+# Every route that takes events with an ingest key (POST), the ones browsers may call (headwater.cors).
+# Not 002's customer events: it answers with what the event's triggers did, for admin and editor keys only.
+INGEST_PATHS = frozenset(
+    {
+        "/v1/events",
+        "/v1/cloudevents",
+        "/v1/batch",
+        *(f"/v1/{kind}" for kind in segment.KINDS),
+        *(
+            f"{prefix}/ingest/events{tail}"
+            for prefix in gamification_dialect.PREFIXES
+            for tail in ("", "/batch", "/sync")
+        ),
+        analytics.PATH,
+        data_events.PATH,
+    }
+)
 
 
 class HotPathDispatcher:
@@ -53,6 +79,7 @@ class HotPathDispatcher:
         if scope["type"] == "http":
             handler = self.hot.get((scope["method"], scope["path"]))
             if handler is not None:
+                scope[ROUTE_KEY] = scope["path"]
                 await handler(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -85,6 +112,8 @@ def _http_error(routes: list[BaseRoute], hot: dict[tuple[str, str], ASGIApp]) ->
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, StorageFull):
+        return await _api_error(request, storage_full())
     retry = str(exc.retry_after) if isinstance(exc, Backpressure) else "1"
     return json_response({"error": f"store unavailable: {exc}", "details": []}, 503, {"Retry-After": retry})
 
@@ -96,7 +125,8 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings()
     store = open_store(settings)
-    services = Services.build(settings, store)
+    bus = open_bus(settings, listen=True)
+    services = Services.build(settings, store, bus)
 
     services.readers["native"] = events.draft_from
     services.readers["import"] = events.draft_from_line
@@ -104,6 +134,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         *health.routes(services),
         *events.routes(services),
         *keys.routes(services),
+        *limits.routes(services),
         *schemas.routes(services),
         *quarantine.routes(services),
         *catalog.routes(services),
@@ -111,6 +142,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         *webhooks.routes(services),
         *gamification.routes(services),
         *dead_letters.routes(services),
+        *erasures.routes(services),
+        *audit.routes(services),
     ]
     for dialect in dialects.ALL:
         routes += dialect.routes(services)
@@ -121,8 +154,17 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         # The API does no derived work: workers (`headwater worker`) follow the log.
         await store.start()
         try:
+            await seal_stored_secrets(store, Sealer(settings.secret_key))
+        except BaseException:  # a key that does not open the secrets stops the start: the store closes first
+            await store.close()
+            raise
+        if bus is not None:
+            await bus.start()
+        try:
             yield
         finally:
+            if bus is not None:
+                await bus.close()
             await store.close()
 
     hot: dict[tuple[str, str], ASGIApp] = {("POST", "/v1/events"): events.IngestEndpoint(services)}
@@ -139,4 +181,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         lifespan=lifespan,
     )
     starlette.state.services = services
-    return AccessLogMiddleware(BodyLimitMiddleware(HotPathDispatcher(starlette, hot), settings.max_body_bytes))
+    origins = OriginIndex(store.registry.publishable_origins, settings.key_cache_seconds)
+    limited = BodyLimitMiddleware(
+        HotPathDispatcher(starlette, hot), settings.max_body_bytes, settings.max_compressed_body_bytes
+    )
+    return AccessLogMiddleware(CorsMiddleware(limited, INGEST_PATHS, origins))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import errno
+import functools
 import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -30,13 +31,25 @@ from rich.table import Column, Table
 from headwater.api.events import draft_from_line
 from headwater.auth import ROLES, Principal
 from headwater.cli_settings import CheckedGroup, FormType, Misconfigured
-from headwater.config import LOG_LEVEL, PATH, PORT, TEXT, Settings, choice, whole
+from headwater.config import (
+    BUS_URL,
+    LOG_LEVEL,
+    PATH,
+    PORT,
+    STORE_URL,
+    TEXT,
+    Settings,
+    choice,
+    optional,
+    variable,
+    whole,
+)
 from headwater.events import Event
 from headwater.keys import create_key
 from headwater.pipeline import Pipeline
 from headwater.schemas import SchemaRegistry
 from headwater.storage import open_store
-from headwater.storage.base import IncompatibleStore, Store
+from headwater.storage.base import Store, StoreError
 
 T = TypeVar("T")
 # How much lower than the API the worker that `serve` starts runs (see `serve`).
@@ -45,14 +58,40 @@ err = Console(stderr=True)
 _encoder = msgspec.json.Encoder()
 
 
-data_dir_option = click.option(
-    "--data-dir",
-    envvar="HEADWATER_DATA_DIR",
-    type=FormType(PATH),
-    default=Path("./headwater-data"),
-    show_default=True,
-    help="Where the SQLite store lives.",
-)
+def store_options(command: Callable[..., T]) -> Callable[..., T]:
+    """`--data-dir`, `--store` and `--bus`, handed to the command as one `settings`."""
+
+    @functools.wraps(command)
+    def with_settings(*args: Any, data_dir: Path, store: str | None, bus: str | None, **kwargs: Any) -> T:
+        return command(*args, settings=replace(Settings(), data_dir=data_dir, store=store, bus=bus), **kwargs)
+
+    options = [
+        click.option(
+            "--data-dir",
+            envvar="HEADWATER_DATA_DIR",
+            type=FormType(PATH),
+            default=Path("./headwater-data"),
+            show_default=True,
+            help="Where the SQLite store lives (when there is no --store).",
+        ),
+        click.option(
+            "--store",
+            envvar="HEADWATER_STORE",
+            type=FormType(optional(STORE_URL)),
+            default=None,
+            help="A PostgreSQL URL: the log and every table there instead of SQLite.",
+        ),
+        click.option(
+            "--bus",
+            envvar="HEADWATER_BUS",
+            type=FormType(optional(BUS_URL)),
+            default=None,
+            help="A Redis URL: events reach the workers through Redis Streams.",
+        ),
+    ]
+    return functools.reduce(lambda fn, option: option(fn), reversed(options), with_settings)
+
+
 tenant_option = click.option(
     "--tenant", envvar="HEADWATER_TENANT", type=FormType(TEXT), default="default", show_default=True
 )
@@ -61,13 +100,9 @@ mode_option = click.option(
 )
 
 
-def _settings(data_dir: Path) -> Settings:
-    return replace(Settings(), data_dir=data_dir)
-
-
 @asynccontextmanager
-async def _opened(data_dir: Path) -> AsyncIterator[Store]:
-    store = open_store(_settings(data_dir))
+async def _opened(settings: Settings) -> AsyncIterator[Store]:
+    store = open_store(settings)
     await store.start()
     try:
         yield store
@@ -79,14 +114,14 @@ async def _nothing(store: Store) -> None:
     pass
 
 
-def _run_with_store(data_dir: Path, fn: Callable[[Store], Awaitable[T]]) -> T:
+def _run_with_store(settings: Settings, fn: Callable[[Store], Awaitable[T]]) -> T:
     async def main() -> T:
-        async with _opened(data_dir) as store:
+        async with _opened(settings) as store:
             return await fn(store)
 
     try:
         return asyncio.run(main())
-    except IncompatibleStore as exc:
+    except StoreError as exc:  # another partition count, an older schema, a server that is down
         raise Misconfigured([str(exc)]) from None
 
 
@@ -114,19 +149,36 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _logging(log_level: str) -> dict[str, Any]:
-    """uvicorn's logging, plus Headwater's own loggers (the access log among them) at the same level."""
+def _logging(log_level: str, log_format: str) -> dict[str, Any]:
+    """uvicorn's logging, plus Headwater's own loggers (the access log among them) at the same level;
+    as JSON, every line of both is one JSON object."""
     from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["headwater"] = {"handlers": ["default"], "level": LOG_LEVELS[log_level], "propagate": False}
+    if log_format == "json":
+        config["formatters"]["default"] = {"()": "headwater.access_log.JsonFormatter"}
     return config
+
+
+def setting_option(name: str, help: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A flag for the `Settings` field `name`: `--<name>`, reading HEADWATER_<NAME>, of the field's
+    form and default (so a flag, its variable and the setting can never disagree)."""
+    declared = next(f for f in fields(Settings) if f.name == name)
+    return click.option(
+        "--" + name.replace("_", "-"),
+        envvar=variable(name),
+        type=FormType(declared.metadata["form"]),
+        default=declared.metadata["default"],
+        show_default=True,
+        help=help,
+    )
 
 
 @main.command()
 @click.option("--host", envvar="HEADWATER_HOST", type=FormType(TEXT), default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="HEADWATER_PORT", type=FormType(PORT), default=8000, show_default=True)
-@data_dir_option
+@store_options
 @click.option(
     "--log-level",
     envvar="HEADWATER_LOG_LEVEL",
@@ -142,12 +194,36 @@ def _logging(log_level: str) -> dict[str, Any]:
     show_default=True,
     help="Start one worker process beside the API (stopped with it); --no-worker runs the API alone.",
 )
-def serve(host: str, port: int, data_dir: Path, log_level: str, worker: bool) -> None:
+@click.option(
+    "--processes",
+    envvar="HEADWATER_API_PROCESSES",
+    type=FormType(whole("processes", 2, high=64)),
+    default=1,
+    show_default=True,
+    help="API processes on the one port (a server store only: SQLite serves from one process).",
+)
+@setting_option("log_format", "text: a line per request; json: one JSON object per line.")
+@setting_option("header_timeout", "Seconds a client has to send a request's headers; then 408 and close.")
+@setting_option("body_timeout", "Seconds a request body may stall between its bytes; then 408 and close.")
+@setting_option("keep_alive_timeout", "Seconds an idle connection stays open between requests.")
+def serve(
+    host: str,
+    port: int,
+    settings: Settings,
+    log_level: str,
+    worker: bool,
+    processes: int,
+    log_format: str,
+    header_timeout: float,
+    body_timeout: float,
+    keep_alive_timeout: float,
+) -> None:
     """Run the HTTP server (creates tenant `default` and an admin key on first start)."""
     import uvicorn
 
     from headwater.app import create_app
-    from headwater.processes import Supervisor, run_api
+    from headwater.http_protocol import TimedHttpToolsProtocol, Timeouts
+    from headwater.processes import Supervisor, serve_api
     from headwater.runtime import tune_gc
 
     async def bootstrap(store: Store) -> str | None:
@@ -156,31 +232,46 @@ def serve(host: str, port: int, data_dir: Path, log_level: str, worker: bool) ->
         created = await create_key(store, "default", "admin", "live", "bootstrap admin key")
         return created.key
 
+    if processes > 1 and settings.store is None:
+        raise Misconfigured(
+            [f"--processes {processes} needs a server store (--store postgresql://...): SQLite serves from one process"]
+        )
     sock = _listen(host, port)
-    key = _run_with_store(data_dir, bootstrap)
+    key = _run_with_store(settings, bootstrap)
     if key is not None:
         click.echo("Created tenant 'default' with an admin key. It is shown only this once:")
         click.echo(f"  {key}")
     address = f"[{host}]" if ":" in host else host
-    click.echo(f"Headwater listening on http://{address}:{sock.getsockname()[1]} (data in {data_dir})", err=True)
+    click.echo(f"Headwater listening on http://{address}:{sock.getsockname()[1]} ({settings.where()})", err=True)
+    settings = replace(
+        settings,
+        log_format=log_format,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        keep_alive_timeout=keep_alive_timeout,
+    )
+    protocol = TimedHttpToolsProtocol.with_timeouts(Timeouts(header_timeout, body_timeout, keep_alive_timeout))
     tune_gc()
     # The worker yields the CPU to the API when both want it: ingest keeps its rate under load,
     # and the worker catches up from the log as soon as there is room (`headwater worker`
     # processes of their own run at normal priority).
-    workers = Supervisor(data_dir, 1, nice=WORKER_NICE) if worker else None
+    workers = Supervisor(settings, 1, nice=WORKER_NICE) if worker else None
     if workers is not None:
         workers.start()
-    try:
-        config = uvicorn.Config(
-            create_app(_settings(data_dir)),
+
+    def config() -> uvicorn.Config:
+        return uvicorn.Config(
+            create_app(settings),
             loop="uvloop",
-            http="httptools",
+            http=protocol,
             # Headwater's own access log (headwater.access_log) names the caller; uvicorn's cannot.
             access_log=False,
             log_level=log_level,
-            log_config=_logging(log_level),
+            log_config=_logging(log_level, log_format),
         )
-        run_api(config, sock, workers)
+
+    try:
+        serve_api(config, sock, workers, processes)
     finally:
         if workers is not None:
             workers.stop()
@@ -194,29 +285,41 @@ def serve(host: str, port: int, data_dir: Path, log_level: str, worker: bool) ->
     show_default=True,
     help="Worker processes to run; they split the partitions between them (and with any other worker).",
 )
-@data_dir_option
+@store_options
 @click.option("--stop-with", type=FormType(whole("a process id", 1)), default=None, hidden=True)
-def worker(processes: int, data_dir: Path, stop_with: int | None) -> None:
+def worker(processes: int, settings: Settings, stop_with: int | None) -> None:
     """Run the consumers: triggers, facts, webhook delivery and the catalog."""
     from headwater.processes import Supervisor, run_worker
 
-    _run_with_store(data_dir, _nothing)  # opens (and upgrades) the store, or says in one line why not
+    _run_with_store(settings, _nothing)  # opens (and upgrades) the store, or says in one line why not
     if processes == 1:
-        run_worker(_settings(data_dir), stop_with)
+        run_worker(settings, stop_with)
         return
-    workers = Supervisor(data_dir, processes)
+    workers = Supervisor(settings, processes)
     workers.start()
     workers.wait()
 
 
 @main.command()
+@store_options
+def migrate(settings: Settings) -> None:
+    """Bring the store's schema up to date (PostgreSQL; a SQLite data dir upgrades itself)."""
+    from headwater.storage import migrate_store
+
+    try:
+        click.echo(asyncio.run(migrate_store(settings)))
+    except StoreError as exc:
+        raise Misconfigured([str(exc)]) from None
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@data_dir_option
-def status(as_json: bool, data_dir: Path) -> None:
+@store_options
+def status(as_json: bool, settings: Settings) -> None:
     """The log's head and, per consumer and partition, its checkpoint, lag and owner."""
     from headwater.processing.status import status as read_status
 
-    found = _run_with_store(data_dir, read_status)
+    found = _run_with_store(settings, read_status)
     if as_json:
         click.echo(msgspec.json.encode(found).decode())
         return
@@ -240,10 +343,10 @@ def keys() -> None:
 @click.option("--role", envvar="HEADWATER_ROLE", type=FormType(choice(*ROLES)), required=True)
 @mode_option
 @click.option("--name", envvar="HEADWATER_KEY_NAME", default=None, help="A label for the key.")
-@data_dir_option
-def keys_create(tenant: str, role: str, mode: str, name: str | None, data_dir: Path) -> None:
+@store_options
+def keys_create(tenant: str, role: str, mode: str, name: str | None, settings: Settings) -> None:
     """Create a key (and the tenant, if new). The key is printed alone on the last line."""
-    created = _run_with_store(data_dir, lambda s: create_key(s, tenant, role, mode, name))  # type: ignore[arg-type]
+    created = _run_with_store(settings, lambda s: create_key(s, tenant, role, mode, name))  # type: ignore[arg-type]
     click.echo(f"Created {created.role} key {created.id} for tenant {created.tenant!r} ({created.mode}).")
     click.echo("Store it now: it is not shown again.")
     click.echo(created.key)
@@ -251,10 +354,10 @@ def keys_create(tenant: str, role: str, mode: str, name: str | None, data_dir: P
 
 @keys.command("list")
 @tenant_option
-@data_dir_option
-def keys_list(tenant: str, data_dir: Path) -> None:
+@store_options
+def keys_list(tenant: str, settings: Settings) -> None:
     """List a tenant's keys (prefixes only; keys are stored hashed)."""
-    records = _run_with_store(data_dir, lambda s: s.registry.list_keys(tenant))
+    records = _run_with_store(settings, lambda s: s.registry.list_keys(tenant))
     table = Table("id", "prefix", "role", "mode", "name", "created", "revoked")
     for r in records:
         revoked = r.revoked_at.isoformat() if r.revoked_at else ""
@@ -268,12 +371,12 @@ def keys_list(tenant: str, data_dir: Path) -> None:
 @keys.command("revoke")
 @click.argument("key_id")
 @tenant_option
-@data_dir_option
-def keys_revoke(key_id: str, tenant: str, data_dir: Path) -> None:
+@store_options
+def keys_revoke(key_id: str, tenant: str, settings: Settings) -> None:
     """Revoke a key; running servers stop accepting it within a second."""
     from datetime import UTC, datetime
 
-    done = _run_with_store(data_dir, lambda s: s.registry.revoke_key(tenant, key_id, datetime.now(UTC)))
+    done = _run_with_store(settings, lambda s: s.registry.revoke_key(tenant, key_id, datetime.now(UTC)))
     if not done:
         raise click.ClickException(f"no active key {key_id!r} in tenant {tenant!r}")
     click.echo(f"Revoked {key_id}.")
@@ -305,7 +408,7 @@ def _ndjson_line(event: Event) -> bytes:
 @click.option("--from-start", is_flag=True, help="Print the existing events first.")
 @click.option("--count", type=int, default=None, help="Stop after this many events.")
 @click.option("--interval", type=float, default=0.2, show_default=True, help="Seconds between polls.")
-@data_dir_option
+@store_options
 def events_tail(
     tenant: str,
     mode: str,
@@ -313,7 +416,7 @@ def events_tail(
     from_start: bool,
     count: int | None,
     interval: float,
-    data_dir: Path,
+    settings: Settings,
 ) -> None:
     """Print new events as NDJSON as they arrive (follows the log by offset)."""
     out = sys.stdout.buffer
@@ -337,7 +440,7 @@ def events_tail(
                 await asyncio.sleep(interval)
 
     with suppress(KeyboardInterrupt):
-        _run_with_store(data_dir, follow)
+        _run_with_store(settings, follow)
 
 
 async def _log_end(store: Store) -> int:
@@ -362,8 +465,8 @@ def _progress(**columns: Any) -> Progress:
 @tenant_option
 @mode_option
 @click.option("--output", "-o", type=click.File("wb"), default="-", help="File to write (default stdout).")
-@data_dir_option
-def events_export(tenant: str, mode: str, output: IO[bytes], data_dir: Path) -> None:
+@store_options
+def events_export(tenant: str, mode: str, output: IO[bytes], settings: Settings) -> None:
     """Write a tenant's events as NDJSON, in log order."""
 
     async def export(store: Store) -> int:
@@ -380,7 +483,7 @@ def events_export(tenant: str, mode: str, output: IO[bytes], data_dir: Path) -> 
                 progress.update(task, completed=written)
         return written
 
-    written = _run_with_store(data_dir, export)
+    written = _run_with_store(settings, export)
     output.flush()
     err.print(f"exported {written} events")
 
@@ -413,8 +516,8 @@ def _chunks(stream: IO[bytes], size: int) -> Iterator[tuple[list[tuple[int, byte
 @tenant_option
 @mode_option
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=1000, show_default=True)
-@data_dir_option
-def events_import(file: IO[bytes], tenant: str, mode: str, batch_size: int, data_dir: Path) -> None:
+@store_options
+def events_import(file: IO[bytes], tenant: str, mode: str, batch_size: int, settings: Settings) -> None:
     """Load NDJSON events through the ingest pipeline (dedup applies)."""
     size = Path(file.name).stat().st_size if file.name not in ("<stdin>", "-") else None
     principal = Principal("cli", tenant, mode, "admin")  # type: ignore[arg-type]
@@ -441,7 +544,7 @@ def events_import(file: IO[bytes], tenant: str, mode: str, batch_size: int, data
                 progress.advance(task, read)
 
     started = time.monotonic()
-    _run_with_store(data_dir, load)
+    _run_with_store(settings, load)
     for problem in problems[:50]:
         err.print(f"rejected {problem}", markup=False)
     if len(problems) > 50:
@@ -457,8 +560,8 @@ def events_import(file: IO[bytes], tenant: str, mode: str, batch_size: int, data
 
 @main.command()
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
-@data_dir_option
-def replay(batch_size: int, data_dir: Path) -> None:
+@store_options
+def replay(batch_size: int, settings: Settings) -> None:
     """Rebuild gamification and trigger state from the log, then swap it in.
 
     Works while a server ingests on the same data dir: the rebuild catches up with the log,
@@ -470,13 +573,13 @@ def replay(batch_size: int, data_dir: Path) -> None:
     async def rebuild(store: Store) -> Any:
         with _progress(count=MofNCompleteColumn()) as progress:
             task = progress.add_task("replaying", total=None)
-            return await Replay(store, _settings(data_dir), batch_size).run(
+            return await Replay(store, settings, batch_size).run(
                 lambda done, total: progress.update(task, completed=done, total=total)
             )
 
     started = time.monotonic()
     try:
-        result = _run_with_store(data_dir, rebuild)
+        result = _run_with_store(settings, rebuild)
     except RebuildBusy as exc:
         raise click.ClickException(str(exc)) from None
     rows = ", ".join(f"{table} {count:,}" for table, count in result.rows.items())

@@ -85,7 +85,7 @@ class CheckedCommand(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         root = ctx.find_root()
-        known = set(Settings.variables()) | {faults.VARIABLE}
+        known = set(Settings.variables()) | set(faults.VARIABLES)
         known |= _option_variables(root.command, root.auto_envvar_prefix or "HEADWATER")
         for name, closest in unknown_variables(os.environ, known):
             hint = f" (did you mean {closest}?)" if closest else ""
@@ -94,7 +94,8 @@ class CheckedCommand(click.Command):
         try:
             rest = super().parse_args(ctx, args)
         except Misconfigured as exc:
-            raise Misconfigured(exc.problems + problems) from None
+            # A flag read from its variable fails as the variable itself did: one line, not two.
+            raise Misconfigured(list(dict.fromkeys(exc.problems + problems))) from None
         except click.BadParameter as exc:
             message = exc.message.rstrip(".")
             raise Misconfigured([f"{_where(exc.param, exc.ctx)} is not valid: {message}", *problems]) from None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from headwater.partitions import MAX_PARTITIONS
+from headwater.sealing import SecretKey, parse_secret_key
 
 T = TypeVar("T")
 PREFIX = "HEADWATER_"
@@ -26,12 +27,14 @@ class Form(Generic[T]):
     parse: Callable[[str], T]
     expected: str
     metavar: str = "TEXT"  # how a flag's help names it
+    secret: bool = False  # an error never repeats the text: a key with one typo is still most of the key
 
     def read(self, where: str, text: str) -> T:
         try:
             return self.parse(text)
         except ValueError:
-            raise SettingError(f"{where}={text!r} is not valid: expected {self.expected}") from None
+            shown = f"{where} (not shown)" if self.secret else f"{where}={text!r}"
+            raise SettingError(f"{shown} is not valid: expected {self.expected}") from None
 
 
 class SettingError(ValueError):
@@ -110,17 +113,62 @@ def choice(*values: str) -> Form[str]:
 
 def optional(form: Form[T]) -> Form[T | None]:
     """The form, or empty text for "not set"."""
-    return Form(lambda text: form.parse(text) if text.strip() else None, f"{form.expected}, or nothing", form.metavar)
+    return Form(
+        lambda text: form.parse(text) if text.strip() else None, f"{form.expected}, or nothing", form.metavar,
+        form.secret,
+    )  # fmt: skip
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        scheme, sep, rest = text.strip().partition("://")
+        if not sep or scheme.lower() not in schemes or not rest:
+            raise ValueError(text)
+        return text.strip()
+
+    return parse
+
+
+def _without_password(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    credentials, at, place = rest.rpartition("@")
+    if not at:
+        return url
+    return f"{scheme}://{credentials.partition(':')[0]}@{place}"
+
+
+def parse_rate_limit(text: str) -> tuple[float, int]:
+    """`<events per second>[:<burst>]`; the burst defaults to one second's worth (at least 1)."""
+    rate, _, burst = text.strip().partition(":")
+    per_second = float(rate)
+    size = int(burst) if burst else max(1, math.ceil(per_second)) if math.isfinite(per_second) else 0
+    if not (0 < per_second <= 1e6) or not (1 <= size <= 10**7):
+        raise ValueError(text)
+    return per_second, size
 
 
 TEXT = Form(_text, "a non-empty value")
+STORE_URL = Form(
+    _url(("postgresql", "postgres")), "a PostgreSQL URL, e.g. postgresql://headwater@localhost/headwater", "URL"
+)
+BUS_URL = Form(_url(("redis", "rediss", "unix")), "a Redis URL, e.g. redis://localhost:6379/0", "URL")
 PATH = Form(_path, "a directory (new or existing), e.g. ./headwater-data", "DIRECTORY")
 PORT = Form(lambda text: _whole(text, 1, 65535), "a port number from 1 to 65535, e.g. 8000", "PORT")
 SECONDS = Form(_seconds, "a number of seconds (0 or more), e.g. 0.5", "SECONDS")
 POSITIVE_SECONDS = Form(_positive_seconds, "a number of seconds (more than 0), e.g. 10", "SECONDS")
 SCHEDULE = Form(parse_schedule, "comma-separated seconds, e.g. 0,5,300", "SECONDS,...")
 SWITCH = Form(_switch, "1 or 0 (or true/false, yes/no, on/off)", "[1|0]")
+RATE_LIMIT = Form(
+    parse_rate_limit, "events per second, and a burst after a colon: e.g. 100:200 (up to 1e6/s, 1e7)", "RATE[:BURST]"
+)
+SECRET_KEY = Form(
+    parse_secret_key,
+    "32 bytes in base64, e.g. the output of `openssl rand -base64 32`",
+    "BASE64",
+    secret=True,
+)
 LOG_LEVEL = choice("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMAT = choice("text", "json")
 
 
 class _FromEnvironment:
@@ -149,15 +197,31 @@ class Settings:
     README's tables)."""
 
     data_dir: Path = setting(Path("./headwater-data"), PATH)
+    # None: embedded SQLite in `data_dir`. A PostgreSQL URL: the log and every table there.
+    store: str | None = setting(None, optional(STORE_URL))
+    store_pool_size: int = setting(10, whole("connections", 10))
+    # None: workers and waiters look at the store. A Redis URL: events are carried to workers and
+    # waiters woken through Redis Streams (the store stays the source of truth).
+    bus: str | None = setting(None, optional(BUS_URL))
     max_body_bytes: int = setting(5 * 1024 * 1024, whole("bytes", 5242880))
+    # The bytes of a compressed body as sent (max_body_bytes counts them inflated). None: max_body_bytes.
+    max_compressed_body_bytes: int | None = setting(None, optional(whole("bytes", 1048576)))
     max_batch_events: int = setting(1000, whole("events", 1000))
     max_json_depth: int = setting(64, whole("levels", 64))
     queue_max_events: int = setting(200_000, whole("events", 200000))
     key_cache_seconds: float = setting(0.5, SECONDS)
+    # Each key's limit unless it or its tenant has one (headwater.ratelimit); None: no limit.
+    rate_limit: tuple[float, int] | None = setting(None, optional(RATE_LIMIT))
     sync_timeout: float = setting(10.0, POSITIVE_SECONDS)
     catalog_interval: float = setting(1.0, POSITIVE_SECONDS)
     # None: the Segment dialect's own default (headwater.dialects.segment.SKEW_THRESHOLD_SECONDS).
     segment_skew_seconds: float | None = setting(None, optional(SECONDS))
+
+    # The HTTP connection (headwater.http_protocol; `serve` has a flag for each).
+    header_timeout: float = setting(10.0, POSITIVE_SECONDS)
+    body_timeout: float = setting(10.0, POSITIVE_SECONDS)
+    keep_alive_timeout: float = setting(5.0, POSITIVE_SECONDS)
+    log_format: str = setting("text", LOG_FORMAT)
 
     # Processing (headwater.processing.worker). None: the count the data dir was created with
     # (8 for a new one); a count that differs from the recorded one is refused.
@@ -174,6 +238,8 @@ class Settings:
     # Off: this process only enqueues; another process (a worker) sends.
     webhook_worker: bool = setting(True, SWITCH)
     allow_private_webhooks: bool = setting(False, SWITCH)
+    # None: webhook secrets are stored in clear (the server warns at start). Set: sealed with it (headwater.sealing).
+    secret_key: SecretKey | None = setting(None, optional(SECRET_KEY))
 
     def __post_init__(self) -> None:
         problems = []
@@ -190,6 +256,13 @@ class Settings:
             object.__setattr__(self, f.name, value)
         if problems:
             raise SettingsError(problems)
+
+    def where(self) -> str:
+        """Where the data lives, for people: the password of a URL left out."""
+        if self.store is None:
+            return f"data in {self.data_dir}"
+        bus = "" if self.bus is None else f", bus {_without_password(self.bus)}"
+        return f"store {_without_password(self.store)}{bus}"
 
     @classmethod
     def names(cls) -> list[str]:

@@ -30,5 +30,18 @@ class ApiError(Exception):
         return msgspec.json.encode(ErrorBody(self.error, self.details))
 
 
+# Freeing space is an operator's job, not a moment's: a client that retries at once only adds load.
+STORAGE_FULL_RETRY_SECONDS = 30
+
+
+def storage_full() -> ApiError:
+    """A write refused because the store's disk is full: nothing of the request was stored."""
+    return ApiError(
+        507,
+        "storage is full: nothing of this request was stored; retry once space is freed",
+        headers={"Retry-After": str(STORAGE_FULL_RETRY_SECONDS)},
+    )
+
+
 def bad_request(error: str, field: str = "", code: str = "invalid", message: str = "") -> ApiError:
     return ApiError(400, error, [FieldError(field, code, message or error)])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import secrets
 import threading
 import time
 
@@ -93,11 +92,6 @@ def looks_like_event_id(text: str) -> bool:
 
 def new_prefixed_id(prefix: str) -> str:
     return f"{prefix}_{uuid7_hex()}"
-
-
-def new_api_key(mode: str) -> str:
-    # 32 bytes from the OS CSPRNG: 256 bits, well above the 128 the keys need.
-    return f"hw_{mode}_{secrets.token_urlsafe(32)}"
 
 
 def hash_api_key(key: str) -> str:

@@ -68,13 +68,22 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     409: "The resource is not in a state that allows this.",
     413: "The body is over the byte limit (counted after gzip is undone) or carries too many events.",
     415: "A `Content-Encoding` other than gzip (or, where a content type matters, an unsupported one).",
+    429: "Over the key's rate limit (in events): nothing was stored; retry after `Retry-After` seconds.",
     503: "The store cannot take the request now (the write queue is full, or the store is unavailable).",
+    507: "The store's disk is full: nothing of the request was stored; it is taken again once there is room.",
 }
 RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "string", "pattern": "^[0-9]+$"}}
 WWW_AUTHENTICATE = {"description": "The scheme to authenticate with.", "schema": {"type": "string"}}
 ERROR_HEADERS: dict[int, dict[str, dict[str, Any]]] = {
     401: {"WWW-Authenticate": {**WWW_AUTHENTICATE, "required": True}},
     503: {"Retry-After": {**RETRY_AFTER, "required": True}},
+    429: {
+        "Retry-After": {**RETRY_AFTER, "required": True},
+        "RateLimit-Limit": {"description": "The burst: events at once.", "schema": {"type": "string"}},
+        "RateLimit-Remaining": {"description": "Events the bucket holds now.", "schema": {"type": "string"}},
+        "RateLimit-Reset": {"description": "Seconds until the bucket is full.", "schema": {"type": "string"}},
+    },
+    507: {"Retry-After": {**RETRY_AFTER, "required": True}},
 }
 
 # What an authenticated route can always answer, and what a route that reads a body adds.

@@ -22,17 +22,20 @@ import msgspec
 from starlette.routing import BaseRoute
 
 from headwater.api import (
+    audit,
     catalog,
     dead_letters,
+    erasures,
     events,
     gamification_docs,
     keys,
+    limits,
     quarantine,
     schemas,
     triggers,
     webhooks,
 )
-from headwater.api.health import Health, Ready
+from headwater.api.health import Health, NotReady, Ready
 from headwater.dialects import analytics, cloudevents, customer_events, data_events, gamification, segment
 from headwater.errors import ErrorBody
 from headwater.events import Event, IngestResult
@@ -446,6 +449,26 @@ WEBHOOK_URL = {
     rf"(:{_PORT})?([/?#][!-~]*)?$",
 }
 MAPPED_TYPE = {"type": "string", "minLength": 1, "maxLength": 128}
+_ORIGIN_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+ORIGIN = {
+    "type": "string",
+    "maxLength": 260,  # a host of at most 253 characters
+    "description": "scheme://host[:port] as a browser sends it in Origin: http or https, no path, no wildcard.",
+    # IPv6 addresses in brackets are accepted too.
+    "pattern": rf"^[Hh][Tt][Tt][Pp][Ss]?://({_ORIGIN_LABEL}\.)*{_ORIGIN_LABEL}(:{_PORT})?$",
+}
+# A publishable key is an ingest key with the origins that may use it; no other key has origins.
+KEY_KINDS = [
+    {"properties": {"publishable": {"const": False}, "allowed_origins": {"type": "null"}}},
+    {
+        "required": ["publishable", "allowed_origins"],
+        "properties": {
+            "publishable": {"const": True},
+            "role": {"const": "ingest"},
+            "allowed_origins": {"type": "array", "minItems": 1, "maxItems": keys.MAX_ORIGINS, "items": ORIGIN},
+        },
+    },
+]
 
 
 def refine(components: dict[str, Any]) -> None:
@@ -472,6 +495,7 @@ def refine(components: dict[str, Any]) -> None:
     mappings = components["TypeMappings"]["properties"]["mappings"]
     mappings["propertyNames"] = MAPPED_TYPE
     mappings["additionalProperties"] = {"type": "array", "items": MAPPED_TYPE}
+    components["KeyCreate"]["anyOf"] = KEY_KINDS
     for name in ("WebhookCreate", "WebhookPatch"):
         props = components[name]["properties"]
         props["url"] = WEBHOOK_URL
@@ -494,7 +518,14 @@ WEBHOOKS = ("webhooks",)
 PROCESSING = ("processing",)
 META = ("meta",)
 READ = AUTH_ERRORS
-WRITE = (*BODY_ERRORS, *AUTH_ERRORS)
+WRITE = (*BODY_ERRORS, *AUTH_ERRORS, 507)
+INGEST = (*WRITE, 429)
+RATE_LIMIT_DESCRIPTION = (
+    "A token bucket counted in events: `burst` at once, refilled at `per_second`. A key's own limit comes "
+    "first, then its tenant's default, then the server's (`HEADWATER_RATE_LIMIT`); `null` removes one. "
+    "Over the limit, ingest answers 429 with `Retry-After` and `RateLimit-*` headers and stores nothing; a "
+    "request of more events than the burst is 413. Every API process applies a change within a second."
+)
 
 
 EVENT_TYPE = Param("type", Annotated[str, msgspec.Meta(min_length=1, max_length=128)], where="path")
@@ -515,7 +546,7 @@ def _ops() -> dict[Key, Doc]:
         ("GET", "/readyz"): Doc(
             "The store accepts writes",
             META,
-            {200: Ready, 503: Reply(ErrorBody, "The store does not accept writes now.")},
+            {200: Ready, 503: Reply(NotReady, "The store does not accept writes now.")},
             security=NO_AUTH,
         ),
         ("GET", "/openapi.json"): Doc(
@@ -553,7 +584,7 @@ def _ops() -> dict[Key, Doc]:
             ),
             body=(Body(schema=NATIVE_BODY),),
             body_description="An event (`EventIn`) or a batch (`EventBatch`); see the description.",
-            errors=WRITE,
+            errors=INGEST,
         ),
         ("GET", "/v1/events"): Doc(
             "Query events, newest first",
@@ -576,6 +607,28 @@ def _ops() -> dict[Key, Doc]:
             "Create a key (shown once)", KEYS, {201: CreatedKey}, body=(Body(keys.KeyCreate),), errors=WRITE
         ),
         ("GET", "/v1/keys"): Doc("The tenant's keys", KEYS, {200: keys.KeyList}, errors=READ),
+        ("GET", "/v1/keys/{key_id}/rate-limit"): Doc(
+            "A key's rate limit", KEYS, {200: limits.KeyRateLimit}, errors=(404, *READ)
+        ),
+        ("PUT", "/v1/keys/{key_id}/rate-limit"): Doc(
+            "Set or remove a key's rate limit",
+            KEYS,
+            {200: limits.KeyRateLimit},
+            description=RATE_LIMIT_DESCRIPTION,
+            body=(Body(limits.RateLimitPut),),
+            errors=(*WRITE, 404),
+        ),
+        ("GET", "/v1/settings/rate-limit"): Doc(
+            "The tenant's default rate limit", KEYS, {200: limits.TenantRateLimit}, errors=READ
+        ),
+        ("PUT", "/v1/settings/rate-limit"): Doc(
+            "Set or remove the tenant's default rate limit",
+            KEYS,
+            {200: limits.TenantRateLimit},
+            description=RATE_LIMIT_DESCRIPTION,
+            body=(Body(limits.RateLimitPut),),
+            errors=WRITE,
+        ),
         ("DELETE", "/v1/keys/{key_id}"): Doc(
             "Revoke a key",
             KEYS,
@@ -859,7 +912,7 @@ def _ops() -> dict[Key, Doc]:
             Body(CloudEvent, media_type=cloudevents.STRUCTURED),
             Body(schema=CLOUDEVENT_BATCH, media_type=cloudevents.BATCHED),
         ),
-        errors=(413, 415, *AUTH_ERRORS),
+        errors=(413, 415, *AUTH_ERRORS, 507),
     )
     docs[("OPTIONS", "/v1/cloudevents")] = Doc(
         "CloudEvents webhook validation handshake",
@@ -880,7 +933,7 @@ def _ops() -> dict[Key, Doc]:
     return docs
 
 
-DOCS: dict[Key, Doc] = {**_ops(), **gamification_docs.docs()}
+DOCS: dict[Key, Doc] = {**_ops(), **gamification_docs.docs(), **erasures.docs(), **audit.docs()}
 # Types that raw schemas above `$ref`, so they must be components too.
 EXTRA_TYPES: tuple[Any, ...] = (
     events.EventIn,

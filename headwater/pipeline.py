@@ -3,6 +3,10 @@
 Dialects call `Pipeline.ingest` with the drafts they read from their request (and
 `Rejection`s for the items they could not read); they get back one result per item,
 in order, and shape their own response from it.
+
+With a bus, the accepted events of a request are published to it once they are committed
+(one round trip); the entry ids are the dialects' stream ids. A bus that is down never fails
+the request: the ids are then None, and the bus's catch-up carries the events later.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from headwater.auth import Principal
+from headwater.bus import Bus, carried
 from headwater.events import (
     Event,
     EventDraft,
@@ -25,6 +30,7 @@ from headwater.events import (
 )
 from headwater.ids import new_event_id, new_event_ids, new_prefixed_id
 from headwater.parsing import OUT_OF_RANGE, may_hold_out_of_range, out_of_range_numbers
+from headwater.ratelimit import RateLimiter
 from headwater.schemas import CompiledSchema, SchemaRegistry
 from headwater.storage.base import Store
 from headwater.storage.log import AppendOutcome, Refused
@@ -33,11 +39,14 @@ from headwater.storage.log import AppendOutcome, Refused
 @dataclass
 class Ingested:
     """What the pipeline did with each item: the public result, plus the log offset and the
-    partition of each accepted or duplicate event (the original's, for a duplicate)."""
+    partition of each accepted or duplicate event (the original's, for a duplicate), and with a
+    bus each item's stream entry id (None when not accepted now, or when the bus did not take it;
+    `stream_ids` is None without a bus)."""
 
     result: IngestResult
     seqs: list[int | None]
     partitions: list[int | None]
+    stream_ids: list[str | None] | None = None
 
     def positions(self) -> list[tuple[int, int]]:
         """(partition, offset) of every event in the log: what waiting for processing waits on."""
@@ -60,9 +69,13 @@ def _raw_text(raw: bytes | None) -> str | None:
 
 
 class Pipeline:
-    def __init__(self, store: Store, schemas: SchemaRegistry) -> None:
+    def __init__(
+        self, store: Store, schemas: SchemaRegistry, bus: Bus | None = None, limiter: RateLimiter | None = None
+    ) -> None:
         self.store = store
         self.schemas = schemas
+        self.bus = bus
+        self.limiter = limiter
 
     def stamp(
         self, principal: Principal, draft: EventDraft, received_at: datetime, event_id: str | None = None
@@ -173,6 +186,12 @@ class Pipeline:
             results[index] = EventResult(index, "rejected", None)
         return None
 
+    async def admit(self, principal: Principal, count: int, dialect: str = "native") -> None:
+        """Take `count` events from the key's rate limit, or raise the `ApiError` (429) that
+        says why not; a replay of quarantined items is an admin's, and not limited."""
+        if self.limiter is not None and dialect != "replay":
+            await self.limiter.check(principal, count)
+
     async def ingest(
         self,
         principal: Principal,
@@ -182,6 +201,7 @@ class Pipeline:
         quarantine: bool = True,
         received_at: datetime | None = None,
         all_or_nothing: bool = False,
+        admitted: bool = False,
     ) -> Ingested:
         """Append every acceptable draft durably; returns once they are on disk.
 
@@ -195,7 +215,10 @@ class Pipeline:
         `all_or_nothing` (seed 000's batches) stores no event unless none is rejected; the
         rejected ones are still quarantined, and every other item is then `rejected` too, with
         no errors of its own.
+        Over the key's rate limit it raises the `ApiError` (429) that says so, before anything is
+        stored (see `admit`; `admitted`: the caller has counted the items already).
         """
+        await self.admit(principal, 0 if admitted else len(items), dialect)
         received_at = received_at or datetime.now(UTC)
         schemas: dict[str, CompiledSchema] = await self.schemas.for_scope(principal.tenant, principal.mode)
         # One scan of every draft's data together; only when it finds a candidate is each draft checked.
@@ -240,8 +263,21 @@ class Pipeline:
                 return placed.result(results)
             positions, appends, quarantined = [index for index, _ in remaining], [a for _, a in remaining], []
         if appends or quarantined:
-            self._note(positions, await self.store.log.append(appends, quarantined), results, placed)
+            outcomes = await self.store.log.append(appends, quarantined)
+            self._note(positions, outcomes, results, placed)
+            return await self._published(placed.result(results), positions, outcomes)
         return placed.result(results)
+
+    async def _published(self, ingested: Ingested, positions: list[int], outcomes: list[AppendOutcome]) -> Ingested:
+        """`ingested` with the stream ids of the events it accepted, once the bus has them."""
+        if self.bus is None:
+            return ingested
+        accepted = carried(outcomes)
+        ids = await self.bus.publish([event for _, event in accepted])
+        ingested.stream_ids = [None] * len(ingested.seqs)
+        for (index, _), entry_id in zip(accepted, ids or (), strict=False):
+            ingested.stream_ids[positions[index]] = entry_id
+        return ingested
 
 
 def _summary(results: list[EventResult]) -> IngestResult:

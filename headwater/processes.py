@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -103,11 +103,41 @@ def run_api(config: uvicorn.Config, sock: socket.socket, workers: Supervisor | N
     ApiServer(config).run(sockets=[sock])
 
 
-class Supervisor:
-    """`count` child worker processes on `data_dir`, started again when one dies."""
+def serve_api(
+    make_config: Callable[[], uvicorn.Config], sock: socket.socket, workers: Supervisor | None, processes: int
+) -> None:
+    """`processes` API processes on `sock`: this one and `processes - 1` forked children, which
+    the kernel hands connections in turn. Each makes its own app and store after the fork (a
+    pool or an event loop must not cross one). A child dies with this process; this one stops
+    them when it stops."""
+    children = []
+    for _ in range(processes - 1):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child's exit status is what its parent sees
+            code = 1
+            try:
+                _die_with_parent()
+                run_api(make_config(), sock, None)
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    try:
+        run_api(make_config(), sock, workers)
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
-    def __init__(self, data_dir: Path, count: int, env: dict[str, str] | None = None, nice: int = 0) -> None:
-        self.data_dir = data_dir
+
+class Supervisor:
+    """`count` child worker processes on the settings' store, started again when one dies."""
+
+    def __init__(self, settings: Settings, count: int, env: dict[str, str] | None = None, nice: int = 0) -> None:
+        self.settings = settings
         self.count = count
         self.nice = nice
         self.env = {**os.environ, **(env or {})}
@@ -118,8 +148,11 @@ class Supervisor:
     def _spawn(self) -> subprocess.Popen[bytes]:
         command = [
             sys.executable, "-m", "headwater", "worker", "--processes", "1",
-            "--data-dir", str(self.data_dir), "--stop-with", str(os.getpid()),
+            "--data-dir", str(self.settings.data_dir), "--stop-with", str(os.getpid()),
         ]  # fmt: skip
+        for flag, value in (("--store", self.settings.store), ("--bus", self.settings.bus)):
+            if value is not None:
+                command += [flag, value]
         nice = self.nice
 
         def prepare() -> None:

@@ -10,6 +10,7 @@ process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -23,14 +24,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis as redis_client
 from starlette.testclient import TestClient
 
 from headwater.app import create_app
 from headwater.config import Settings
 from headwater.keys import create_key
+from headwater.partitions import DEFAULT_PARTITIONS
 from headwater.processing.consumer import ENGINES, Engine
 from headwater.processing.worker import Worker
 from headwater.storage import open_store
+from tests.servers import Postgres, Redis, postgres_server, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADWATER = [sys.executable, "-m", "headwater"]
@@ -42,15 +46,147 @@ class Backend:
     settings: Settings
 
 
-@pytest.fixture(params=["sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    # SQLite needs nothing but a data dir; a server backend starts its server here.
-    return Backend(str(request.param), replace(Settings(), data_dir=tmp_path / "data"))
+# Every backend set-up the suite runs on; HEADWATER_TEST_BACKENDS=sqlite (say) runs fewer. Taken
+# out of the environment, as the commands the tests run would warn that nothing reads it, and
+# kept under another name for pytest-xdist's worker processes, which start after this runs.
+BACKENDS = ("sqlite", "postgres", "postgres+redis")
+ASKED = os.environ.pop("HEADWATER_TEST_BACKENDS", None) or os.environ.get("TESTS_ASKED_BACKENDS")
+if ASKED is not None:
+    os.environ["TESTS_ASKED_BACKENDS"] = ASKED
+SELECTED = tuple((ASKED or ",".join(BACKENDS)).split(","))
+# Unless asked for by name, postgres+redis runs where the bus changes what happens (ingest
+# answers, processing, waiting): the whole suite on three set-ups takes about 30 minutes on
+# two cores. HEADWATER_TEST_BACKENDS=postgres+redis runs all of it there.
+BUS_PATHS = (
+    "tests/dialects/", "tests/processing/", "tests/test_events_api.py", "tests/test_bus.py",
+    # What a crash, a full disk or a race of one key does to what the bus carries.
+    "tests/test_crash_ledger.py", "tests/test_storage_full.py", "tests/test_idempotency_machine.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if ASKED is not None:
+        return
+    kept, left = [], []
+    for item in items:
+        bus_case = "[postgres+redis" in item.nodeid and "backend" in getattr(item, "fixturenames", ())
+        (left if bus_case and not item.nodeid.startswith(BUS_PATHS) else kept).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[Redis]:
+    with redis_server() as server:
+        yield server
+
+
+def flush(server: Redis) -> None:
+    """Empty the server's database."""
+    with redis_client.Redis.from_url(server.url) as client:
+        client.flushdb()
+
+
+@pytest.fixture(params=SELECTED)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """SQLite needs nothing but a data dir. PostgreSQL: a database of the test's own, copied
+    from one with the schema, on the session's server; with Redis, the session's Redis server,
+    emptied first."""
+    settings = replace(Settings(), data_dir=tmp_path / "data")
+    if request.param == "sqlite":
+        yield Backend("sqlite", settings)
+        return
+    server: Postgres = request.getfixturevalue("postgres")
+    database = server.new_database()
+    settings = replace(settings, store=server.url(database))
+    if request.param == "postgres+redis":
+        bus: Redis = request.getfixturevalue("redis")
+        flush(bus)  # the streams of the tests before are not this test's
+        settings = replace(settings, bus=bus.url)
+    try:
+        yield Backend(str(request.param), settings)
+    finally:
+        server.drop_database(database)
 
 
 @pytest.fixture
 def settings(backend: Backend) -> Settings:
     return backend.settings
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    """A data dir's settings and no server: for a test of what only SQLite has (its files)."""
+    return replace(Settings(), data_dir=tmp_path / "data")
+
+
+def server_args(settings: Settings) -> list[str]:
+    """The command line's `--store` and `--bus` for the settings' servers (none on SQLite)."""
+    return [arg for flag, url in (("--store", settings.store), ("--bus", settings.bus)) if url for arg in (flag, url)]
+
+
+def store_args(settings: Settings) -> list[str]:
+    """What a command needs to open the settings' store: the data dir and the servers."""
+    return ["--data-dir", str(settings.data_dir), *server_args(settings)]
+
+
+# A consumer group of the tests' own on every stream that reads nothing: catch-up trims no entry
+# that a group has not received, so every entry the bus carried stays to be looked at.
+WATCHER = "tests"
+
+
+class Carried:
+    """What the bus carried (Redis's streams, read with XRANGE): the entry of each event."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.bus
+        self.partitions = settings.partitions or DEFAULT_PARTITIONS
+
+    @property
+    def bus(self) -> bool:
+        return self.url is not None
+
+    def watch(self) -> None:
+        assert self.url is not None
+        with redis_client.Redis.from_url(self.url) as client:
+            for p in range(self.partitions):
+                client.xgroup_create(f"headwater:events:{p}", WATCHER, id="0", mkstream=True)
+
+    def entries(self) -> list[tuple[str, str]]:
+        """(entry id, event id) of every entry, stream by stream."""
+        assert self.url is not None
+        with redis_client.Redis.from_url(self.url, decode_responses=True) as client:
+            return [
+                (entry_id, fields["id"])
+                for p in range(self.partitions)
+                for entry_id, fields in client.xrange(f"headwater:events:{p}")
+            ]
+
+    def entry_id(self, event_id: str) -> str:
+        """The id of the event's one entry."""
+        [found] = [entry_id for entry_id, carried in self.entries() if carried == event_id]
+        return found
+
+    def event_id(self, entry_id: str) -> str:
+        """The id of the event the entry carries."""
+        [found] = [event_id for carried, event_id in self.entries() if carried == entry_id]
+        return found
+
+
+@pytest.fixture
+def carried(settings: Settings) -> Carried:
+    """The bus's entries of the test's events; with a bus, none is trimmed while the test runs."""
+    found = Carried(settings)
+    if found.bus:
+        found.watch()
+    return found
 
 
 class WorkerThread:
@@ -158,15 +294,32 @@ class ServerProcess:
         cmd = [*HEADWATER, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read() if self.proc.stdout else b''!r}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
+        # One client for every poll: `httpx.get` makes one each time, and loading its TLS
+        # certificates costs 35 ms of CPU, more than the server's own start on a busy machine.
+        with httpx.Client(timeout=0.5) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited: {self.proc.stdout.read() if self.proc.stdout else b''!r}")
+                try:
+                    if client.get(self.url + "/healthz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    time.sleep(0.05)
         raise TimeoutError("server did not become healthy")
+
+    def drain(self) -> list[bytes]:
+        """Read what the server and its worker print as they go (a test that makes them log a
+        lot, faults say, must not let the pipe fill and block them); the lines so far."""
+        assert self.proc is not None and self.proc.stdout is not None
+        lines: list[bytes] = []
+        stdout = self.proc.stdout
+
+        def read() -> None:
+            with contextlib.suppress(ValueError, OSError):  # closed by kill or stop
+                lines.extend(iter(stdout.readline, b""))
+
+        threading.Thread(target=read, daemon=True).start()
+        return lines
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hooks, no flush; what is on disk is all that survives."""

@@ -502,6 +502,8 @@ def test_body_over_the_limit_by_content_length_is_413(ingest_with: Callable[...,
     assert response.request.headers["content-length"] == "2049"
     assert response.status_code == 413, response.text
     assert response.json() == too_large(2048)
+    # The rest of the body is not read, so the connection cannot carry another request.
+    assert response.headers["connection"] == "close"
     ingest.assert_nothing_changed()
 
     accepted_one(ingest.post(body_of_size(2048)))
@@ -624,6 +626,37 @@ def test_gzip_limit_counts_inflated_bytes(ingest_with: Callable[..., Ingest]) ->
 
     accepted_one(ingest.post(gzip.compress(body_of_size(2048)), GZIP))
     assert len(ingest.new_events()) == 1
+
+
+def empty_deflate_blocks(size: int) -> bytes:
+    """`size` bytes of a gzip stream that inflates to nothing: the header, then empty stored blocks."""
+    stream = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\x00\x00\x00\xff\xff" * (size // 5)
+    return stream[:size]
+
+
+def compressed_too_large(limit: int) -> dict[str, Any]:
+    return {"error": f"compressed request body exceeds the limit of {limit} bytes", "details": []}
+
+
+def test_gzip_limit_counts_compressed_bytes_too(ingest_with: Callable[..., Ingest]) -> None:
+    """A stream that inflates to next to nothing is cut off at the compressed limit, chunk by chunk."""
+    ingest = ingest_with(max_body_bytes=1_000_000, max_compressed_body_bytes=4096)
+    body = chunks(empty_deflate_blocks(1_000_000), 1024)
+    status, content, pulled = call_ingest(ingest.api.client.app, ingest.key, body, GZIP)
+    assert (status, content, pulled) == (413, compressed_too_large(4096), 5)
+    response = ingest.post(empty_deflate_blocks(4097), GZIP)  # declared: refused before reading
+    assert (response.status_code, response.json()) == (413, compressed_too_large(4096))
+    assert response.headers["connection"] == "close"
+    ingest.assert_nothing_changed()
+    # Under both limits, it is read as usual.
+    accepted_one(ingest.post(gzip.compress(body_of_size(3000)), GZIP))
+
+
+def test_the_compressed_limit_defaults_to_the_body_limit(ingest: Ingest) -> None:
+    body = chunks(empty_deflate_blocks(6 * 1024 * 1024), 65536)
+    status, content, pulled = call_ingest(ingest.api.client.app, ingest.key, body, GZIP)
+    assert (status, content, pulled) == (413, compressed_too_large(5_242_880), 81)  # 81 * 64 KiB > 5 MiB
+    ingest.assert_nothing_changed()
 
 
 @pytest.fixture(scope="module")

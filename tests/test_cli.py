@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -14,12 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
+from headwater.config import Settings
+from headwater.keys import KEY_PATTERN
 from headwater.storage.sqlite import MAIN_FILE
-from tests.conftest import HEADWATER, Api, ServerProcess, free_port, run_cli
+from tests.conftest import HEADWATER, Api, ServerProcess, free_port, run_cli, store_args
 
-KEY_LINE = re.compile(r"^hw_(live|test)_[A-Za-z0-9_-]{40,}$")
+KEY_LINE = re.compile(rf"^{KEY_PATTERN.pattern}$")
 WIDE = {"COLUMNS": "200"}  # rich messages unwrapped
 NARROW = {"COLUMNS": "80"}
 
@@ -75,12 +79,17 @@ def read_until_key(server: ServerProcess) -> tuple[str, list[str]]:
     raise AssertionError(f"no bootstrap key in {lines}")
 
 
-def export(data_dir: Path, tenant: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_cli("events", "export", "--tenant", tenant, *extra, "--data-dir", str(data_dir))
+def at(where: Path | Settings) -> list[str]:
+    """A command's store: a data dir of its own, or the backend's store of a test's settings."""
+    return store_args(where) if isinstance(where, Settings) else ["--data-dir", str(where)]
 
 
-def import_(data_dir: Path, path: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run_cli("events", "import", str(path), *extra, "--data-dir", str(data_dir), env=WIDE, check=check)
+def export(where: Path | Settings, tenant: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("events", "export", "--tenant", tenant, *extra, *at(where))
+
+
+def import_(where: Path | Settings, path: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run_cli("events", "import", str(path), *extra, *at(where), env=WIDE, check=check)
 
 
 def summary(result: subprocess.CompletedProcess[str]) -> tuple[int, int, int]:
@@ -226,7 +235,7 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
-ACCESS_LINE = re.compile(r"^INFO: +(\S+) (\S+) (\d{3}) (\d+\.\d)ms tenant=(\S+) key=(\S+)$")
+ACCESS_LINE = re.compile(r"^INFO: +(\S+) (\S+) (\d{3}) (\d+\.\d)ms tenant=(\S+) key=(\S+) request=req_[0-9a-f]{32}$")
 
 
 def test_the_access_log_has_a_line_per_request_naming_the_caller_not_the_key(tmp_path: Path) -> None:
@@ -274,7 +283,12 @@ def test_the_access_log_is_off_at_the_default_level(tmp_path: Path) -> None:
         assert response.status_code == 200
     finally:
         stdout, stderr = _stop(proc)
-    assert (stdout, stderr) == ("", "")
+    # At warning, the one line is that webhook secrets are stored in clear (no HEADWATER_SECRET_KEY).
+    assert (stdout, stderr) == (
+        "",
+        "WARNING:  HEADWATER_SECRET_KEY is not set: webhook secrets are stored in clear; anyone who can read the"
+        " database or a backup of it can sign webhooks as this server\n",
+    )
 
 
 def test_environment_variables(tmp_path: Path) -> None:
@@ -359,22 +373,21 @@ def seed(api: Api) -> dict[str, str]:
 
 def test_events_export_writes_exactly_the_scope_with_progress(api: Api, tmp_path: Path) -> None:
     keys = seed(api)
-    data_dir = api.settings.data_dir
     for tenant, mode, key in [("t", "live", keys["t"]), ("t", "test", keys["t-test"]), ("u", "live", keys["u"])]:
         expected = sorted(list_all(api, key), key=lambda e: e["seq"])
         assert len(expected) == 30
-        result = export(data_dir, tenant, "--mode", mode)
+        result = export(api.settings, tenant, "--mode", mode)
         exported = ndjson(result.stdout)
         assert exported == expected  # whole objects, in log order
         assert "exported 30 events" in result.stderr
         assert "exporting" in result.stderr and "━" in result.stderr  # the progress bar
 
     target = tmp_path / "out.ndjson"
-    result = export(data_dir, "t", "-o", str(target))
+    result = export(api.settings, "t", "-o", str(target))
     assert result.stdout == ""
     assert ndjson(target.read_bytes()) == sorted(list_all(api, keys["t"]), key=lambda e: e["seq"])
 
-    assert export(data_dir, "nobody").stdout == ""
+    assert export(api.settings, "nobody").stdout == ""
 
 
 def pretty(body: Any) -> str:
@@ -417,15 +430,14 @@ def test_events_sent_pretty_printed_export_and_tail_as_one_line_each(api: Api, t
     stored = sorted(list_all(api, key), key=lambda e: e["seq"])
     assert len(stored) == sent
 
-    result = export(api.settings.data_dir, "t")
+    result = export(api.settings, "t")
     assert f"exported {sent} events" in result.stderr
     lines = result.stdout.split("\n")
     assert lines[-1] == "" and len(lines[:-1]) == sent
     assert [json.loads(line) for line in lines[:-1]] == stored
     assert all(line == json.dumps(json.loads(line), separators=(",", ":"), ensure_ascii=False) for line in lines[:-1])
 
-    data_dir = str(api.settings.data_dir)
-    tailed = run_cli("events", "tail", "--tenant", "t", "--from-start", "--count", str(sent), "--data-dir", data_dir)
+    tailed = run_cli("events", "tail", "--tenant", "t", "--from-start", "--count", str(sent), *at(api.settings))
     assert tailed.stdout == result.stdout
 
     dump = tmp_path / "export.ndjson"
@@ -538,7 +550,7 @@ def test_events_import_of_an_export_with_schema_violations(api: Api, tmp_path: P
     schema = {"schema": {"type": "object", "required": ["amount"]}, "enforcement": "soft"}
     assert api.client.put("/v1/schemas/order", json=schema, headers=api.as_(key)).status_code == 201
     post(api, key, {"type": "order", "data": {"sku": "A1"}})
-    exported = export(api.settings.data_dir, "t").stdout
+    exported = export(api.settings, "t").stdout
     assert "violations" in ndjson(exported)[0]
     dump = tmp_path / "export.ndjson"
     dump.write_text(exported)
@@ -581,8 +593,16 @@ def test_events_import_rejects_bad_lines_with_line_numbers(tmp_path: Path) -> No
 # events tail
 
 
-def wait_until_reading(proc: subprocess.Popen[bytes], db: Path, timeout: float = 20) -> None:
-    """Until `tail` has opened its read connection (it reads the log end first), plus a margin."""
+def wait_until_reading(proc: subprocess.Popen[bytes], settings: Settings, timeout: float = 20) -> None:
+    """Until `tail` has read the log's end, which it reads first."""
+    if settings.store is None:
+        wait_until_reading_sqlite(proc, settings.data_dir / MAIN_FILE, timeout)
+    else:
+        asyncio.run(wait_until_reading_postgres(proc, settings.store, timeout))
+
+
+def wait_until_reading_sqlite(proc: subprocess.Popen[bytes], db: Path, timeout: float) -> None:
+    """Until `tail` has opened its read connection, plus a margin."""
     deadline = time.monotonic() + timeout
     fd_dir = Path(f"/proc/{proc.pid}/fd")
     while time.monotonic() < deadline:
@@ -595,9 +615,35 @@ def wait_until_reading(proc: subprocess.Popen[bytes], db: Path, timeout: float =
     raise TimeoutError("tail did not start reading")
 
 
+# PostgreSQL's log read by offset (`PgLog.read_log`), as the server shows it in pg_stat_activity.
+READ_LOG = "%FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
+
+
+async def wait_until_reading_postgres(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
+    """Until the server has seen three reads of the log by offset (only `tail` reads so here):
+    the end takes two (the old events, then none), so the third is the tail following it."""
+    deadline = time.monotonic() + timeout
+    conn = await asyncpg.connect(url)
+    try:
+        seen: set[tuple[int, Any]] = set()
+        while len(seen) < 3:
+            assert proc.poll() is None, "tail exited early"
+            if time.monotonic() > deadline:
+                raise TimeoutError("tail did not start reading")
+            rows = await conn.fetch(
+                "SELECT pid, query_start FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND query LIKE $1",
+                READ_LOG,
+            )
+            seen.update((row["pid"], row["query_start"]) for row in rows)
+            await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
+
+
 def tail(api: Api, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [*HEADWATER, "events", "tail", "--interval", "0.05", "--data-dir", str(api.settings.data_dir), *args],
+        [*HEADWATER, "events", "tail", "--interval", "0.05", *at(api.settings), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -629,7 +675,7 @@ def test_events_tail_count_prints_only_new_events(api: Api) -> None:
     for i in range(3):
         post(api, key, {"type": "old", "data": {"i": i}})
     proc = tail(api, "--tenant", "t", "--count", "3")
-    wait_until_reading(proc, api.settings.data_dir / MAIN_FILE)
+    wait_until_reading(proc, api.settings)
     ids = []
     for i in range(3):
         post(api, other, {"type": "other_tenant"})

@@ -55,6 +55,17 @@ def test_bad_variables_are_all_reported_in_one_line_each(tmp_path: Path) -> None
         ([], {"HEADWATER_PORT": "70000"}, "HEADWATER_PORT='70000' is not valid: expected a port number from 1 to "
          "65535, e.g. 8000"),
         (["--host", ""], {}, "--host='' is not valid: expected a non-empty value"),
+        (["--header-timeout", "0"], {}, "--header-timeout='0' is not valid: expected a number of seconds (more "
+         "than 0), e.g. 10"),
+        ([], {"HEADWATER_BODY_TIMEOUT": "soon"}, "HEADWATER_BODY_TIMEOUT='soon' is not valid: expected a number of "
+         "seconds (more than 0), e.g. 10"),
+        ([], {"HEADWATER_KEEP_ALIVE_TIMEOUT": "-1"}, "HEADWATER_KEEP_ALIVE_TIMEOUT='-1' is not valid: expected a "
+         "number of seconds (more than 0), e.g. 10"),
+        (["--log-format", "xml"], {}, "--log-format='xml' is not valid: expected one of text, json"),
+        # Read by the flag and by the settings alike, and said once.
+        ([], {"HEADWATER_LOG_FORMAT": "xml"}, "HEADWATER_LOG_FORMAT='xml' is not valid: expected one of text, json"),
+        ([], {"HEADWATER_MAX_COMPRESSED_BODY_BYTES": "1MB"}, "HEADWATER_MAX_COMPRESSED_BODY_BYTES='1MB' is not "
+         "valid: expected a whole number of bytes (1 or more), e.g. 1048576, or nothing"),
     ],
 )  # fmt: skip
 def test_a_bad_flag_names_the_flag_or_its_variable(

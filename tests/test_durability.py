@@ -16,7 +16,8 @@ from tests.conftest import ServerProcess, run_cli
 
 THREADS = 6
 BATCH = 50
-LOAD_SECONDS = 1.5
+LOAD_SECONDS = 1.5  # at least; longer until LOAD_ACKED events are acknowledged (a loaded machine)
+LOAD_ACKED = 200
 
 
 def create_key(data_dir: Path, role: str, tenant: str = "t") -> str:
@@ -125,6 +126,9 @@ def test_acknowledged_events_survive_sigkill_exactly_once(server_factory: type[S
         load = Load(server.url, ingest_key)
         load.start()
         time.sleep(LOAD_SECONDS)
+        deadline = time.monotonic() + 60
+        while len(load.acked) < LOAD_ACKED and time.monotonic() < deadline:
+            time.sleep(0.01)
         # Kill while requests are being served, not between them.
         deadline = time.monotonic() + 5
         while load.in_flight < 2 and time.monotonic() < deadline:

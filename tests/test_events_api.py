@@ -158,4 +158,6 @@ def test_query_parameter_errors(api: Api) -> None:
 
 def test_health_and_ready(api: Api) -> None:
     assert api.client.get("/healthz").json() == {"status": "ok"}
-    assert api.client.get("/readyz").json() == {"status": "ready"}
+    # With a bus, /readyz says how it is too.
+    ready = {"status": "ready", "store": "ok"} | ({} if api.settings.bus is None else {"bus": "ok"})
+    assert api.client.get("/readyz").json() == ready

@@ -203,7 +203,8 @@ def check_configure(t: Tenant, response: httpx.Response) -> None:
 
 def check_create_key(t: Tenant, response: httpx.Response) -> None:
     body = response.json()
-    assert set(body) == {"id", "key", "tenant", "role", "mode", "prefix", "name", "created_at"}
+    fields = {"id", "key", "tenant", "role", "mode", "prefix", "name", "created_at"}
+    assert set(body) == fields | {"publishable", "allowed_origins", "rate_limit"}
     assert (body["tenant"], body["role"], body["mode"], body["name"]) == ("acme", "viewer", "live", None)
     # The new key works, with its role.
     check_list(t, t.api.client.get("/v1/events", headers=t.api.as_(body["key"])))
@@ -213,7 +214,8 @@ def check_list_keys(t: Tenant, response: httpx.Response) -> None:
     keys = response.json()["data"]
     assert set(response.json()) == {"data"}
     assert t.spare_key_id in [k["id"] for k in keys]
-    assert all(set(k) == {"id", "tenant", "role", "mode", "prefix", "name", "created_at", "revoked_at"} for k in keys)
+    fields = {"id", "tenant", "role", "mode", "prefix", "name", "created_at", "revoked_at"}
+    assert all(set(k) == fields | {"publishable", "allowed_origins"} for k in keys)
 
 
 def check_revoke(t: Tenant, response: httpx.Response) -> None:

@@ -10,11 +10,20 @@ import pytest
 from starlette.testclient import TestClient
 
 from headwater.app import create_app
+from headwater.keys import KEY_PATTERN
 from tests.conftest import Api
 
 INVALID_KEY = {"error": "invalid or revoked API key", "details": []}
 NO_SUCH_KEY = {"error": "no such active key", "details": []}
-RECORD_FIELDS = {"id", "tenant", "role", "mode", "prefix", "name", "created_at", "revoked_at"}
+RECORD_FIELDS = {
+    "id", "tenant", "role", "mode", "prefix", "name", "created_at", "revoked_at", "publishable", "allowed_origins",
+}  # fmt: skip
+
+
+def listed(created: dict[str, Any]) -> dict[str, Any]:
+    """A created key as a listing shows it: no secret, and no rate limit (read at
+    /v1/keys/{id}/rate-limit); `revoked_at` is added by the caller."""
+    return {k: v for k, v in created.items() if k not in ("key", "rate_limit")}
 
 
 def create(api: Api, admin: str, body: Any) -> dict[str, Any]:
@@ -67,9 +76,12 @@ def test_create_returns_the_key_once(api: Api, mode: str, name: str | None) -> N
         "prefix": key[:12],
         "name": name,
         "created_at": created["created_at"],
+        "rate_limit": None,
+        "publishable": False,
+        "allowed_origins": [],
     }
     assert created["id"].startswith("key_") and len(created["id"]) == 36
-    assert key.startswith(f"hw_{mode}_") and len(key) >= len(f"hw_{mode}_") + 43
+    assert KEY_PATTERN.fullmatch(key) and key.startswith(f"hw_{mode}_")
     assert recent(created["created_at"])
 
     # The key works at once, with its role and mode.
@@ -85,7 +97,7 @@ def test_create_returns_the_key_once(api: Api, mode: str, name: str | None) -> N
     listing = api.client.get("/v1/keys", headers=api.as_(admin))
     assert key not in listing.text
     [record] = [k for k in listing.json()["data"] if k["id"] == created["id"]]
-    assert record == {k: v for k, v in created.items() if k != "key"} | {"revoked_at": None}
+    assert record == listed(created) | {"revoked_at": None}
 
 
 def test_mode_defaults_to_the_creating_keys_mode(api: Api) -> None:
@@ -121,8 +133,10 @@ def test_list_shows_every_key_of_the_tenant_without_secrets(api: Api) -> None:
         "name": None,
         "created_at": first["created_at"],
         "revoked_at": None,
+        "publishable": False,
+        "allowed_origins": [],
     }
-    assert keys[1:] == [{k: v for k, v in made.items() if k != "key"} | {"revoked_at": None} for made in created]
+    assert keys[1:] == [listed(made) | {"revoked_at": None} for made in created]
     assert other_tenant[:12] not in response.text
 
     [globex] = list_keys(api, other_tenant)
@@ -138,7 +152,7 @@ def test_revoke_marks_the_key_and_it_stops_working(api: Api) -> None:
     response = api.client.delete(f"/v1/keys/{created['id']}", headers=api.as_(admin))
     assert response.status_code == 200, response.text
     revoked = response.json()
-    assert revoked == {k: v for k, v in created.items() if k != "key"} | {"revoked_at": revoked["revoked_at"]}
+    assert revoked == listed(created) | {"revoked_at": revoked["revoked_at"]}
     assert recent(revoked["revoked_at"])
     assert [k for k in list_keys(api, admin) if k["id"] == created["id"]] == [revoked]
 

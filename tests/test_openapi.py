@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from headwater.access_log import AccessLogMiddleware
 from headwater.app import HotPathDispatcher, create_app
 from headwater.config import Settings
+from headwater.cors import CorsMiddleware
 from headwater.ids import hash_api_key
 from headwater.middleware import BodyLimitMiddleware
 from headwater.storage import open_store
@@ -41,7 +42,9 @@ SEED = int(os.environ.get("HEADWATER_FUZZ_SEED", "20260412"))
 def served_operations(app: ASGIApp) -> set[tuple[str, str]]:
     """Every (method, path) the app answers: Starlette's routes (HEAD aside) and the hot routes."""
     assert isinstance(app, AccessLogMiddleware)
-    limit = app.app
+    cors = app.app
+    assert isinstance(cors, CorsMiddleware)
+    limit = cors.app
     assert isinstance(limit, BodyLimitMiddleware)
     dispatcher = limit.app
     assert isinstance(dispatcher, HotPathDispatcher)
@@ -279,7 +282,7 @@ async def _add_fuzz_key_and_endpoint() -> None:
         await store.registry.add_key(record, hash_api_key(FUZZ_KEY))
         url, secret = "https://hooks.example.com/fuzz", "whsec_" + "A" * 43 + "="
         await store.registry.create_webhook(
-            WebhookEndpoint(FUZZ_ENDPOINT, "fuzz", "live", url, None, [], secret, None, None, True, None, now, now)
+            WebhookEndpoint(FUZZ_ENDPOINT, "fuzz", "live", url, None, [], secret, [], True, None, now, now)
         )
     finally:
         await store.close()
@@ -294,14 +297,15 @@ schema = _fuzz_schema()
 def map_body(ctx: Any, body: Any) -> Any:
     """What the document cannot describe: which credentials and endpoints exist.
 
-    Without Segment's `writeKey`: beside the header's key any other key is a 400 (two keys),
-    and the fuzz key would authenticate the requests the ignored-auth check sends without one
-    (tests/test_credentials.py covers it). A trigger's `webhook` action names the fuzz
+    Without Segment's `writeKey` when it is a string: beside the header's key any other key is
+    a 400 (two keys), and the fuzz key would authenticate the requests the ignored-auth check
+    sends without one (tests/test_credentials.py covers it). A key of the wrong type stays, to
+    be refused. A trigger's `webhook` action names the fuzz
     tenant's endpoint, as it must (else 400), as the requests carry the fuzz tenant's key.
     """
     if not isinstance(body, dict):
         return body
-    if "writeKey" in body:
+    if isinstance(body.get("writeKey"), str):  # a schema-valid key: a negative case keeps its bad one
         body = {name: value for name, value in body.items() if name != "writeKey"}
     action = body.get("action")
     if isinstance(action, dict) and action.get("type") == "webhook" and isinstance(action.get("config"), dict):

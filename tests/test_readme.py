@@ -234,8 +234,10 @@ def run_section(section: Section, workdir: Path, server_class: type[ServerProces
     """Each step of the section's runnable blocks, with what it printed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
     server = server_class(workdir / "headwater-data")
-    # The section's variables only, none of the environment the suite runs in.
-    server.env = {**env, **section.server_env}
+    # The section's variables only, none of the environment the suite runs in, except more
+    # patience for the examples that wait for processing: under the suite's parallel load the
+    # server's worker (at nice 10) can take longer than the 10 s a reader's idle machine needs.
+    server.env = {**env, "HEADWATER_SYNC_TIMEOUT": "60", **section.server_env}
     receiver_port = str(free_port())
     (workdir / ".venv").symlink_to(sys.prefix)
     ports = {"8000": str(server.port), "9000": receiver_port}
@@ -269,7 +271,7 @@ def run_section(section: Section, workdir: Path, server_class: type[ServerProces
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            timeout=60,
+            timeout=240,
         )
     finally:
         server.stop()

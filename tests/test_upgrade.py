@@ -4,7 +4,10 @@ The fixture is such a data dir as SQL, made by that version. On start the events
 partition, the derived state moves to `derived.db` with each consumer's checkpoint in every
 partition, the old tables leave the main file, and processing carries on from where it was:
 nothing fires twice, and new events count on top of the old state. A derived layout older
-still (progress rows without their log offset) is dropped and rebuilt from the log."""
+still (progress rows without their log offset) is dropped and rebuilt from the log.
+
+SQLite's alone: those data dirs are SQLite files (PostgreSQL's store began at this layout, and
+its schema versions are `headwater migrate`'s, tested with it)."""
 
 from __future__ import annotations
 
@@ -45,17 +48,17 @@ def tables(path: Path) -> set[str]:
 
 
 @pytest.fixture
-def old_data_dir(settings: Settings) -> Path:
-    settings.data_dir.mkdir(parents=True)
-    conn = sqlite3.connect(settings.data_dir / MAIN_FILE)
+def old_data_dir(sqlite_settings: Settings) -> Path:
+    sqlite_settings.data_dir.mkdir(parents=True)
+    conn = sqlite3.connect(sqlite_settings.data_dir / MAIN_FILE)
     conn.executescript(FIXTURE.read_text())
     conn.close()
-    return settings.data_dir
+    return sqlite_settings.data_dir
 
 
 @pytest.fixture
-def client(settings: Settings, old_data_dir: Path) -> Iterator[TestClient]:
-    quiet = replace(settings, webhook_worker=False)  # the fixture's endpoint is not reachable from here
+def client(sqlite_settings: Settings, old_data_dir: Path) -> Iterator[TestClient]:
+    quiet = replace(sqlite_settings, webhook_worker=False)  # the fixture's endpoint is not reachable from here
     with WorkerThread(quiet), TestClient(create_app(quiet), raise_server_exceptions=False) as test_client:
         yield test_client
 
@@ -114,11 +117,11 @@ def test_an_old_data_dir_opens_moved_and_goes_on(client: TestClient, old_data_di
     assert len(listed(client, "/v1/events", type="points.awarded")) == 3
 
 
-def test_an_older_progress_layout_is_rebuilt_from_the_log(settings: Settings, old_data_dir: Path) -> None:
+def test_an_older_progress_layout_is_rebuilt_from_the_log(sqlite_settings: Settings, old_data_dir: Path) -> None:
     conn = sqlite3.connect(old_data_dir / MAIN_FILE)
     conn.executescript(OLDER_PROGRESS)
     conn.close()
-    quiet = replace(settings, webhook_worker=False)
+    quiet = replace(sqlite_settings, webhook_worker=False)
     with WorkerThread(quiet), TestClient(create_app(quiet), raise_server_exceptions=False) as client:
         settled = client.post("/v1/events?wait=processed", json={"type": "settle", "subject": "u0"}, headers=AUTH)
         assert settled.status_code == 200, settled.text

@@ -14,7 +14,7 @@ from headwater.storage.records import WHOLE_LOG, CatalogEntry
 
 # A read waits this long at most for the catalog consumer to reach the log's head, so that
 # what was just sent is counted; after that it answers with what the catalog has.
-CURRENT_WITHIN_SECONDS = 2.0
+CURRENT_WITHIN_SECONDS = 5.0
 
 
 class CatalogList(msgspec.Struct):

@@ -16,14 +16,14 @@ from starlette.types import Receive, Scope, Send
 from headwater.api.common import authorize, int_param, json_response
 from headwater.auth import Principal
 from headwater.clock import from_us, to_us
-from headwater.errors import ApiError, bad_request
+from headwater.errors import ApiError, bad_request, storage_full
 from headwater.events import EMPTY_OBJECT, Event, EventDraft, FieldError, Mode, Rejection
 from headwater.http import ClientDisconnected, read_body, send_error, send_json
 from headwater.parsing import field_error, nesting_exceeds, parse_range_bound, parse_time
 from headwater.pipeline import Ingested
 from headwater.processing import waiting
 from headwater.services import Services
-from headwater.storage.base import Backpressure, StoreError
+from headwater.storage.base import Backpressure, StorageFull, StoreError
 from headwater.storage.log import EventQuery
 from headwater.storage.records import ActionRecord
 
@@ -111,6 +111,12 @@ def draft_from(raw: bytes) -> EventDraft | Rejection:
 
 def read_native_body(body: bytes, max_events: int, max_depth: int) -> list[EventDraft | Rejection]:
     """One event object, or {"events": [...]}; the whole body must at least be readable JSON."""
+    return [draft_from(raw) for raw in split_native_body(body, max_events, max_depth)]
+
+
+def split_native_body(body: bytes, max_events: int, max_depth: int) -> list[bytes]:
+    """The items of a native body, each still raw: how many there are is known (and can be
+    counted against a rate limit) before any is read."""
     if not body.strip():
         raise bad_request('request body is empty: send an event object or {"events": [...]}', code="required")
     if nesting_exceeds(body, max_depth):
@@ -145,8 +151,8 @@ def read_native_body(body: bytes, max_events: int, max_depth: int) -> list[Event
                 f"a request may carry at most {max_events} events; this one has {len(raws)}",
                 [FieldError("events", "too_many", f"at most {max_events} events per request")],
             )
-        return [draft_from(bytes(raw)) for raw in raws]
-    return [draft_from(body)]
+        return [bytes(raw) for raw in raws]
+    return [body]
 
 
 _CANONICAL_ONLY = ("id", "received_at", "tenant", "mode", "seq", "violations")
@@ -197,13 +203,19 @@ class IngestEndpoint:
             principal = await self.services.auth.authenticate(scope["headers"], "ingest")
             wait = _wait_processed(scope.get("query_string", b""))
             body = await read_body(receive)
-            items = read_native_body(body, self.settings.max_batch_events, self.settings.max_json_depth)
-            ingested = await self.services.pipeline.ingest(principal, items)
+            raws = split_native_body(body, self.settings.max_batch_events, self.settings.max_json_depth)
+            # Counted before the events are read: a flood over its limit costs little to refuse.
+            await self.services.pipeline.admit(principal, len(raws))
+            items = [draft_from(raw) for raw in raws]
+            ingested = await self.services.pipeline.ingest(principal, items, admitted=True)
             if wait:
                 await send_json(send, 200, _encoder.encode(await self._processed(principal, ingested)))
                 return
         except ApiError as exc:
             await send_error(send, exc)
+            return
+        except StorageFull:
+            await send_error(send, storage_full())
             return
         except Backpressure as exc:
             error = ApiError(503, "server is busy: retry later", headers={"Retry-After": str(exc.retry_after)})
@@ -220,7 +232,7 @@ class IngestEndpoint:
         result = ingested.result
         ids = [r.id for r in result.results if r.id is not None]
         store = self.services.store
-        if not await waiting.processed(store, ingested.positions(), self.settings.sync_timeout):
+        if not await waiting.processed(store, ingested.positions(), self.settings.sync_timeout, bus=self.services.bus):
             raise ApiError(
                 503, "events are stored, but processing did not finish in time", headers={"Retry-After": "1"}
             )

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from headwater.api import audit
 from headwater.api.common import authorize, int_param, json_response, read_json
 from headwater.auth import Principal
 from headwater.clock import from_us, system_now, to_us
@@ -268,6 +269,7 @@ class GamificationRoutes:
             raise ApiError(
                 409, "a badge with this key exists", [FieldError("key", "taken", "a badge with this key exists")]
             )
+        await audit.record(self.services, principal, "badge.create", record.key)
         return json_response(_badge_out(record), status=201)
 
     async def list_badges(self, request: Request) -> Response:
@@ -294,6 +296,7 @@ class GamificationRoutes:
             system_now(),
         )
         await self.store.registry.update_badge(principal.tenant, principal.mode, record)
+        await audit.record(self.services, principal, "badge.update", record.key)
         return json_response(_badge_out(record))
 
     async def delete_badge(self, request: Request) -> Response:
@@ -308,6 +311,7 @@ class GamificationRoutes:
                     [FieldError("key", "in_use", f"rewarded by challenge {challenge.id}")],
                 )
         await self.store.registry.delete_badge(principal.tenant, principal.mode, record.key)
+        await audit.record(self.services, principal, "badge.delete", record.key)
         return json_response(_badge_out(record))
 
     # Challenges
@@ -346,6 +350,7 @@ class GamificationRoutes:
             updated_at=now,
         )
         await self.store.registry.put_challenge(record)
+        await audit.record(self.services, principal, "challenge.update" if existing else "challenge.create", record.id)
         return record
 
     async def create_challenge(self, request: Request) -> Response:
@@ -375,6 +380,7 @@ class GamificationRoutes:
         principal = await authorize(self.services, request, "configure")
         record = await self.found_challenge(principal, request.path_params["challenge_id"])
         await self.store.registry.delete_challenge(principal.tenant, principal.mode, record.id)
+        await audit.record(self.services, principal, "challenge.delete", record.id)
         return json_response(_challenge_out(record))
 
     # Settings
@@ -391,6 +397,7 @@ class GamificationRoutes:
         except DefinitionError as exc:
             raise _invalid("settings", exc.path, exc.message) from None
         await self.store.registry.put_settings(principal.tenant, principal.mode, settings, system_now())
+        await audit.record(self.services, principal, "settings.update", None, timezone=settings.timezone)
         return json_response(settings)
 
     # Reads
@@ -600,7 +607,7 @@ async def processed(services: Services, principal: Principal, event_id: str, par
     `sync_timeout`."""
     store = services.store
     event = None
-    if await waiting.processed(store, [(partition, seq)], services.settings.sync_timeout):
+    if await waiting.processed(store, [(partition, seq)], services.settings.sync_timeout, bus=services.bus):
         event = await store.log.get_event(principal.tenant, principal.mode, event_id)
     if event is None:
         raise ApiError(503, "the event is stored, but processing did not finish in time", headers={"Retry-After": "1"})

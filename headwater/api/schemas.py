@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from headwater.api import audit
 from headwater.api.common import authorize, json_response, read_json
 from headwater.errors import ApiError, bad_request
 from headwater.schemas import SchemaError, compile_schema
@@ -48,6 +49,7 @@ def routes(services: Services) -> list[BaseRoute]:
             principal.tenant, principal.mode, type_, schema, body.enforcement, datetime.now(UTC).replace(microsecond=0)
         )
         services.schemas.forget(principal.tenant, principal.mode)
+        await audit.record(services, principal, "schema.update", type_, version=version.version)
         return json_response(version, status=201)
 
     async def list_schemas(request: Request) -> Response:

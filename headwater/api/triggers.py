@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from headwater.api import audit
 from headwater.api.common import authorize, int_param, json_response, position_cursor, read_json
 from headwater.api.events import draft_from
 from headwater.auth import Principal
@@ -151,6 +152,7 @@ class TriggerRoutes:
             updated_at=now,
         )
         await self.store.registry.put_trigger(record)
+        await audit.record(self.services, principal, "trigger.update" if existing else "trigger.create", record.id)
         return record
 
     async def create(self, request: Request) -> Response:
@@ -185,6 +187,7 @@ class TriggerRoutes:
         principal = await authorize(self.services, request, "configure")
         record = await self.found(principal, request.path_params["trigger_id"])
         await self.store.registry.delete_trigger(principal.tenant, principal.mode, record.id)
+        await audit.record(self.services, principal, "trigger.delete", record.id)
         return json_response(_out(record))
 
     async def dry_run(self, request: Request) -> Response:
@@ -263,6 +266,7 @@ class TriggerRoutes:
         if sum(len(t) for t in body.mappings.values()) > MAX_MAPPED_TYPES:
             raise bad_request(f"at most {MAX_MAPPED_TYPES} mapped types", "mappings", "too_many")
         await self.store.registry.put_type_mappings(principal.tenant, principal.mode, body.mappings, datetime.now(UTC))
+        await audit.record(self.services, principal, "type_mappings.update", None, types=len(body.mappings))
         return json_response(body)
 
     async def enrollments(self, request: Request) -> Response:

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from headwater.api import audit
 from headwater.api.common import authorize, int_param, json_response, position_cursor, read_json
 from headwater.auth import Principal
 from headwater.errors import ApiError, bad_request
@@ -21,10 +22,11 @@ from headwater.events import Mode
 from headwater.ids import delivery_id, new_prefixed_id
 from headwater.processing.triggers import WebhookMessage
 from headwater.processing.webhooks import check_url
+from headwater.sealing import Sealer
 from headwater.services import Services
 from headwater.storage.effects import NewDelivery
 from headwater.storage.records import Delivery, DeliveryAttempt, DeliveryQuery, DeliveryStatus
-from headwater.storage.registry import WebhookEndpoint
+from headwater.storage.registry import MAX_LIVE_SECRETS, WebhookEndpoint
 
 MAX_SUBSCRIPTIONS = 100
 # `namespace.name` (names may hold dots, e.g. `event.outcome.recorded`) or `namespace.*`.
@@ -105,6 +107,9 @@ def new_secret() -> str:
 
 
 def _out(endpoint: WebhookEndpoint) -> WebhookOut:
+    now = _now()
+    # When the last of the rotated-out secrets still signing stops.
+    expiries = [p.expires_at for p in endpoint.previous_secrets if p.expires_at > now]
     return WebhookOut(
         id=endpoint.id,
         url=endpoint.url,
@@ -113,14 +118,15 @@ def _out(endpoint: WebhookEndpoint) -> WebhookOut:
         mode=endpoint.mode,
         enabled=endpoint.enabled,
         disabled_reason=endpoint.disabled_reason,
-        previous_secret_expires_at=endpoint.previous_secret_expires_at,
+        previous_secret_expires_at=max(expiries, default=None),
         created_at=endpoint.created_at,
         updated_at=endpoint.updated_at,
     )
 
 
-def _with_secret(endpoint: WebhookEndpoint) -> WebhookWithSecret:
-    return WebhookWithSecret(**msgspec.structs.asdict(_out(endpoint)), secret=endpoint.secret)
+def _with_secret(endpoint: WebhookEndpoint, secret: str) -> WebhookWithSecret:
+    """The endpoint with its new secret in clear (the stored one may be sealed)."""
+    return WebhookWithSecret(**msgspec.structs.asdict(_out(endpoint)), secret=secret)
 
 
 def _delivery_out(delivery: Delivery) -> DeliveryOut:
@@ -149,6 +155,7 @@ class WebhookRoutes:
         self.services = services
         self.store = services.store
         self.settings = services.settings
+        self.sealer = Sealer(services.settings.secret_key)
 
     def valid_url(self, url: str) -> str:
         problem = check_url(url, self.settings.allow_private_webhooks)
@@ -183,23 +190,24 @@ class WebhookRoutes:
         principal = await authorize(self.services, request, "configure")
         body: WebhookCreate = await read_json(request, WebhookCreate)
         now = _now()
+        endpoint_id, secret = new_prefixed_id("whe"), new_secret()
         endpoint = WebhookEndpoint(
-            id=new_prefixed_id("whe"),
+            id=endpoint_id,
             tenant=principal.tenant,
             mode=principal.mode,
             url=self.valid_url(body.url),
             description=body.description,
             subscriptions=self.valid_subscriptions(body.subscriptions),
-            secret=new_secret(),
-            previous_secret=None,
-            previous_secret_expires_at=None,
+            secret=self.sealer.seal(endpoint_id, secret),
+            previous_secrets=[],
             enabled=body.enabled,
             disabled_reason=None if body.enabled else "disabled through the API",
             created_at=now,
             updated_at=now,
         )
         await self.store.registry.create_webhook(endpoint)
-        return json_response(_with_secret(endpoint), status=201)
+        await audit.record(self.services, principal, "webhook.create", endpoint.id, enabled=endpoint.enabled)
+        return json_response(_with_secret(endpoint, secret), status=201)
 
     async def list_all(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "read")
@@ -229,6 +237,7 @@ class WebhookRoutes:
             raise ApiError(404, "no such webhook endpoint")
         if endpoint.enabled and not updated.enabled:
             await self.store.derived.fail_pending(updated.id, updated.disabled_reason or "disabled")
+        await audit.record(self.services, principal, "webhook.update", updated.id, enabled=updated.enabled)
         return json_response(_out(updated))
 
     async def delete(self, request: Request) -> Response:
@@ -237,18 +246,27 @@ class WebhookRoutes:
         if not await self.store.registry.delete_webhook(principal.tenant, principal.mode, endpoint.id):
             raise ApiError(404, "no such webhook endpoint")
         await self.store.derived.forget_endpoint(endpoint.id)
+        await audit.record(self.services, principal, "webhook.delete", endpoint.id)
         return json_response(_out(endpoint))
 
     async def rotate(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "configure")
         now = _now()
         grace_until = now + timedelta(seconds=self.settings.webhook_rotation_grace)
+        endpoint_id, secret = request.path_params["endpoint_id"], new_secret()
         rotated = await self.store.registry.rotate_webhook_secret(
-            principal.tenant, principal.mode, request.path_params["endpoint_id"], new_secret(), grace_until, now
+            principal.tenant, principal.mode, endpoint_id, self.sealer.seal(endpoint_id, secret), grace_until, now
         )
         if rotated is None:
             raise ApiError(404, "no such webhook endpoint")
-        return json_response(_with_secret(rotated))
+        if rotated == "too_many":
+            raise ApiError(
+                409,
+                f"{MAX_LIVE_SECRETS} secrets of this endpoint would sign every message: rotate again once the"
+                " oldest rotated-out one has expired",
+            )
+        await audit.record(self.services, principal, "webhook.rotate", rotated.id)
+        return json_response(_with_secret(rotated, secret))
 
     async def send_test(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "configure")
@@ -263,9 +281,13 @@ class WebhookRoutes:
             message_key, payload, now,
         )  # fmt: skip
         await self.store.derived.enqueue([test])
-        delivery = await self.store.derived.get_delivery(principal.tenant, principal.mode, test.id)
-        assert delivery is not None
-        return json_response(_delivery_out(delivery), status=202)
+        # The message as queued: a read-back races the delivery worker, which may have claimed
+        # (moved its next attempt) or even sent it by then.
+        queued = Delivery(
+            test.id, test.tenant, test.mode, test.endpoint_id, test.topic, test.message_key, msgspec.Raw(payload),
+            "pending", 0, now, None, None, now, None,
+        )  # fmt: skip
+        return json_response(_delivery_out(queued), status=202)
 
     async def attempts(self, request: Request) -> Response:
         principal = await authorize(self.services, request, "read")

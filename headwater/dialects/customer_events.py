@@ -10,9 +10,12 @@ subject = customerId, channel = channel, time = timestamp (default: the receive 
 data = data (default {}).
 
 Choices where the document is silent:
-- The event log is the stream: `streamId` is the event's id. The document's null ("stream
-  publish failed, event still processed") cannot happen here: an event is acknowledged only
-  once it is durable in the log, and a failed append is a 503 with Retry-After, never a 200.
+- `streamId`: with a bus (`--bus redis://...`), the event's entry id in its partition's Redis
+  stream, published once the event is durable in the log; null when Redis was down or slow
+  (the document's "stream publish failed, event still processed": the event is stored and
+  processed, and the bus's catch-up publishes it later). Without a bus the event log is the
+  stream and `streamId` is the event's id, never null. Either way an event is acknowledged
+  only once it is durable in the log, and a failed append is a 503 with Retry-After.
 - Statuses: 400 for an invalid body (every problem listed; the event is kept in the
   quarantine, dialect `customer_events`, unless the body is not a JSON object at all),
   401 for a missing, unknown or revoked key, 403 for a role other than admin or editor or an
@@ -101,7 +104,7 @@ async def evaluate_triggers(
 ) -> TriggerOutcome:
     """What the event fired, once the trigger consumer has applied it."""
     store = services.store
-    if not await waiting.processed(store, [(partition, seq)], services.settings.sync_timeout):
+    if not await waiting.processed(store, [(partition, seq)], services.settings.sync_timeout, bus=services.bus):
         late = ActionError("", "", "processing did not finish in time; actions will still be dispatched")
         return TriggerOutcome(matched=[], dispatched=[], errors=[late])
     actions = (await waiting.actions_fired(store, principal.tenant, principal.mode, [event_id]))[event_id]
@@ -154,7 +157,7 @@ def routes(services: Services) -> list[BaseRoute]:
                 ingested=True,
                 event_type=item.type,
                 customer_id=checked.strings["customerId"],
-                stream_id=result.id,
+                stream_id=result.id if ingested.stream_ids is None else ingested.stream_ids[0],
                 triggers_matched=outcome.matched,
                 actions_dispatched=outcome.dispatched,
                 action_errors=outcome.errors or None,

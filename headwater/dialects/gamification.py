@@ -12,10 +12,13 @@ idempotency_key = idempotency_key, time = timestamp (default: the receive time).
 Choices where the document is silent:
 - Keys: the document's `bq_live_`/`bq_test_` keys are Headwater's `hw_live_`/`hw_test_` keys,
   sent in X-API-Key (Bearer works too); the key's mode keeps live and test data apart.
-- Async means acknowledged once durable in the log, which the consumers then follow. The
-  log is the stream: `message_id` is `<ms>-<seq>`, the millisecond timestamp in the event's
-  UUIDv7 id and its log offset. A re-sent idempotency_key is a no-op that answers with the
-  original event's message_id.
+- Async means acknowledged once durable in the log, which the consumers then follow. Without
+  a bus the log is the stream: `message_id` is `<ms>-<seq>`, the millisecond timestamp in the
+  event's UUIDv7 id and its log offset. With a bus (`--bus redis://...`) it is the event's
+  entry id in its partition's Redis stream; when Redis did not take the event in time (it is
+  stored all the same, and published later) it is `<ms>-<seq>` as without a bus. A re-sent
+  idempotency_key is a no-op that answers with the original event's `<ms>-<seq>` (with a bus
+  too: nothing maps an event to its entry, which may be trimmed already).
 - Batch: each event is validated on its own and a bad one never sinks the rest. `accepted`
   counts the events now in the log (re-sent ones included), `rejected` the others;
   `message_ids` holds the accepted events' ids in request order (one per accepted event);
@@ -120,6 +123,16 @@ def message_id(event_id: str, seq: int | None) -> str:
     return f"{int(event_id[4:16], 16)}-{seq}"
 
 
+def _message_ids(ingested: Ingested) -> list[str]:
+    """The message id of each item the log holds (accepted now, or a duplicate), in order."""
+    entries = ingested.stream_ids or [None] * len(ingested.seqs)
+    return [
+        entry or message_id(r.id, seq)
+        for r, seq, entry in zip(ingested.result.results, ingested.seqs, entries, strict=True)
+        if r.id is not None
+    ]
+
+
 def _accepted_one(item: EventDraft | Rejection, ingested: Ingested) -> tuple[EventResult, int | None, int | None]:
     result = ingested.result.results[0]
     if result.status == "rejected" or result.id is None:
@@ -139,9 +152,9 @@ def routes(services: Services) -> list[BaseRoute]:
     async def ingest(request: Request) -> Response:
         principal = await authorize(services, request, "ingest")
         item = await read_one(request)
-        result, seq, _ = _accepted_one(item, await services.pipeline.ingest(principal, [item], dialect=NAME))
-        assert result.id is not None
-        return json_response(Accepted(True, message_id(result.id, seq)), 202)
+        ingested = await services.pipeline.ingest(principal, [item], dialect=NAME)
+        _accepted_one(item, ingested)
+        return json_response(Accepted(True, _message_ids(ingested)[0]), 202)
 
     async def ingest_batch(request: Request) -> Response:
         principal = await authorize(services, request, "ingest")
@@ -149,7 +162,7 @@ def routes(services: Services) -> list[BaseRoute]:
         items = [read_item(bytes(raw)) for raw in read_batch(body, "events", max_events, NATIVE_CODES)]
         ingested = await services.pipeline.ingest(principal, items, dialect=NAME)
         results = ingested.result.results
-        ids = [message_id(r.id, seq) for r, seq in zip(results, ingested.seqs, strict=True) if r.id is not None]
+        ids = _message_ids(ingested)
         errors = [
             BatchError(r.index, e.field, e.code, e.message)
             for r in results

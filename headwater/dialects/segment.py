@@ -365,7 +365,11 @@ class _Endpoint:
         body = await self._body(request, limit, what)
         try:
             write_key = _write_key.decode(body).writeKey
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+        except msgspec.ValidationError as exc:
+            if field_error(exc).field == "writeKey":  # a key of the wrong type: never "no key"
+                raise _decode_error(exc) from None
+            write_key = None  # not an object: the route's decoding says what is wrong
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             write_key = None
         return await self.services.auth.authenticate(headers, "ingest", write_key), body
 

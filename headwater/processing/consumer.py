@@ -36,6 +36,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from headwater.bus import Bus, carried
 from headwater.clock import Clock, system_now
 from headwater.events import Event
 from headwater.faults import crash_point
@@ -125,8 +126,10 @@ class PartitionConsumer:
         max_batch_size: int = 8_000,
         attempts: int = 3,
         checkpoint_seconds: float = 1.0,
+        bus: Bus | None = None,
     ) -> None:
         self.store = store
+        self.bus = bus
         self.definitions = definitions
         self.engine = engine
         self.name = engine.name
@@ -145,6 +148,11 @@ class PartitionConsumer:
         self._stored = 0  # the checkpoint as last written (or read)
         self._stored_at = 0.0
 
+    @property
+    def checkpoint(self) -> int:
+        """The checkpoint as last written (or read): every effect up to it is committed."""
+        return self._stored
+
     async def _read(self, start: int, limit: int) -> tuple[LogPage, dict[Scope, ScopeDefinitions]]:
         """A page of the events the engine has definitions for, with those definitions. The
         definitions are looked at again after the read: a change in between (a new trigger
@@ -162,9 +170,17 @@ class PartitionConsumer:
         scopes = await self.definitions.for_scopes({(e.tenant, e.mode) for e in page.events})
         return page, scopes
 
+    async def _append(self, events: list[Event]) -> None:
+        """Append award events; with a bus, publish them as the API publishes what it accepts,
+        so the consumers of the next level (a badge's own triggers) wake now, not at the next
+        look (when the bus is down, the catch-up publisher carries them later)."""
+        outcomes = await self.store.log.append(events)
+        if self.bus is not None:
+            await self.bus.publish([event for _, event in carried(outcomes)])
+
     async def _write(self, effects: Effects, expected: int, end: int, dead: Sequence[DeadLetter] = ()) -> bool:
         if effects.appended:
-            await self.store.log.append(effects.appended)
+            await self._append(effects.appended)
             crash_point("after-append")  # the award events are in the log, the batch's effects not yet
         move = CheckpointMove(self.name, self.partition, expected, end)
         batch = EffectBatch(self.partition, effects, move, self.owner, self.lease, list(dead))
@@ -281,7 +297,7 @@ class PartitionConsumer:
         try:
             effects = await self.engine.plan(events, scopes, self.state, now, retry=True)
             if effects.appended:
-                await self.store.log.append(effects.appended)
+                await self._append(effects.appended)
             resolved = msgspec.structs.replace(dead, status="resolved", updated_at=now)
             batch = EffectBatch(self.partition, effects, None, self.owner, self.lease, [resolved], retried=dead.id)
             return await self.store.derived.apply(batch)

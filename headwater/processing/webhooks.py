@@ -4,8 +4,9 @@ The worker claims due deliveries, sends them concurrently (at most `webhook_conc
 at a time) and records every attempt. Each request is signed per Standard Webhooks with
 the `standardwebhooks` library: `webhook-id` is the delivery id (the same on every retry),
 `webhook-timestamp` is the time of the attempt, `webhook-signature` carries a `v1`
-HMAC-SHA256 signature, two of them (new secret first) while a rotated-out secret is in
-its grace period.
+HMAC-SHA256 signature per live secret: the current one first, then every rotated-out secret
+still in its grace period, newest first. Secrets sealed at rest (headwater.sealing) are
+opened when their deliveries are claimed, and live in clear only in memory.
 
 Only a 2xx within the timeout is a success; redirects are never followed. 410 Gone
 disables the endpoint. Anything else is retried after `schedule[n]` seconds (± 10%
@@ -43,8 +44,10 @@ from standardwebhooks import Webhook
 
 from headwater.clock import Clock, system_now
 from headwater.config import Settings
-from headwater.storage.base import Store
+from headwater.sealing import Sealer, SealError
+from headwater.storage.base import Store, StoreError
 from headwater.storage.records import AttemptOutcome, ClaimedDelivery, DeliveryAttempt
+from headwater.storage.registry import PreviousSecret, WebhookEndpoint
 
 logger = logging.getLogger("headwater.webhooks")
 
@@ -93,9 +96,8 @@ class DueDelivery(msgspec.Struct, frozen=True):
     attempts: int  # attempts made so far, in all
     round_attempts: int  # attempts made since it was (re-)queued: the index into the retry schedule
     url: str
-    secret: str
-    previous_secret: str | None
-    previous_secret_expires_at: datetime | None
+    secret: str  # this and the previous ones in clear
+    previous_secrets: list[PreviousSecret]
     partition: int
 
 
@@ -136,14 +138,37 @@ def forbidden_reason(address: IPAddress) -> str | None:
     return next((reason for hit, reason in checks if hit), None)
 
 
+def _a(reason: str) -> str:
+    return ("an " if reason[0] in "aeiou" else "a ") + reason
+
+
 # A DNS name as `urlsplit` gives it (lower-cased): labels of up to 63 characters, an optional final dot.
 _HOST_NAME = re.compile(r"([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.?")
 
 
-def _literal_ip(host: str) -> IPAddress | None:
+# What inet_aton reads: up to four parts, each decimal, octal (0...) or hex (0x...).
+_IPV4_NUMBER = re.compile(r"[0-9a-fA-FxX.]+")
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The address `host` is, when it is a number rather than a name, in every spelling a resolver
+    takes for one: IPv6 (bracketed or not, with a zone id) and IPv4 as `inet_aton` reads it,
+    decimal (`2130706433`), hex (`0x7f000001`), octal (`0177.0.0.1`) or short (`127.1`, `0`), with
+    or without a final dot. Registration and the connect-time guard both ask this."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    number = host.removesuffix(".")
+    # The pattern first: inet_aton itself ignores whatever follows a space.
+    if not _IPV4_NUMBER.fullmatch(number):
+        return None
     try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
+        return ipaddress.IPv4Address(socket.inet_aton(number))
+    except OSError:
         return None
 
 
@@ -168,7 +193,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self.resolve = resolve
 
     async def addresses(self, host: str, port: int, timeout: float | None) -> list[IPAddress]:
-        literal = _literal_ip(host)
+        literal = literal_address(host)
         if literal is not None:
             return [literal]
         try:
@@ -178,7 +203,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
-        addresses = [a for a in map(_literal_ip, resolved) if a is not None]
+        addresses = [a for a in map(literal_address, resolved) if a is not None]
         if not addresses:
             raise httpcore.ConnectError(f"cannot resolve {host}: no addresses")
         return addresses
@@ -196,8 +221,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             for address in addresses:
                 reason = forbidden_reason(address)
                 if reason is not None:
-                    shown = host if _literal_ip(host) is not None else f"{host} resolves to {address}, which"
-                    raise DeliveryRefused(f"refused by the SSRF guard: {shown} is a {reason} address")
+                    if literal_address(host) is None:
+                        shown = f"{host} resolves to {address}, which"
+                    else:
+                        shown = f"{host} ({address})" if address.version == 4 and str(address) != host else host
+                    raise DeliveryRefused(f"refused by the SSRF guard: {shown} is {_a(reason)} address")
         error: Exception | None = None
         for address in addresses:
             try:
@@ -235,26 +263,29 @@ def check_url(url: str, allow_private: bool = False) -> str | None:
     host = parts.hostname
     if not host:
         return "url has no host"
-    if _literal_ip(host) is None and (len(host) > 254 or not _HOST_NAME.fullmatch(host)):
+    if literal_address(host) is None and (len(host) > 254 or not _HOST_NAME.fullmatch(host)):
         return "url's host is neither a host name (letters, digits, '-', '_' in dot-separated labels) nor an IP address"
     if port == 0:
         return "url has an invalid port"
     if not allow_private:
-        literal = _literal_ip(host)
+        literal = literal_address(host)
         reason = forbidden_reason(literal) if literal is not None else None
-        if reason is not None:
-            return f"url points to a {reason} address"
+        if literal is not None and reason is not None:
+            # A number spelled unusually (0x7f000001) is named as the address it is.
+            spelled = f" ({host} is {literal})" if literal.version == 4 and str(literal) != host else ""
+            return f"url points to {_a(reason)} address{spelled}"
         if host.rstrip(".") in LOCAL_NAMES or host.rstrip(".").endswith(".localhost"):
             return "url points to this machine"
     return None
 
 
-def _due(
-    c: ClaimedDelivery, url: str, secret: str, previous: str | None, previous_expires: datetime | None
-) -> DueDelivery:
+def _due(c: ClaimedDelivery, endpoint: WebhookEndpoint, sealer: Sealer) -> DueDelivery:
+    """The delivery with its endpoint's secrets opened (a `SealError` when they cannot be)."""
+    secret = sealer.open(endpoint.id, endpoint.secret)
+    previous = [PreviousSecret(sealer.open(endpoint.id, p.secret), p.expires_at) for p in endpoint.previous_secrets]
     return DueDelivery(
-        c.id, c.tenant, c.mode, c.endpoint_id, c.topic, c.payload, c.attempts, c.round_attempts, url, secret,
-        previous, previous_expires, c.partition,
+        c.id, c.tenant, c.mode, c.endpoint_id, c.topic, c.payload, c.attempts, c.round_attempts, endpoint.url, secret,
+        previous, c.partition,
     )  # fmt: skip
 
 
@@ -262,10 +293,8 @@ def signature_headers(delivery: DueDelivery, at: datetime) -> dict[str, str]:
     """The Standard Webhooks headers for one attempt of `delivery` made at `at`."""
     at = at.astimezone(UTC)
     body = delivery.payload.decode()
-    signatures = [Webhook(delivery.secret).sign(delivery.id, at, body)]
-    expires = delivery.previous_secret_expires_at
-    if delivery.previous_secret and expires is not None and at < expires:
-        signatures.append(Webhook(delivery.previous_secret).sign(delivery.id, at, body))
+    live = [delivery.secret, *(p.secret for p in delivery.previous_secrets if at < p.expires_at)]
+    signatures = [Webhook(secret).sign(delivery.id, at, body) for secret in live]
     return {
         "webhook-id": delivery.id,
         "webhook-timestamp": str(math.floor(at.timestamp())),
@@ -337,6 +366,7 @@ class DeliveryWorker:
         self.jitter = jitter
         self.rng = rng or random.Random()
         self.backend = GuardedBackend(settings.allow_private_webhooks, network_backend, resolve)
+        self.sealer = Sealer(settings.secret_key)
         self.pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl.create_default_context(cafile=certifi.where()),
             max_connections=self.concurrency,
@@ -381,6 +411,8 @@ class DeliveryWorker:
                     for delivery in await self._claim(free):
                         self._spawn(delivery)
                         claimed += 1
+                except StoreError as exc:  # the store being down is one line, not a traceback a try
+                    logger.warning("claiming webhook deliveries failed (%s); retrying", exc)
                 except Exception:  # the loop must outlive a failed claim
                     logger.exception("claiming webhook deliveries failed; retrying")
             if free > 0 and claimed < free:
@@ -421,8 +453,10 @@ class DeliveryWorker:
             elif not endpoint.enabled:  # disabled since: its pending deliveries fail
                 await self.store.derived.fail_pending(c.endpoint_id, endpoint.disabled_reason or "disabled")
             else:
-                due.append(_due(c, endpoint.url, endpoint.secret, endpoint.previous_secret,
-                                endpoint.previous_secret_expires_at))  # fmt: skip
+                try:
+                    due.append(_due(c, endpoint, self.sealer))
+                except SealError as exc:  # never sent unsigned: pending again once the claim expires
+                    logger.error("webhook delivery %s is not sent: %s", c.id, exc)
         self._gone.difference_update(d.endpoint_id for d in due)  # claimed again: enabled again
         return due
 

@@ -12,6 +12,12 @@ webhook deliveries (claimed one by one, so workers share the outbox).
 
 A lease only saves work: correctness is the checkpoint's compare-and-set in the same
 transaction as a batch's effects, plus the check that the writer still holds the lease.
+
+With a bus (`headwater.bus`), a partition's runner waits on the partition's stream instead of
+the log's head, acknowledges entries as its checkpoint passes them, and after a batch commits
+sends a notice that wakes the API's waiters; the worker runs the bus's catch-up publisher for
+the partitions it holds. The runner still reads the store after its checkpoint, so the stream
+decides only when it looks; while the bus is down it waits on the log's head as without one.
 """
 
 from __future__ import annotations
@@ -26,22 +32,29 @@ import socket
 import time
 import zlib
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from headwater.bus import Bus, BusError, open_bus
 from headwater.clock import Clock, system_now
 from headwater.config import Settings
+from headwater.erasure import RETENTION_BATCH_ROWS, RETENTION_PAUSE_SECONDS, Eraser, apply_retention
 from headwater.processing.catalog import CatalogConsumer
 from headwater.processing.consumer import ENGINES, Engine, PartitionConsumer
 from headwater.processing.definitions import Definitions
 from headwater.processing.webhooks import DeliveryWorker
 from headwater.storage import open_store
 from headwater.storage.base import Store, StoreError
-from headwater.storage.records import CATALOG_LEASE, partition_lease
+from headwater.storage.records import CATALOG_LEASE, RETENTION_LEASE, partition_lease
 
 logger = logging.getLogger("headwater.worker")
 TICK_SECONDS = 0.5
 RETRY_INTERVAL = 0.25  # seconds between looks for dead letters to apply again
 HEAD_TIMEOUT = 0.5
+# With a bus the partitions' runners wait on their streams, and the log's head only wakes the
+# catalog (at most every CATALOG_SPACING_SECONDS) and the runners while the bus is down: a look
+# at it this often is enough, where following every move cost a worker a sixth of its time and
+# the store two queries per look.
+HEAD_SPACING_WITH_BUS = 0.1
 # A partition whose last look found nothing to plan looks again when the log grows, but no
 # sooner than this after that look: under steady ingest the head moves every few milliseconds,
 # and every look costs each consumer a read and a checkpoint write, for nothing when no rule
@@ -51,6 +64,8 @@ IDLE_LOOK_SECONDS = 0.02
 # cost per fold is a read, a write and the counts of the types it saw.
 CATALOG_SPACING_SECONDS = 0.2
 BACKOFF_SECONDS = 0.5
+CATCH_UP_SECONDS = 0.5  # how often the bus's catch-up publisher looks at each partition held
+RETENTION_INTERVAL_SECONDS = 60.0  # how often the worker holding the retention lease applies the policies
 _instances = itertools.count(1)
 
 
@@ -71,10 +86,12 @@ class Worker:
         engines: Sequence[Engine] = ENGINES,
         deliveries: bool | None = None,
         catalog: bool = True,
+        retention_interval: float = RETENTION_INTERVAL_SECONDS,
     ) -> None:
         self.settings = settings
         self._own_store = store is None
         self.store = store or open_store(settings)
+        self.bus: Bus | None = open_bus(settings)
         self.owner = owner or default_owner()
         self.clock = clock
         self.engines = tuple(engines)
@@ -90,6 +107,8 @@ class Worker:
         self._partition_grown: dict[int, asyncio.Event] = {}
         self._runners: dict[int, asyncio.Task[None]] = {}
         self._catalog: asyncio.Task[None] | None = None
+        self.retention_interval = retention_interval
+        self._retention: asyncio.Task[None] | None = None
         self._alive = 0  # workers alive at the last look
         self._renewed_at = -math.inf
         # How often a worker says it is alive: often enough that a worker that joins gets its
@@ -106,12 +125,16 @@ class Worker:
         """Run until `stop` is set (or the task is cancelled); then hand every lease back."""
         if self._own_store:
             await self.store.start()
+        if self.bus is not None:
+            await self.bus.start()
         delivery = (
             DeliveryWorker(self.store, self.settings, self.clock, partitions=lambda: self.partitions)
             if self.deliveries
             else None
         )
         background = [asyncio.create_task(self._watch_head(), name="headwater-head")]
+        if self.bus is not None:
+            background.append(asyncio.create_task(self._catch_up(self.bus), name="headwater-catch-up"))
         try:
             if delivery is not None:
                 delivery.start()
@@ -133,6 +156,8 @@ class Worker:
                 await delivery.stop()
             with contextlib.suppress(StoreError):
                 await self.store.derived.leave(self.owner)
+            if self.bus is not None:
+                await self.bus.close()
             if self._own_store:
                 await self.store.close()
 
@@ -144,8 +169,8 @@ class Worker:
         try:
             now = self.clock()
             alive = await self.store.derived.heartbeat(self.owner, now, now + timedelta(seconds=self.lease_seconds))
-        except StoreError:
-            logger.exception("worker %s could not say it is alive; retrying", self.owner)
+        except StoreError as exc:
+            logger.warning("worker %s could not say it is alive (%s); retrying", self.owner, exc)
             return
         due = time.monotonic() - self._renewed_at >= self.lease_seconds / 3
         if due or len(alive) != self._alive or len(self._runners) < self._share(len(alive)):
@@ -188,8 +213,9 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._catalog
                 self._catalog = None
-        except StoreError:
-            logger.exception("worker %s could not renew its leases; retrying", self.owner)
+            await self._balance_retention(now, until)
+        except StoreError as exc:
+            logger.warning("worker %s could not renew its leases (%s); retrying", self.owner, exc)
 
     async def _stop(self, running: list[int], extra: Sequence[int] = ()) -> None:
         """Stop the runners of `running` (at once: a runner stops at its next await, and its
@@ -202,8 +228,21 @@ class Worker:
             with contextlib.suppress(StoreError):
                 await self.store.derived.release_leases(self.owner, [partition_lease(p) for p in [*running, *extra]])
 
+    async def _balance_retention(self, now: datetime, until: datetime) -> None:
+        """Run the retention loop while this worker holds its lease (one worker of the cluster)."""
+        held = await self.store.derived.take_leases(self.owner, [RETENTION_LEASE], now, until)
+        if held and self._retention is None:
+            self._retention = asyncio.create_task(self._run_retention(), name="headwater-retention")
+        elif not held and self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+            self._retention = None
+
     async def _stop_all(self) -> None:
-        tasks = [*self._runners.values(), *([self._catalog] if self._catalog else [])]
+        retention = [self._retention] if self._retention else []
+        self._retention = None
+        tasks = [*self._runners.values(), *([self._catalog] if self._catalog else []), *retention]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -229,6 +268,8 @@ class Worker:
                 self.head = head
                 grown, self._grown = self._grown, asyncio.Event()
                 grown.set()
+                if self.bus is not None:
+                    await asyncio.sleep(HEAD_SPACING_WITH_BUS)
 
     async def _wait_for_growth(self, seen: int, timeout: float, partition: int | None = None) -> None:
         """Until the head (of `partition`, when given) is past `seen`, or `timeout`."""
@@ -254,23 +295,34 @@ class Worker:
         lease = partition_lease(partition)
         consumers = [
             PartitionConsumer(
-                self.store, self.definitions, engine, partition, owner=self.owner, lease=lease, clock=self.clock
+                self.store,
+                self.definitions,
+                engine,
+                partition,
+                owner=self.owner,
+                lease=lease,
+                clock=self.clock,
+                bus=self.bus,
             )
             for engine in self.engines
         ]
+        reader = self.bus.reader(partition, self.owner) if self.bus is not None else None
         retry_at = 0.0
         loop = asyncio.get_running_loop()
         while True:
             seen, looked = self.heads.get(partition, 0), loop.time()
             behind = False
             try:
+                before = min(c.checkpoint for c in consumers)
                 for consumer in consumers:
                     behind |= await consumer.run_once() >= consumer.batch_size
+                if self.bus is not None and min(c.checkpoint for c in consumers) != before:
+                    await self._notify(self.bus, partition)
                 if loop.time() >= retry_at:
                     retry_at = loop.time() + RETRY_INTERVAL
                     await self._retry_dead_letters(partition, consumers)
-            except StoreError:
-                logger.exception("partition %d: the store is unavailable; retrying", partition)
+            except StoreError as exc:
+                logger.warning("partition %d: the store is unavailable (%s); retrying", partition, exc)
                 await asyncio.sleep(BACKOFF_SECONDS)
                 continue
             except Exception:  # the loop must outlive anything a batch can raise
@@ -280,7 +332,40 @@ class Worker:
             if not behind:
                 if not any(c.planned for c in consumers):
                     await asyncio.sleep(max(0.0, looked + IDLE_LOOK_SECONDS - loop.time()))
-                await self._wait_for_growth(seen, RETRY_INTERVAL, partition)
+                try:
+                    if reader is None:
+                        await self._wait_for_growth(seen, RETRY_INTERVAL, partition)
+                    else:
+                        await reader.wait(min(c.checkpoint for c in consumers), RETRY_INTERVAL)
+                except BusError:
+                    await self._wait_for_growth(seen, RETRY_INTERVAL, partition)
+
+    async def _notify(self, bus: Bus, partition: int) -> None:
+        """Tell waiters a checkpoint moved; without the bus they find it by polling."""
+        with contextlib.suppress(BusError):
+            await bus.notify(partition)
+
+    async def _catch_up(self, bus: Bus) -> None:
+        """The bus's catch-up publisher for every partition this worker holds (one worker holds
+        a partition at a time, but a hand-over overlapping is harmless: see headwater.bus.redis)."""
+        while True:
+            behind = False
+            for partition in self.partitions:
+                names = [engine.name for engine in self.engines]
+
+                async def floor(p: int = partition, names: list[str] = names) -> int:
+                    return min([await self.store.derived.checkpoint(name, p) for name in names])
+
+                try:
+                    behind |= await bus.catch_up(self.store.log, partition, floor)
+                except (BusError, StoreError) as exc:
+                    logger.warning("partition %d: the bus's catch-up failed; retrying: %s", partition, exc)
+                    break
+                except Exception:  # a bug here must not end the catch-up of every partition for good
+                    logger.exception("partition %d: the bus's catch-up failed; retrying", partition)
+                    break
+            if not behind:
+                await asyncio.sleep(CATCH_UP_SECONDS)
 
     async def _retry_dead_letters(self, partition: int, consumers: list[PartitionConsumer]) -> None:
         by_name = {c.name: c for c in consumers}
@@ -297,8 +382,8 @@ class Worker:
             try:
                 if await consumer.run_once() >= consumer.batch_size:
                     continue
-            except StoreError:
-                logger.exception("catalog: the store is unavailable; retrying")
+            except StoreError as exc:
+                logger.warning("catalog: the store is unavailable (%s); retrying", exc)
                 await asyncio.sleep(BACKOFF_SECONDS)
                 continue
             except Exception:  # the loop must outlive anything a page can raise
@@ -307,3 +392,19 @@ class Worker:
                 continue
             await asyncio.sleep(max(0.0, looked + CATALOG_SPACING_SECONDS - loop.time()))
             await self._wait_for_growth(seen, self.settings.catalog_interval)
+
+    async def _run_retention(self) -> None:
+        eraser = Eraser(self.store, batch_rows=RETENTION_BATCH_ROWS, pause=RETENTION_PAUSE_SECONDS)
+        while True:
+            try:
+                for (tenant, mode), counts in (await apply_retention(self.store, eraser, self.clock())).items():
+                    if counts.events or counts.quarantined:
+                        logger.info(
+                            "retention: %s/%s: %d events, %d quarantined items deleted",
+                            tenant, mode, counts.events, counts.quarantined,
+                        )  # fmt: skip
+            except StoreError as exc:
+                logger.warning("retention: the store is unavailable (%s); retrying", exc)
+            except Exception:  # the loop must outlive anything a pass can raise
+                logger.exception("retention: a pass failed; retrying")
+            await asyncio.sleep(self.retention_interval)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from headwater.storage.buckets import Buckets
 from headwater.storage.derived import DerivedState
 from headwater.storage.log import EventLog
 from headwater.storage.registry import Registry
@@ -27,6 +28,11 @@ class StoreError(Exception):
 class IncompatibleStore(StoreError):
     """The stored data is not what this configuration can open (say, another partition count
     than the one the data dir was created with): nothing was changed."""
+
+
+class StorageFull(StoreError):
+    """The store's disk (or its size limit) is full: the write was rolled back whole, and the
+    store takes writes again, in the same process, once there is room."""
 
 
 class Backpressure(StoreError):
@@ -52,6 +58,8 @@ class Store:
     registry: Registry
     derived: DerivedState
     lifecycle: Lifecycle
+    # Rate-limit buckets all API processes share; None when one process serves the store.
+    buckets: Buckets | None = None
 
     async def start(self) -> None:
         await self.lifecycle.start()

@@ -36,6 +36,8 @@ from headwater.storage.records import (
     DeliveryAttempt,
     DeliveryQuery,
     Enrollment,
+    ErasedEvent,
+    ErasureCounts,
     ParticipantState,
     PointsPeriod,
     Position,
@@ -241,3 +243,24 @@ class DerivedState(Protocol):
     async def rebuild(self) -> Rebuild:
         """Fresh derived state to replay the log into; raises `RebuildBusy` while another
         rebuild of this store is open."""
+
+    # Erasure (after the events went from the log: see `headwater.erasure`).
+
+    async def forget_events(
+        self, partition: int, tenant: str, mode: Mode, events: Sequence[ErasedEvent], trigger_ids: Sequence[str]
+    ) -> ErasureCounts:
+        """Delete what hangs off these events of the partition: their fact effects, rolling
+        window points (of these triggers), actions with those actions' enrolments, the outbox
+        messages of the events and of those actions with their attempts, and their dead letters."""
+
+    async def uncount(self, consumer: str, tenant: str, mode: Mode, events: Sequence[ErasedEvent]) -> None:
+        """Take the erased events off the catalog, those the catalog consumer `consumer` had folded
+        (at or below its checkpoint, read in the same transaction); an entry left with no events
+        goes, with its properties. First and last seen stay as they were."""
+
+    async def forget_subject(
+        self, tenant: str, mode: Mode, subject: str, challenge_ids: Sequence[str], trigger_ids: Sequence[str]
+    ) -> ErasureCounts:
+        """Delete everything derived state holds about the subject: its actions (with their
+        enrolments, messages and attempts), enrolments, profile, window points (of these
+        triggers), progress (in these challenges), completions, badges, points ledger and totals."""

@@ -10,6 +10,8 @@ Guarantees every backend gives:
   short of any offset that may still commit.)
 - An event's partition is `partitions.partition_of(tenant, mode, subject, log.partitions)`.
 - `append` raises `Backpressure` instead of queueing without bound.
+- An offset is never given out twice: an erasure that deletes the newest events leaves their
+  offsets used (a consumer's checkpoint may already be past them).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Literal, NamedTuple, Protocol
 import msgspec
 
 from headwater.events import Event, FieldError, Mode, QuarantinedEvent
+from headwater.storage.records import ErasedEvent
 
 Scope = tuple[str, Mode]
 
@@ -102,6 +105,20 @@ class QuarantineQuery(msgspec.Struct, frozen=True):
     limit: int = 100
 
 
+class ErasureQuery(msgspec.Struct, frozen=True):
+    """What an erasure deletes of one tenant and mode: the events of `subject` (any when None)
+    whose event time is in [`time_from`, `time_to`) (unbounded where None); of the quarantine,
+    the items of `subject` (by their draft: an item that never parsed has none) received in
+    that range. Every pass deletes at most `limit` rows, in one transaction."""
+
+    tenant: str
+    mode: Mode
+    subject: str | None = None
+    time_from: datetime | None = None
+    time_to: datetime | None = None
+    limit: int = 500
+
+
 class EventLog(Protocol):
     @property
     def partitions(self) -> int:
@@ -155,3 +172,12 @@ class EventLog(Protocol):
     async def update_quarantine_reasons(
         self, tenant: str, mode: Mode, reasons: Sequence[tuple[str, list[FieldError]]]
     ) -> None: ...
+
+    # Erasure: bounded passes, each one transaction (ingest goes on between them).
+
+    async def erase_events(self, query: ErasureQuery) -> list[ErasedEvent]:
+        """Delete up to `query.limit` of the events it selects (oldest offsets first), their
+        dedup keys with them; the events deleted."""
+
+    async def erase_quarantine(self, query: ErasureQuery) -> int:
+        """Delete up to `query.limit` of the quarantined items it selects; how many."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
@@ -19,6 +20,8 @@ BoardKind = Literal["sum", "distinct", "streak"]
 WHOLE_LOG = -1
 # The lease of the one worker that runs the catalog; a partition's is `partition_lease`.
 CATALOG_LEASE = "catalog"
+# The lease of the one worker that applies the tenants' retention policies.
+RETENTION_LEASE = "retention"
 PARTITION_LEASE = "partition:"
 
 
@@ -302,3 +305,72 @@ class DeadLetter(msgspec.Struct, frozen=True):
     status: DeadLetterStatus
     created_at: datetime
     updated_at: datetime
+
+
+# Data protection: erasure and the audit log.
+
+
+class ErasedEvent(NamedTuple):
+    """An event an erasure deleted from the log: what its derived rows are found by."""
+
+    id: str
+    seq: int
+    partition: int
+    subject: str | None
+    type: str
+    flagged: bool  # a soft schema recorded violations (the catalog counts them)
+
+
+def catalog_uncounts(events: Sequence[ErasedEvent], folded_to: int) -> list[tuple[int, int, str]]:
+    """(events, violations, type) to take off the catalog for the erased events it had folded
+    (those at or below its checkpoint `folded_to`)."""
+    per_type: dict[str, list[int]] = {}
+    for event in events:
+        if event.seq <= folded_to:
+            entry = per_type.setdefault(event.type, [0, 0])
+            entry[0] += 1
+            entry[1] += event.flagged
+    return [(count, flagged, type_) for type_, (count, flagged) in sorted(per_type.items())]
+
+
+class ErasureCounts(msgspec.Struct):
+    """How many rows an erasure deleted, by kind. `facts` counts the facts that went with their
+    events (a fact is its event, read from the log); `fact_effects` what processing them changed."""
+
+    events: int = 0
+    quarantined: int = 0
+    facts: int = 0
+    fact_effects: int = 0
+    actions: int = 0
+    enrollments: int = 0
+    deliveries: int = 0
+    attempts: int = 0
+    window_points: int = 0
+    dead_letters: int = 0
+    profiles: int = 0
+    progress: int = 0
+    completions: int = 0
+    badges: int = 0
+    points: int = 0
+
+    def add(self, other: ErasureCounts) -> None:
+        for name in self.__struct_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+AuditValue = str | int | bool | None
+
+
+class AuditEntry(msgspec.Struct, frozen=True):
+    """One administrative change: who (`key_id`, the acting key, in `mode`), what (`action` on
+    the resource) and when. `summary` holds a few plain values of the change, never a secret."""
+
+    id: str
+    tenant: str
+    mode: Mode
+    key_id: str
+    action: str
+    resource_type: str
+    resource_id: str | None
+    summary: dict[str, AuditValue]
+    at: datetime

@@ -8,12 +8,14 @@ schemas) can tell they are stale with one cheap read.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 import msgspec
 
 from headwater.events import Mode
+from headwater.storage.records import AuditEntry
 
 Role = Literal["admin", "editor", "ingest", "viewer"]
 Enforcement = Literal["off", "soft", "strict"]
@@ -29,6 +31,10 @@ class KeyRecord(msgspec.Struct, frozen=True):
     name: str | None
     created_at: datetime
     revoked_at: datetime | None = None
+    # An ingest key meant to sit in a web page: it may only ingest, and from a browser only on one
+    # of `allowed_origins` (`scheme://host[:port]`, as browsers send `Origin`).
+    publishable: bool = False
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
 
 
 class SchemaVersion(msgspec.Struct, frozen=True):
@@ -50,10 +56,20 @@ class TriggerRecord(msgspec.Struct, frozen=True):
     updated_at: datetime
 
 
+class PreviousSecret(msgspec.Struct, frozen=True, array_like=True):
+    """A rotated-out webhook secret (as stored, like `WebhookEndpoint.secret`), which still signs until `expires_at`."""
+
+    secret: str
+    expires_at: datetime
+
+
 class WebhookEndpoint(msgspec.Struct, frozen=True):
     """A receiver of signed webhook messages. `subscriptions` are topics such as
     `action.recommend` or `event.purchase`, or a namespace wildcard such as `action.*`.
-    `previous_secret` still signs until `previous_secret_expires_at` after a rotation."""
+
+    `secret` is as stored: `whsec_...` in clear, or sealed (`headwater.sealing`) when the
+    server has a secret key. Every secret rotated out keeps signing until its grace period
+    ends: `previous_secrets`, newest first."""
 
     id: str
     tenant: str
@@ -62,12 +78,44 @@ class WebhookEndpoint(msgspec.Struct, frozen=True):
     description: str | None
     subscriptions: list[str]
     secret: str
-    previous_secret: str | None
-    previous_secret_expires_at: datetime | None
+    previous_secrets: list[PreviousSecret]
     enabled: bool
     disabled_reason: str | None
     created_at: datetime
     updated_at: datetime
+
+
+MAX_LIVE_SECRETS = 10  # each one is a signature in every delivery's header
+
+
+def rotated_secrets(
+    endpoint: WebhookEndpoint, secret: str, previous_expires_at: datetime, at: datetime
+) -> list[PreviousSecret] | None:
+    """The previous secrets once `secret` replaces the current one at `at`: the current one
+    until `previous_expires_at`, then those still live, newest first; None when that would make
+    more than `MAX_LIVE_SECRETS` live secrets (the rotation is refused)."""
+    live = [p for p in endpoint.previous_secrets if p.expires_at > at]
+    if len(live) + 2 > MAX_LIVE_SECRETS:
+        return None
+    return [PreviousSecret(endpoint.secret, previous_expires_at), *live]
+
+
+def resealed(
+    endpoint: WebhookEndpoint, reseal: Callable[[str, str], str | None]
+) -> tuple[str | None, list[PreviousSecret]]:
+    """The endpoint's secrets with `reseal` applied to each (see `Registry.reseal_webhook_secrets`):
+    (the current one, the previous ones) when any changed, (None, the previous ones) otherwise."""
+    changed = False
+
+    def one(stored: str) -> str:
+        nonlocal changed
+        new = reseal(endpoint.id, stored)
+        changed = changed or new is not None
+        return stored if new is None else new
+
+    secret = one(endpoint.secret)
+    previous = [PreviousSecret(one(p.secret), p.expires_at) for p in endpoint.previous_secrets]
+    return (secret if changed else None), previous
 
 
 class BadgeRecord(msgspec.Struct, frozen=True):
@@ -98,6 +146,13 @@ class GamificationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     levels: list[int] = msgspec.field(default_factory=list)
 
 
+class RateLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A token bucket: `burst` events at once, refilled at `per_second` (see headwater.ratelimit)."""
+
+    per_second: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)]
+    burst: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
+
+
 class Registry(Protocol):
     async def definitions_version(self) -> int:
         """A counter bumped by every change to any definition of any tenant."""
@@ -111,6 +166,9 @@ class Registry(Protocol):
         """Create the tenant if it is new; True when it was created."""
 
     async def count_tenants(self) -> int: ...
+
+    async def publishable_origins(self) -> set[str]:
+        """Every origin an active publishable key allows, of every tenant."""
 
     async def add_key(self, record: KeyRecord, key_hash: str) -> None: ...
 
@@ -169,8 +227,14 @@ class Registry(Protocol):
 
     async def rotate_webhook_secret(
         self, tenant: str, mode: Mode, endpoint_id: str, secret: str, previous_expires_at: datetime, at: datetime
-    ) -> WebhookEndpoint | None:
-        """Make `secret` current; the current one becomes the previous until `previous_expires_at`."""
+    ) -> WebhookEndpoint | Literal["too_many"] | None:
+        """Make `secret` current, the current one previous until `previous_expires_at`, and drop
+        the previous ones that have expired (`rotated_secrets`); None when there is no such
+        endpoint, "too_many" (and nothing changed) when too many secrets would be live."""
+
+    async def reseal_webhook_secrets(self, reseal: Callable[[str, str], str | None]) -> int:
+        """Pass every stored secret of every endpoint (its id, the secret) to `reseal`, and store
+        what it returns in its place (None: keep it), in one transaction; how many endpoints changed."""
 
     async def delete_webhook(self, tenant: str, mode: Mode, endpoint_id: str) -> bool: ...
 
@@ -199,3 +263,29 @@ class Registry(Protocol):
     async def get_settings(self, tenant: str, mode: Mode) -> GamificationSettings | None: ...
 
     async def put_settings(self, tenant: str, mode: Mode, settings: GamificationSettings, at: datetime) -> None: ...
+
+    # Rate limits (`key_id` None: the tenant's default for its keys)
+
+    async def get_rate_limits(self, tenant: str, key_id: str) -> tuple[RateLimit | None, RateLimit | None]:
+        """The key's own limit and its tenant's default."""
+
+    async def put_rate_limit(self, tenant: str, key_id: str | None, limit: RateLimit | None) -> None:
+        """Set, or with None remove, a key's limit or the tenant's default."""
+
+    # Data protection.
+
+    async def get_retention(self, tenant: str, mode: Mode) -> int | None:
+        """The days the tenant's events are kept in this mode; None: forever."""
+
+    async def put_retention(self, tenant: str, mode: Mode, days: int | None, at: datetime) -> None: ...
+
+    async def retention_policies(self) -> list[tuple[str, Mode, int]]:
+        """(tenant, mode, days) of every tenant and mode that keeps its events a limited time."""
+
+    async def add_audit(self, entry: AuditEntry) -> None: ...
+
+    async def list_audit(
+        self, tenant: str, modes: Sequence[Mode], before: int | None, limit: int
+    ) -> list[tuple[int, AuditEntry]]:
+        """The tenant's entries of these modes, newest first, each with its position (the cursor:
+        `before` lists those older than that one)."""

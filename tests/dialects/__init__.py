@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import Api
+from tests.conftest import Api, Carried
 
 DEEP = 100  # past the 64-level nesting limit
 
@@ -28,6 +28,19 @@ def stored(api: Api, key: str) -> list[dict[str, Any]]:
     for event in events:
         assert event.pop("received_at").endswith("Z")
     return events
+
+
+def log_id(event: dict[str, Any]) -> str:
+    """Seed 003's documented `<ms>-<n>` form: the UUIDv7's millisecond time and the log offset.
+    The message id without a bus, and with one the answer to a duplicate (nothing maps an event
+    to its entry)."""
+    return f"{int(event['id'][4:16], 16)}-{event['seq']}"
+
+
+def message_id(carried: Carried, event: dict[str, Any]) -> str:
+    """Seed 003's message id of an accepted event: with a bus, its entry's id in its partition's
+    stream."""
+    return carried.entry_id(event["id"]) if carried.bus else log_id(event)
 
 
 def received_at(api: Api, key: str, event_id: str) -> str:

@@ -501,6 +501,27 @@ def test_write_key_in_the_body_is_not_kept(api: Api) -> None:
     assert [q["raw"] for q in quarantined] == ['{"event":"E","timestamp":"x","type":"track"}']
 
 
+def test_a_write_key_of_the_wrong_type_is_refused(api: Api) -> None:
+    """With a header key or without one: a body key that is not a string is a 400, not "no key"."""
+    key = api.key()
+    for write_key, got in ((5, "int"), ([], "array"), ({"key": key}, "object")):
+        problem = {"field": "writeKey", "code": "invalid_type", "message": f"Expected `str | null`, got `{got}`"}
+        for path, body in (
+            ("/v1/track", {"userId": "u", "event": "E", "writeKey": write_key}),
+            ("/v1/batch", {"writeKey": write_key, "batch": [{"type": "track", "userId": "u", "event": "E"}]}),
+        ):
+            for headers in (api.as_(key), {}):
+                response = api.client.post(path, json=body, headers=headers)
+                assert (response.status_code, response.json()) == (
+                    400,
+                    {
+                        "error": "request body is not valid",
+                        "details": [problem],
+                    },
+                ), (path, write_key, headers)
+    assert events(api, key) == []
+
+
 # --- bad input: never a 500 -------------------------------------------------------------------
 
 

@@ -8,10 +8,13 @@ order."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 
@@ -27,6 +30,7 @@ from headwater.storage.effects import Effects
 from headwater.storage.records import partition_lease
 from headwater.storage.registry import DefinitionKind, TriggerRecord
 from headwater.storage.sqlite.derived import SqliteDerived
+from tests.servers import Postgres
 
 
 async def define_trigger(store: Store, tenant: str, trigger_id: str = "trg_1") -> None:
@@ -221,9 +225,12 @@ def test_a_write_refused_for_a_lease_held_elsewhere_applies_nothing(settings: Se
     run(settings, body)
 
 
-def test_a_store_that_cannot_write_is_retried_and_nothing_is_dead_lettered(settings: Settings) -> None:
+def test_a_store_that_cannot_write_is_retried_and_nothing_is_dead_lettered(sqlite_settings: Settings) -> None:
     """A full disk is the store failing, not an event: the consumer raises `StoreError` (its
-    worker waits and tries again), dead-letters nothing, and goes on once there is room."""
+    worker waits and tries again), dead-letters nothing, and goes on once there is room.
+
+    SQLite's alone: a page cap on its file is how it fills a disk here (PostgreSQL's own way of
+    failing writes is the test after this one)."""
 
     async def body(store: Store) -> None:
         seqs = await fill(store, 10)
@@ -250,7 +257,60 @@ def test_a_store_that_cannot_write_is_retried_and_nothing_is_dead_lettered(setti
         assert await store.derived.checkpoint("recorder", p) == seqs[-1]
         assert await store.derived.list_dead_letters("t", "live") == []
 
-    run(settings, body)
+    run(sqlite_settings, body)
+
+
+@pytest.fixture
+def postgres_settings(postgres: Postgres, tmp_path: Path) -> Iterator[Settings]:
+    """A database of the test's own on the session's PostgreSQL."""
+    database = postgres.new_database()
+    try:
+        yield replace(Settings(), data_dir=tmp_path / "data", store=postgres.url(database))
+    finally:
+        postgres.drop_database(database)
+
+
+async def read_only(url: str, on: bool) -> None:
+    """The database refuses every write (as a primary demoted to a standby does), or accepts
+    them again: the setting holds for new sessions, so every session of it is ended (and waited
+    for), and the caller's loop is given the time to see its connections closed."""
+    database = url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        await conn.execute(f"ALTER DATABASE {database} SET default_transaction_read_only = {'on' if on else 'off'}")
+        await conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1", database)
+    finally:
+        await conn.close()
+    await asyncio.sleep(0.1)
+
+
+def test_a_postgres_that_cannot_write_is_retried_and_nothing_is_dead_lettered(postgres_settings: Settings) -> None:
+    """A PostgreSQL that refuses every write (its database made read-only, as a primary demoted
+    to a standby is) is the store failing, not an event: the consumer raises `StoreError` each
+    time, dead-letters nothing, and goes on once it can write.
+
+    PostgreSQL's alone: the test before fails SQLite's writes its own way (a page cap)."""
+    url = postgres_settings.store
+    assert url is not None
+
+    async def body(store: Store) -> None:
+        seqs = await fill(store, 10)
+        p = partition_of_u(store)
+        engine = Recorder()
+        c = consumer(store, engine, p)
+        await read_only(url, True)
+        for _ in range(4):  # as often as it is tried: never taken for a poison event
+            with pytest.raises(StoreError):
+                await c.run_once()
+        assert await store.derived.checkpoint("recorder", p) == 0
+        assert await store.derived.list_dead_letters("t", "live") == []
+        await read_only(url, False)
+        await drain(c)
+        assert await store.derived.checkpoint("recorder", p) == seqs[-1]
+        assert await store.derived.list_dead_letters("t", "live") == []
+        assert engine.applied[-10:] == seqs
+
+    run(postgres_settings, body)
 
 
 def test_refreshes_asked_together_share_one_read_and_none_misses_an_earlier_change(settings: Settings) -> None:

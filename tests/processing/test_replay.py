@@ -3,6 +3,8 @@ while a server keeps ingesting; a changed definition applied to history; the out
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
 import sqlite3
 import threading
@@ -10,21 +12,26 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from starlette.testclient import TestClient
 
 from headwater.app import create_app
+from headwater.config import Settings
 from headwater.partitions import DEFAULT_PARTITIONS
-from headwater.processing.awards import MAX_AWARD_DEPTH
-from headwater.storage.sqlite import partition_file
-from headwater.storage.sqlite.derived_schema import REBUILT_TABLES
+from headwater.storage.postgres import schema_derived
+from headwater.storage.postgres.rebuild import REBUILD_LOCK
+from headwater.storage.sqlite import derived_schema, partition_file
 from headwater.storage.sqlite.rebuild import LOCK_FILE
-from tests.conftest import Api, ServerProcess, WorkerThread, run_cli
+from tests.conftest import Api, ServerProcess, WorkerThread, run_cli, server_args, store_args
+from tests.processing import settle, settle_with
 
-Snapshot = dict[str, list[tuple[Any, ...]]]
-# What the facts engine derives: rebuilt exactly as it was made live (it reads no clock).
-DERIVED_TABLES = tuple(t for t in REBUILT_TABLES if t not in ("trigger_windows", "actions", "enrollments", "profiles"))
+Row = dict[str, Any]
+Snapshot = dict[str, list[Row]]
+# What the triggers engine derives reads the clock; the rest (the facts engine's) is rebuilt
+# exactly as it was made live.
+CLOCKED = ("trigger_windows", "actions", "enrollments", "profiles")
 
 
 @pytest.fixture
@@ -34,18 +41,58 @@ def api(settings: Any) -> Iterator[Api]:
         yield Api(client, quiet)
 
 
-def snapshot(api_or_dir: Any, tables: tuple[str, ...] = REBUILT_TABLES) -> Snapshot:
-    """Every row of the tables, of every partition's file (each row with its partition)."""
-    data_dir = api_or_dir.settings.data_dir if isinstance(api_or_dir, Api) else api_or_dir
+def rebuilt_tables(settings: Settings) -> tuple[str, ...]:
+    return derived_schema.REBUILT_TABLES if settings.store is None else schema_derived.REBUILT_TABLES
+
+
+def snapshot(settings: Settings, tables: tuple[str, ...] | None = None) -> Snapshot:
+    """Every row of the tables (the rebuilt ones unless named), each sorted: on SQLite of every
+    partition's file, each row with its partition; on PostgreSQL of the one database."""
+    tables = rebuilt_tables(settings) if tables is None else tables
     found: Snapshot = {t: [] for t in tables}
-    for p in range(DEFAULT_PARTITIONS):
-        conn = sqlite3.connect(partition_file(data_dir, p))
-        try:
-            for t in tables:
-                found[t] += [(p, *row) for row in conn.execute(f"SELECT * FROM {t}")]
-        finally:
-            conn.close()
+    if settings.store is None:
+        for p in range(settings.partitions or DEFAULT_PARTITIONS):
+            conn = sqlite3.connect(partition_file(settings.data_dir, p))
+            conn.row_factory = sqlite3.Row
+            try:
+                for t in tables:
+                    found[t] += [{"partition": p, **dict(row)} for row in conn.execute(f"SELECT * FROM {t}")]
+            finally:
+                conn.close()
+    else:
+        found = asyncio.run(_postgres_rows(settings.store, tables))
     return {t: sorted(rows, key=repr) for t, rows in found.items()}
+
+
+async def _postgres_rows(url: str, tables: tuple[str, ...]) -> Snapshot:
+    conn = await asyncpg.connect(url)
+    try:
+        return {t: [dict(row) for row in await conn.fetch(f"SELECT * FROM {t}")] for t in tables}
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def replay_running(settings: Settings) -> Iterator[str]:
+    """The lock a running replay holds, held here, as such a replay would hold it; yields
+    where the refusal says the other replay runs. SQLite's is a lock file in the data dir,
+    PostgreSQL's an advisory lock of a session, released when it ends."""
+    if settings.store is None:
+        with (settings.data_dir / LOCK_FILE).open("a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            yield str(settings.data_dir)
+            fcntl.flock(held, fcntl.LOCK_UN)
+        return
+    loop = asyncio.new_event_loop()
+    try:
+        conn = loop.run_until_complete(asyncpg.connect(settings.store))
+        try:
+            assert loop.run_until_complete(conn.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK))
+            yield "this database"
+        finally:
+            loop.run_until_complete(conn.close())
+    finally:
+        loop.close()
 
 
 def post(api: Api, key: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -54,14 +101,8 @@ def post(api: Api, key: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     return dict(response.json())
 
 
-def settle(api: Api, key: str) -> None:
-    for _ in range(MAX_AWARD_DEPTH + 1):
-        response = api.client.post("/v1/events?wait=processed", json={"type": "settle"}, headers=api.as_(key))
-        assert response.status_code == 200
-
-
-def replay(data_dir: Any) -> str:
-    result = run_cli("replay", "--data-dir", str(data_dir), "--batch-size", "7")
+def replay(settings: Settings) -> str:
+    result = run_cli("replay", *store_args(settings), "--batch-size", "7")
     assert "replaying" in result.stderr  # the progress bar
     return result.stdout
 
@@ -119,26 +160,26 @@ def test_replay_twice_gives_identical_tables_and_the_live_gamification_state(api
     key = api.key()
     define(api, key)
     ingest(api, key)
-    live = snapshot(api)
-    outbox = snapshot(api, ("webhook_deliveries",))
+    live = snapshot(api.settings)
+    outbox = snapshot(api.settings, ("webhook_deliveries",))
     participant = api.client.get("/v1/participants/u1", headers=api.as_(key)).json()
     assert live["challenge_completions"] and live["badge_awards"] and live["points_ledger"]
     assert live["trigger_windows"] and live["enrollments"] and live["profiles"] and live["actions"]
 
-    first_output = replay(api.settings.data_dir)
-    first = snapshot(api)
-    second_output = replay(api.settings.data_dir)
-    second = snapshot(api)
-    for table in REBUILT_TABLES:
+    first_output = replay(api.settings)
+    first = snapshot(api.settings)
+    second_output = replay(api.settings)
+    second = snapshot(api.settings)
+    for table in rebuilt_tables(api.settings):
         assert first[table] == second[table], table
         assert len(first[table]) == len(live[table]), table
     # The facts consumer reads no clock: the rebuilt facts and gamification tables are the live ones.
-    for table in DERIVED_TABLES:
+    for table in set(rebuilt_tables(api.settings)) - set(CLOCKED):
         assert first[table] == live[table], table
     # Trigger actions are stamped with the consumer's clock live, with the receive time on replay.
-    assert {r[1] for r in first["actions"]} == {r[1] for r in live["actions"]}
+    assert {r["id"] for r in first["actions"]} == {r["id"] for r in live["actions"]}
     assert " 0 new award events" in first_output and " 0 new award events" in second_output
-    assert snapshot(api, ("webhook_deliveries",)) == outbox  # nothing re-sent, nothing lost
+    assert snapshot(api.settings, ("webhook_deliveries",)) == outbox  # nothing re-sent, nothing lost
     settle(api, key)
     assert api.client.get("/v1/participants/u1", headers=api.as_(key)).json() == participant
 
@@ -167,7 +208,7 @@ def test_replay_applies_a_changed_definition_to_history(api: Api) -> None:
     assert api.client.get("/v1/participants/u1", headers=api.as_(key)).json()["points"] == 0
     api.client.patch(f"/v1/challenges/{created['id']}", json={"target": 2}, headers=api.as_(key))
 
-    output = replay(api.settings.data_dir)
+    output = replay(api.settings)
     assert " 2 new award events" in output  # challenge.completed and points.awarded
     settle(api, key)
     body = api.client.get("/v1/participants/u1", headers=api.as_(key)).json()
@@ -175,27 +216,24 @@ def test_replay_applies_a_changed_definition_to_history(api: Api) -> None:
     completed = api.client.get("/v1/events", params={"type": "challenge.completed"}, headers=api.as_(key)).json()
     assert [e["time"] for e in completed["data"]] == ["2026-04-02T10:00:00Z"]
     # Replaying again finds those awards in the log and adds nothing.
-    assert " 0 new award events" in replay(api.settings.data_dir)
+    assert " 0 new award events" in replay(api.settings)
 
 
-def test_a_second_replay_on_the_same_data_dir_is_refused(api: Api) -> None:
+def test_a_second_replay_on_the_same_store_is_refused(api: Api) -> None:
     key = api.key()
     define(api, key)
-    data_dir = api.settings.data_dir
-    with (data_dir / LOCK_FILE).open("a") as held:  # as a running replay holds it
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        refused = run_cli("replay", "--data-dir", str(data_dir), check=False)
-        assert (refused.returncode, refused.stdout) == (1, "")
-        assert refused.stderr.endswith(f"\nError: another replay is running on {data_dir}\n")
-        fcntl.flock(held, fcntl.LOCK_UN)
-    assert "replayed" in replay(data_dir)
+    with replay_running(api.settings) as where:
+        refused = run_cli("replay", *store_args(api.settings), check=False)
+        assert (refused.returncode, refused.stdout) == (1, ""), refused.stderr
+        assert refused.stderr.endswith(f"\nError: another replay is running on {where}\n"), refused.stderr
+    assert "replayed" in replay(api.settings)
 
 
-def test_replay_while_a_server_ingests(server_factory: type[ServerProcess], tmp_path: Any) -> None:
-    data_dir = tmp_path / "data"
-    key = run_cli("keys", "create", "--tenant", "t", "--role", "admin", "--data-dir", str(data_dir)).stdout.split()[-1]
+def test_replay_while_a_server_ingests(server_factory: type[ServerProcess], settings: Settings) -> None:
+    cli = ("keys", "create", "--tenant", "t", "--role", "admin", *store_args(settings))
+    key = run_cli(*cli).stdout.split()[-1]
     headers = {"Authorization": f"Bearer {key}"}
-    server = server_factory(data_dir)
+    server = server_factory(settings.data_dir, args=tuple(server_args(settings)))
     server.start()
     chl = {
         "name": "count",
@@ -225,14 +263,13 @@ def test_replay_while_a_server_ingests(server_factory: type[ServerProcess], tmp_
     ingester = threading.Thread(target=keep_ingesting)
     ingester.start()
     try:
-        replay(data_dir)
+        replay(settings)
     finally:
         stop.set()
         ingester.join()
-    for _ in range(MAX_AWARD_DEPTH + 1):
-        assert (
-            httpx.post(server.url + "/v1/events?wait=processed", json={"type": "x"}, headers=headers).status_code == 200
-        )
+    settle_with(
+        lambda body: httpx.post(server.url + "/v1/events?wait=processed", json=body, headers=headers), "t", settings
+    )
     events: list[dict[str, Any]] = []
     cursor = None
     while True:
@@ -255,15 +292,15 @@ def test_replay_while_a_server_ingests(server_factory: type[ServerProcess], tmp_
                 "streak": None,
             }
         ]
-    state = snapshot(data_dir)
+    state = snapshot(settings)
     ledger = state["points_ledger"]
-    assert len(ledger) == len({row[1] for row in ledger})  # (partition, id, ...): no entry twice
+    assert len(ledger) == len({row["id"] for row in ledger})  # no entry twice
     server.stop()
     # The state built partly live, partly by the replay, partly live again after the swap is the
     # state a replay builds from the whole log (trigger actions aside: stamped by the clock live).
-    replay(data_dir)
-    rebuilt = snapshot(data_dir)
-    for table in DERIVED_TABLES:
+    replay(settings)
+    rebuilt = snapshot(settings)
+    for table in set(rebuilt_tables(settings)) - set(CLOCKED):
         assert rebuilt[table] == state[table], table
-    replay(data_dir)
-    assert snapshot(data_dir) == rebuilt
+    replay(settings)
+    assert snapshot(settings) == rebuilt

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from headwater.storage.base import Store, StoreError
 from headwater.storage.sqlite.derived import SHARED_FILE, SqliteDerived, partition_file
+from headwater.storage.sqlite.limits import LimitTables
 from headwater.storage.sqlite.log import LogTables
+from headwater.storage.sqlite.protection import ProtectionTables
 from headwater.storage.sqlite.registry import RegistryTables
 from headwater.storage.sqlite.upgrade import move_derived, upgrade_main
 
@@ -25,7 +27,7 @@ MAIN_FILE = "headwater.db"
 DERIVED_FILE = SHARED_FILE
 
 
-class SqliteMain(LogTables, RegistryTables):
+class SqliteMain(LogTables, RegistryTables, LimitTables, ProtectionTables):
     """The log and the registry share the main file: quarantine and keys are written with
     the events they belong to."""
 

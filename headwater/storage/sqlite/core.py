@@ -1,6 +1,7 @@
 """One SQLite file in WAL mode: one writer thread with group commit, and reader threads.
 
-Requests put write jobs on a bounded queue. The writer takes everything pending, runs it
+Requests put write jobs on a bounded queue, a lane per tenant (`headwater.storage.lanes`).
+The writer takes what is pending (from each lane in turn, up to `max_group` events), runs it
 in one transaction, commits (one fsync with synchronous=FULL), and only then resolves
 every waiting request. Readers use their own connections on a small thread pool, so
 queries never wait behind the writer.
@@ -21,13 +22,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from headwater.storage.base import Backpressure, StoreError
+from headwater.storage.base import Backpressure, StorageFull, StoreError
+from headwater.storage.lanes import Lanes
 
 T = TypeVar("T")
 WRITER_CACHE_KIB = 64 * 1024
@@ -55,7 +56,11 @@ class Transaction:
         """The next log offset. Offsets are in commit order because the writer holds the
         file's write lock from here to its commit: no other process can commit in between."""
         if self._last_seq is None:
-            row = self.conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            # Past the newest offset an erasure deleted too (see `sqlite.protection`).
+            row = self.conn.execute(
+                "SELECT max(coalesce((SELECT max(seq) FROM events), 0),"
+                " coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE name = 'erased_head'), 0))"
+            ).fetchone()
             self._last_seq = int(row[0])
         self._last_seq += 1
         return self._last_seq
@@ -101,8 +106,14 @@ def _job_error(exc: Exception) -> BaseException:
     for a failed commit, so that callers retry rather than blame the job (a consumer skips an
     event whose effects keep failing; it must never skip one because the disk did)."""
     if isinstance(exc, sqlite3.Error) and (exc.sqlite_errorcode or 0) & 0xFF in _STORE_FAILURES:
-        return StoreError(f"write failed: {exc}")
+        return _store_error(exc)
     return exc
+
+
+def _store_error(exc: sqlite3.Error) -> StoreError:
+    """A full disk (or file size limit) is its own error: the API answers 507, not 503."""
+    full = (exc.sqlite_errorcode or 0) & 0xFF == sqlite3.SQLITE_FULL
+    return (StorageFull if full else StoreError)(f"write failed: {exc}")
 
 
 def _settle(jobs: list[_Job]) -> None:
@@ -142,8 +153,7 @@ class SqliteCore:
         self.synchronous = synchronous
         self.max_group = max_group
         self._lock_fd: int | None = None
-        self._jobs: deque[_Job] = deque()
-        self._pending_size = 0
+        self._jobs: Lanes[_Job] = Lanes(queue_max_events)
         self._cond = threading.Condition()
         self._stopping = False
         self._writer: threading.Thread | None = None
@@ -247,25 +257,21 @@ class SqliteCore:
 
     # The writer
 
-    async def write(self, fn: Callable[[Transaction], T], size: int = 1, first: bool = False) -> T:
+    async def write(
+        self, fn: Callable[[Transaction], T], size: int = 1, first: bool = False, lane: Hashable = None
+    ) -> T:
         """Run `fn` inside the next group transaction; return once it is committed. `first`
         puts a small job ahead of those waiting (a worker's lease renewal must not wait behind
-        the batches of every partition)."""
+        the batches of every partition); `lane` is whose job it is (a tenant's appends)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         job = _Job(fn, size, loop, future)
         with self._cond:
             if self._stopping or self._writer is None:
                 raise StoreError("store is closed")
-            # An oversized job is still admitted into an empty queue, so that a
-            # single large batch can never be refused forever.
-            if self._jobs and self._pending_size + size > self.queue_max_events:
+            if not self._jobs.admits(lane, size):
                 raise Backpressure(retry_after=1)
-            if first:
-                self._jobs.appendleft(job)
-            else:
-                self._jobs.append(job)
-            self._pending_size += size
+            self._jobs.put(lane, job, size, first)
             self._cond.notify()
         return await future
 
@@ -290,19 +296,7 @@ class SqliteCore:
     def _next_group(self) -> list[_Job]:
         """The jobs of the next transaction: all that wait, or up to `max_group` of their size
         (always at least one), so that one transaction never holds the write lock for long."""
-        if self.max_group is None:
-            jobs = list(self._jobs)
-            self._jobs.clear()
-            self._pending_size = 0
-            return jobs
-        jobs, size = [self._jobs.popleft()], 0
-        size = jobs[0].size
-        while self._jobs and size + self._jobs[0].size <= self.max_group:
-            job = self._jobs.popleft()
-            jobs.append(job)
-            size += job.size
-        self._pending_size -= size
-        return jobs
+        return self._jobs.take(self.max_group)
 
     @staticmethod
     def _run_isolated(conn: sqlite3.Connection, tx: Transaction, job: _Job) -> None:
@@ -349,7 +343,7 @@ class SqliteCore:
             self._writer_error = exc
             for job in jobs:
                 job.result = None
-                job.error = StoreError(f"write failed: {exc}")
+                job.error = _store_error(exc)
 
     # Readers
 

@@ -44,6 +44,7 @@ from headwater.storage.records import (
     SubjectProfile,
 )
 from headwater.storage.sqlite.derived_schema import write_deliveries
+from headwater.storage.sqlite.forget import DerivedErasure
 from headwater.storage.sqlite.partition import PartitionFile
 from headwater.storage.sqlite.shared import SharedFile
 
@@ -71,7 +72,7 @@ def _board(lists: Iterable[list[BoardRow]], limit: int) -> list[BoardRow]:
     return [row for _, row in zip(range(limit), merged, strict=False)]
 
 
-class SqliteDerived:
+class SqliteDerived(DerivedErasure):
     def __init__(self, data_dir: Path, queue_max_events: int = 200_000) -> None:
         self.data_dir = data_dir
         self.queue_max_events = queue_max_events

@@ -144,6 +144,8 @@ CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_at
     WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS webhook_deliveries_scope ON webhook_deliveries (tenant, mode, created_at, position);
 CREATE INDEX IF NOT EXISTS webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, status);
+-- The messages of an event or an action, which go when an erasure takes it.
+CREATE INDEX IF NOT EXISTS webhook_deliveries_message ON webhook_deliveries (message_key);
 
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     position INTEGER PRIMARY KEY,

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from headwater import faults
 from headwater.clock import from_us, to_us
 from headwater.events import Event, EventDraft, FieldError, Mode, QuarantinedEvent
 from headwater.ids import looks_like_event_id
@@ -97,6 +98,10 @@ INSERT_QUARANTINE = f"INSERT INTO quarantine ({QUARANTINE_COLUMNS}) VALUES (?,?,
 # A scope filter as row values, above which the rows are filtered in Python instead.
 MAX_SCOPE_TERMS = 64
 HEAD_POLL_SECONDS = 0.005
+# Events in one group commit of the log once it holds more than one request: about the
+# transaction of two 1,000-event batches, which is what another tenant's request waits out
+# at most before its own (`headwater.storage.lanes`).
+LOG_GROUP_EVENTS = 2_000
 
 _field_errors = msgspec.json.Decoder(list[FieldError])
 _draft = msgspec.json.Decoder(EventDraft)
@@ -234,6 +239,7 @@ class LogTables(SqliteCore):
     SCHEMA = LOG_SCHEMA
 
     def __init__(self, *args: Any, partitions: int | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("max_group", LOG_GROUP_EVENTS)
         super().__init__(*args, **kwargs)
         self._wanted_partitions = partitions
         self._partitions = partitions or DEFAULT_PARTITIONS
@@ -260,13 +266,17 @@ class LogTables(SqliteCore):
         self, events: Sequence[Event | Refused], quarantine: Sequence[QuarantinedEvent] = ()
     ) -> list[AppendOutcome]:
         partitions = self._partitions
+        limit = None if faults.PAGE_LIMIT_FILE is None else faults.page_limit()
 
         def run(tx: Transaction) -> list[AppendOutcome]:
+            if limit is not None:  # a test's full disk (headwater.faults)
+                tx.conn.execute(f"PRAGMA max_page_count = {limit}")
             if quarantine:
                 tx.conn.executemany(INSERT_QUARANTINE, [_quarantine_row(q) for q in quarantine])
             return append_events(tx, events, partitions) if events else []
 
-        return await self.write(run, size=len(events) + len(quarantine) or 1)
+        lane = events[0].tenant if events else quarantine[0].tenant if quarantine else None
+        return await self.write(run, size=len(events) + len(quarantine) or 1, lane=lane)
 
     async def get_event(self, tenant: str, mode: Mode, event_id: str) -> Event | None:
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ? AND tenant = ? AND mode = ?"

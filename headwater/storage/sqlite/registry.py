@@ -4,8 +4,9 @@ schemas, triggers, type mappings, webhook endpoints, badges, challenges and sett
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -18,9 +19,12 @@ from headwater.storage.registry import (
     Enforcement,
     GamificationSettings,
     KeyRecord,
+    PreviousSecret,
     SchemaVersion,
     TriggerRecord,
     WebhookEndpoint,
+    resealed,
+    rotated_secrets,
 )
 from headwater.storage.sqlite.core import SqliteCore, Transaction
 from headwater.storage.sqlite.definitions import VERSIONS_TABLE, DefinitionTable, ScopeSetting, bump_version
@@ -53,7 +57,9 @@ CREATE TABLE IF NOT EXISTS api_keys (
     name TEXT,
     key_hash TEXT NOT NULL UNIQUE,
     created_at INTEGER NOT NULL,
-    revoked_at INTEGER
+    revoked_at INTEGER,
+    publishable INTEGER NOT NULL DEFAULT 0,
+    allowed_origins TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant, created_at);
 
@@ -91,8 +97,7 @@ CREATE TABLE IF NOT EXISTS webhook_endpoints (
     description TEXT,
     subscriptions TEXT NOT NULL,
     secret TEXT NOT NULL,
-    previous_secret TEXT,
-    previous_secret_expires_at INTEGER,
+    previous_secrets TEXT NOT NULL DEFAULT '[]',
     enabled INTEGER NOT NULL,
     disabled_reason TEXT,
     created_at INTEGER NOT NULL,
@@ -135,15 +140,17 @@ TRIGGERS = DefinitionTable("triggers", TriggerRecord)
 CHALLENGES = DefinitionTable("challenges", ChallengeRecord)
 TYPE_MAPPINGS = ScopeSetting("type_mappings", "mappings")
 SETTINGS = ScopeSetting("gamification_settings", "settings")
-KEY_COLUMNS = "id, tenant, role, mode, prefix, name, created_at, revoked_at"
+KEY_COLUMNS = "id, tenant, role, mode, prefix, name, created_at, revoked_at, publishable, allowed_origins"
 SCHEMA_COLUMNS = "type, version, enforcement, schema, created_at"
 BADGE_COLUMNS = "key, name, description, image_url, created_at, updated_at"
 ENDPOINT_COLUMNS = (
-    "id, tenant, mode, url, description, subscriptions, secret, previous_secret, previous_secret_expires_at,"
-    " enabled, disabled_reason, created_at, updated_at"
+    "id, tenant, mode, url, description, subscriptions, secret, previous_secrets, enabled, disabled_reason,"
+    " created_at, updated_at"
 )
 _encode = msgspec.json.encode
 _subscriptions = msgspec.json.Decoder(list[str])
+_origins = _subscriptions
+_previous = msgspec.json.Decoder(list[tuple[str, int]])
 _settings = msgspec.json.Decoder(GamificationSettings)
 
 
@@ -152,7 +159,7 @@ def _opt_us(value: int | None) -> datetime | None:
 
 
 def _row_to_key(row: tuple[Any, ...]) -> KeyRecord:
-    id_, tenant, role, mode, prefix, name, created, revoked = row
+    id_, tenant, role, mode, prefix, name, created, revoked, publishable, origins = row
     return KeyRecord(
         id=id_,
         tenant=tenant,
@@ -162,7 +169,17 @@ def _row_to_key(row: tuple[Any, ...]) -> KeyRecord:
         name=name,
         created_at=from_us(created),
         revoked_at=_opt_us(revoked),
+        publishable=bool(publishable),
+        allowed_origins=_origins.decode(origins),
     )
+
+
+def _encode_previous(previous: list[PreviousSecret]) -> str:
+    return _encode([(p.secret, to_us(p.expires_at)) for p in previous]).decode()
+
+
+def _decode_previous(text: str) -> list[PreviousSecret]:
+    return [PreviousSecret(secret, from_us(expires)) for secret, expires in _previous.decode(text)]
 
 
 def _row_to_schema(row: tuple[Any, ...]) -> SchemaVersion:
@@ -171,8 +188,7 @@ def _row_to_schema(row: tuple[Any, ...]) -> SchemaVersion:
 
 
 def _row_to_endpoint(row: tuple[Any, ...]) -> WebhookEndpoint:
-    (id_, tenant, mode, url, description, subscriptions, secret, previous, previous_expires, enabled, reason,
-     created, updated) = row  # fmt: skip
+    id_, tenant, mode, url, description, subscriptions, secret, previous, enabled, reason, created, updated = row
     return WebhookEndpoint(
         id=id_,
         tenant=tenant,
@@ -181,8 +197,7 @@ def _row_to_endpoint(row: tuple[Any, ...]) -> WebhookEndpoint:
         description=description,
         subscriptions=_subscriptions.decode(subscriptions),
         secret=secret,
-        previous_secret=previous,
-        previous_secret_expires_at=_opt_us(previous_expires),
+        previous_secrets=_decode_previous(previous),
         enabled=bool(enabled),
         disabled_reason=reason,
         created_at=from_us(created),
@@ -195,8 +210,35 @@ def _row_to_badge(row: tuple[Any, ...]) -> BadgeRecord:
     return BadgeRecord(key, name, description, image_url, from_us(created), from_us(updated))
 
 
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Columns newer than the tables of an older data dir. A webhook endpoint's one previous
+    secret (and its expiry) becomes the first of its list."""
+    keys = [row[1] for row in conn.execute("PRAGMA table_info(api_keys)")]
+    endpoints = [row[1] for row in conn.execute("PRAGMA table_info(webhook_endpoints)")]
+    if "publishable" in keys and "previous_secrets" in endpoints:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    if "publishable" not in keys:
+        conn.execute("ALTER TABLE api_keys ADD COLUMN publishable INTEGER NOT NULL DEFAULT 0")
+        conn.execute("ALTER TABLE api_keys ADD COLUMN allowed_origins TEXT NOT NULL DEFAULT '[]'")
+    if "previous_secrets" not in endpoints:
+        conn.execute("ALTER TABLE webhook_endpoints ADD COLUMN previous_secrets TEXT NOT NULL DEFAULT '[]'")
+        conn.execute(
+            "UPDATE webhook_endpoints SET previous_secrets = json_array(json_array(previous_secret,"
+            " previous_secret_expires_at)) WHERE previous_secret IS NOT NULL AND previous_secret_expires_at IS NOT NULL"
+        )
+        # Dropped rather than left empty: the old secret would otherwise stay in the file's free pages only.
+        conn.execute("ALTER TABLE webhook_endpoints DROP COLUMN previous_secret")
+        conn.execute("ALTER TABLE webhook_endpoints DROP COLUMN previous_secret_expires_at")
+    conn.execute("COMMIT")
+
+
 class RegistryTables(SqliteCore):
     SCHEMA = REGISTRY_SCHEMA
+
+    def prepare(self, conn: sqlite3.Connection) -> None:
+        super().prepare(conn)
+        _add_columns(conn)
 
     async def definitions_version(self) -> int:
         sql = f"SELECT version FROM {VERSIONS_TABLE}"
@@ -236,6 +278,10 @@ class RegistryTables(SqliteCore):
         row = await self.read(lambda conn: conn.execute("SELECT count(*) FROM tenants").fetchone())
         return int(row[0])
 
+    async def publishable_origins(self) -> set[str]:
+        sql = "SELECT allowed_origins FROM api_keys WHERE publishable = 1 AND revoked_at IS NULL"
+        return await self.read(lambda conn: {o for (origins,) in conn.execute(sql) for o in _origins.decode(origins)})
+
     async def add_key(self, record: KeyRecord, key_hash: str) -> None:
         values = (
             record.id,
@@ -246,11 +292,13 @@ class RegistryTables(SqliteCore):
             record.name,
             key_hash,
             to_us(record.created_at),
+            int(record.publishable),
+            _encode(record.allowed_origins).decode(),
         )
         await self.write(
             lambda tx: tx.conn.execute(
-                "INSERT INTO api_keys (id, tenant, role, mode, prefix, name, key_hash, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO api_keys (id, tenant, role, mode, prefix, name, key_hash, created_at, publishable,"
+                " allowed_origins) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 values,
             )
         )
@@ -345,14 +393,13 @@ class RegistryTables(SqliteCore):
             endpoint.description,
             _encode(endpoint.subscriptions).decode(),
             endpoint.secret,
-            endpoint.previous_secret,
-            None if endpoint.previous_secret_expires_at is None else to_us(endpoint.previous_secret_expires_at),
+            _encode_previous(endpoint.previous_secrets),
             int(endpoint.enabled),
             endpoint.disabled_reason,
             to_us(endpoint.created_at),
             to_us(endpoint.updated_at),
         )
-        await self._changed(f"INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) VALUES ({','.join('?' * 13)})", row)
+        await self._changed(f"INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) VALUES ({','.join('?' * 12)})", row)
 
     async def get_webhook(self, tenant: str, mode: Mode, endpoint_id: str) -> WebhookEndpoint | None:
         sql = f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = ? AND tenant = ? AND mode = ?"
@@ -400,14 +447,39 @@ class RegistryTables(SqliteCore):
 
     async def rotate_webhook_secret(
         self, tenant: str, mode: Mode, endpoint_id: str, secret: str, previous_expires_at: datetime, at: datetime
-    ) -> WebhookEndpoint | None:
-        def run(tx: Transaction) -> WebhookEndpoint | None:
-            row = tx.conn.execute(
-                "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_expires_at = ?, secret = ?,"
-                f" updated_at = ? WHERE id = ? AND tenant = ? AND mode = ? RETURNING {ENDPOINT_COLUMNS}",
-                (to_us(previous_expires_at), secret, to_us(at), endpoint_id, tenant, mode),
-            ).fetchone()
-            return None if row is None else _row_to_endpoint(row)
+    ) -> WebhookEndpoint | Literal["too_many"] | None:
+        select = f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = ? AND tenant = ? AND mode = ?"
+
+        def run(tx: Transaction) -> WebhookEndpoint | Literal["too_many"] | None:
+            row = tx.conn.execute(select, (endpoint_id, tenant, mode)).fetchone()
+            if row is None:
+                return None
+            endpoint = _row_to_endpoint(row)
+            previous = rotated_secrets(endpoint, secret, previous_expires_at, at)
+            if previous is None:
+                return "too_many"
+            tx.conn.execute(
+                "UPDATE webhook_endpoints SET secret = ?, previous_secrets = ?, updated_at = ? WHERE id = ?",
+                (secret, _encode_previous(previous), to_us(at), endpoint_id),
+            )
+            return msgspec.structs.replace(endpoint, secret=secret, previous_secrets=previous, updated_at=at)
+
+        return await self.write(run)
+
+    async def reseal_webhook_secrets(self, reseal: Callable[[str, str], str | None]) -> int:
+        select = f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints"
+
+        def run(tx: Transaction) -> int:
+            changed = 0
+            for endpoint in [_row_to_endpoint(r) for r in tx.conn.execute(select)]:
+                secret, previous = resealed(endpoint, reseal)
+                if secret is not None:
+                    tx.conn.execute(
+                        "UPDATE webhook_endpoints SET secret = ?, previous_secrets = ? WHERE id = ?",
+                        (secret, _encode_previous(previous), endpoint.id),
+                    )
+                    changed += 1
+            return changed
 
         return await self.write(run)
 
