@@ -186,6 +186,12 @@ class Pipeline:
             results[index] = EventResult(index, "rejected", None)
         return None
 
+    async def precheck(self, principal: Principal) -> None:
+        """The 429 a key over its rate limit gets before its request is read into events (see
+        `RateLimiter.precheck`): nothing is refused here that `admit` would let in."""
+        if self.limiter is not None:
+            await self.limiter.precheck(principal)
+
     async def admit(self, principal: Principal, count: int, dialect: str = "native") -> None:
         """Take `count` events from the key's rate limit, or raise the `ApiError` (429) that
         says why not; a replay of quarantined items is an admin's, and not limited."""

@@ -33,6 +33,8 @@ class RateLimiter:
         self.buckets = buckets
         self.default = default
         self._config: dict[tuple[str, str], tuple[float, RateLimit | None]] = {}
+        # What each bucket held after this process's last take from it, and when.
+        self._seen: dict[str, tuple[float, float]] = {}
 
     def forget(self) -> None:
         """Drop the cached limits (this process changed one; others see it within CONFIG_TTL)."""
@@ -51,6 +53,23 @@ class RateLimiter:
         self._config[scope] = (now + CONFIG_TTL, limit)
         return limit
 
+    async def precheck(self, principal: Principal) -> None:
+        """Raise the 429 before the request's body is even split into events when the key's
+        bucket cannot hold one event now. The estimate (this process's last look, refilled since)
+        is an upper bound, since every other process only takes from the bucket: so a flood over
+        its limit is refused for the cost of a dictionary look-up, and nothing is refused that
+        `check` would let in."""
+        limit = await self.limit_for(principal)
+        if limit is None:
+            return
+        bucket = _bucket(principal, limit)
+        seen = self._seen.get(bucket)
+        if seen is None:
+            return
+        tokens = min(float(limit.burst), seen[0] + (time.monotonic() - seen[1]) * limit.per_second)
+        if tokens < 1:
+            raise _refusal(limit, 1, tokens)
+
     async def check(self, principal: Principal, cost: int) -> None:
         """Take `cost` events from the key's bucket, or raise the 429 (or 413) that says why not."""
         if cost == 0:
@@ -61,16 +80,27 @@ class RateLimiter:
         if cost > limit.burst:
             message = f"a request of {cost} events exceeds this key's rate-limit burst of {limit.burst}: send fewer"
             raise ApiError(413, message, [FieldError("", "rate_limit_burst", message)])
-        # A changed limit starts a bucket of its own, full.
-        taken = await self.buckets.take(f"{principal.key_id}:{limit.per_second:g}:{limit.burst}", cost, limit)
-        if taken.granted:
-            return
-        retry = max(1, math.ceil((cost - taken.tokens) / limit.per_second))
-        message = f"rate limit of {limit.per_second:g} events/s (burst {limit.burst}) exceeded: retry in {retry} s"
-        headers = {
-            "Retry-After": str(retry),
-            "RateLimit-Limit": str(limit.burst),
-            "RateLimit-Remaining": str(max(0, math.floor(taken.tokens))),
-            "RateLimit-Reset": str(max(1, math.ceil((limit.burst - taken.tokens) / limit.per_second))),
-        }
-        raise ApiError(429, message, [FieldError("", "rate_limited", message)], headers)
+        bucket = _bucket(principal, limit)
+        taken = await self.buckets.take(bucket, cost, limit)
+        if len(self._seen) > 100_000:
+            self._seen.clear()
+        self._seen[bucket] = (taken.tokens, time.monotonic())
+        if not taken.granted:
+            raise _refusal(limit, cost, taken.tokens)
+
+
+def _bucket(principal: Principal, limit: RateLimit) -> str:
+    # A changed limit starts a bucket of its own, full.
+    return f"{principal.key_id}:{limit.per_second:g}:{limit.burst}"
+
+
+def _refusal(limit: RateLimit, cost: int, tokens: float) -> ApiError:
+    retry = max(1, math.ceil((cost - tokens) / limit.per_second))
+    message = f"rate limit of {limit.per_second:g} events/s (burst {limit.burst}) exceeded: retry in {retry} s"
+    headers = {
+        "Retry-After": str(retry),
+        "RateLimit-Limit": str(limit.burst),
+        "RateLimit-Remaining": str(max(0, math.floor(tokens))),
+        "RateLimit-Reset": str(max(1, math.ceil((limit.burst - tokens) / limit.per_second))),
+    }
+    return ApiError(429, message, [FieldError("", "rate_limited", message)], headers)

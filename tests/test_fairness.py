@@ -15,7 +15,7 @@ import msgspec
 
 from headwater.events import Event
 from headwater.storage.base import Backpressure
-from headwater.storage.lanes import Lanes
+from headwater.storage.lanes import SMALL_JOB, Lanes
 from headwater.storage.sqlite import MAIN_FILE, open_sqlite_store
 from headwater.storage.sqlite.log import LOG_GROUP_EVENTS
 from tests.test_backpressure import event as backpressure_event
@@ -25,16 +25,43 @@ from tests.test_backpressure import stored_keys, write_lock
 def test_lanes_take_from_each_tenant_in_turn_up_to_the_group_size() -> None:
     lanes: Lanes[str] = Lanes(limit=1000)
     for n in range(4):
-        lanes.put("loud", f"loud{n}", 30)
+        lanes.put("loud", f"loud{n}", 10)
     lanes.put("quiet", "quiet0", 1)
     lanes.put("quiet", "quiet1", 1)
     lanes.put(None, "lease", 1, first=True)
-    assert lanes.take(max_size=32) == ["lease", "loud0", "quiet0"]
-    assert lanes.pending == 91
+    assert lanes.take(max_size=12) == ["lease", "loud0", "quiet0"]
+    assert lanes.pending == 31
     # This group starts with the lane after the one the last began with.
-    assert lanes.take(max_size=32) == ["quiet1", "loud1"]
+    assert lanes.take(max_size=12) == ["quiet1", "loud1"]
     assert lanes.take(max_size=None) == ["loud2", "loud3"]
     assert not lanes and lanes.pending == 0
+
+
+def test_small_jobs_go_first_in_a_group_of_their_own_then_the_large_ones_get_theirs() -> None:
+    lanes: Lanes[str] = Lanes(limit=100_000)
+    for n in range(3):
+        lanes.put("loud", f"batch{n}", 1000)
+    lanes.put("quiet", "q0", 1)
+    lanes.put("quiet", "q1", SMALL_JOB)
+    lanes.put("other", "o0", 2)
+    assert lanes.take(max_size=2000) == ["q0", "o0", "q1"]
+    lanes.put("quiet", "q2", 1)
+    # A group passed the batches over: the next takes every lane in turn, small jobs too.
+    assert lanes.take(max_size=2000) == ["batch0", "q2"]
+    lanes.put("quiet", "q3", 1)
+    assert lanes.take(max_size=2000) == ["q3"]
+    assert lanes.take(max_size=2000) == ["batch1", "batch2"]
+    assert not lanes and lanes.pending == 0
+
+
+def test_a_stream_of_small_jobs_never_holds_a_large_one_back() -> None:
+    lanes: Lanes[str] = Lanes(limit=100_000)
+    lanes.put("loud", "batch", 1000)
+    taken: list[list[str]] = []
+    for n in range(3):
+        lanes.put("quiet", f"q{n}", 1)
+        taken.append(lanes.take(max_size=2000))
+    assert taken == [["q0"], ["batch", "q1"], ["q2"]]
 
 
 def test_a_job_that_does_not_fit_lets_a_smaller_one_of_another_lane_in() -> None:
@@ -69,7 +96,7 @@ def event(key: str, tenant: str) -> Event:
 def test_a_quiet_tenant_is_admitted_and_served_next_despite_a_backlog(tmp_path: Path) -> None:
     """The loud tenant fills the queue with batches and the rest of its batches are refused;
     the quiet tenant's single event is admitted, and committed in the first group after the
-    stall, ahead of the loud batches queued before it."""
+    stall, alone, ahead of the loud batches queued before it."""
     batch = LOG_GROUP_EVENTS // 2
     queue_max = 8 * batch
 
@@ -104,6 +131,6 @@ def test_a_quiet_tenant_is_admitted_and_served_next_despite_a_backlog(tmp_path: 
     done, refused, on_disk = asyncio.run(main())
     assert refused == [f"loud{n}" for n in range(8, 12)]  # over the queue's limit, and the whole queue theirs
     assert done[: len(refused)] == refused
-    # Then: the first loud batch and the quiet event in one group, the other seven after.
-    assert done[len(refused) :] == ["loud0", "quiet", *(f"loud{n}" for n in range(1, 8))]
+    # Then: the quiet event in a group of its own, ahead of every loud batch.
+    assert done[len(refused) :] == ["quiet", *(f"loud{n}" for n in range(8))]
     assert len(on_disk) == 3 + 8 * batch and "quiet" in on_disk

@@ -72,6 +72,17 @@ def test_a_keys_own_limit_counts_events_and_refuses_with_429_storing_nothing(api
     assert other.json()["accepted"] == 3
 
 
+def test_an_empty_bucket_refuses_before_the_body_is_read_into_events(api: Api) -> None:
+    """Once this process has seen the bucket empty, a request is refused without its body being
+    split: even a body that is not JSON gets the 429, not the 400 it would get with tokens left."""
+    key = limited_key(api, api.key(), SLOW)
+    garbage = {"content": b"{not json", "headers": {**api.as_(key), "Content-Type": "application/json"}}
+    assert api.client.post("/v1/events", **garbage).status_code == 400  # tokens left: read, and refused as JSON
+    assert api.client.post("/v1/events", json=events(5), headers=api.as_(key)).json()["accepted"] == 5
+    assert_limited(api.client.post("/v1/events", **garbage), burst=5, retry_after=100, reset=500)
+    assert_limited(api.client.post("/v1/events", json=events(1, "x"), headers=api.as_(key)), 5, 100, 500)
+
+
 def test_a_request_of_more_events_than_the_burst_is_413(api: Api) -> None:
     key = limited_key(api, api.key(), SLOW)
     response = api.client.post("/v1/events", json=events(6), headers=api.as_(key))

@@ -203,6 +203,7 @@ class IngestEndpoint:
             principal = await self.services.auth.authenticate(scope["headers"], "ingest")
             wait = _wait_processed(scope.get("query_string", b""))
             body = await read_body(receive)
+            await self.services.pipeline.precheck(principal)
             raws = split_native_body(body, self.settings.max_batch_events, self.settings.max_json_depth)
             # Counted before the events are read: a flood over its limit costs little to refuse.
             await self.services.pipeline.admit(principal, len(raws))

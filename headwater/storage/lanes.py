@@ -5,6 +5,11 @@ other tenant's small request behind all of it, and a full queue then refuses eve
 - a group (one transaction) takes one job from each waiting lane in turn, and starts with the
   lane after the one the last group started with, so a small request from a quiet tenant goes
   into the next group, whatever the loud one has queued;
+- small jobs (at most `SMALL_JOB` events: single events, a few at a time) go first, in a group of
+  their own: a quiet tenant's event then waits out the group in flight and its own short one,
+  not also a flood's 1,000-event batch in the same transaction. So that a stream of small jobs
+  cannot hold the large ones back for good, a group that passed over a large job is followed by
+  one that takes every lane in turn again;
 - a group stops at `max_size` events once it holds more than one job, so the group a newcomer
   waits out is bounded too;
 - the queue's limit refuses the tenant over its share: a request is refused only when the
@@ -24,6 +29,8 @@ from typing import Generic, TypeVar
 
 J = TypeVar("J")
 
+SMALL_JOB = 16  # events
+
 
 class Lanes(Generic[J]):
     """Not thread-safe: the SQLite writer uses it under its condition's lock, the PostgreSQL
@@ -35,6 +42,7 @@ class Lanes(Generic[J]):
         self._first: deque[tuple[J, int]] = deque()
         self._lanes: OrderedDict[Hashable, deque[tuple[J, int]]] = OrderedDict()
         self._sizes: dict[Hashable, int] = {}
+        self._passed_over = False  # the last group left a large job waiting for small ones
 
     def __bool__(self) -> bool:
         return bool(self._first or self._lanes)
@@ -80,10 +88,16 @@ class Lanes(Generic[J]):
         # The next group starts one lane further on.
         if len(order) > 1:
             self._lanes.move_to_end(order[0])
+        heads = [self._lanes[lane][0][1] for lane in order] or [0]
+        small_only = not self._passed_over and min(heads) <= SMALL_JOB < max(heads)
+        self._passed_over = small_only
         while order:
             for lane in list(order):
                 queue = self._lanes[lane]
                 job, job_size = queue[0]
+                if small_only and job_size > SMALL_JOB:
+                    order.remove(lane)
+                    continue
                 if jobs and size + job_size > max_size:
                     order.remove(lane)  # it waits for the next group; a smaller job may still fit
                     continue
