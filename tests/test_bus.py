@@ -46,15 +46,6 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, redis: Redis) -> It
         server.drop_database(database)
 
 
-@pytest.fixture(autouse=True)
-def patient_publish(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A publish that outlives its 0.15 s is answered with null and left to the catch-up, which
-    adds it after later entries (or, if it landed after all, a second time). That is correct,
-    and the tests of Redis down say so, but on a loaded machine it makes the order and count of
-    entries that these tests compare a matter of luck: here a publish has 10 s."""
-    monkeypatch.setattr(bus_redis, "PUBLISH_TIMEOUT", 10.0)
-
-
 @pytest.fixture
 def rc(redis: Redis) -> Iterator[redis_client.Redis]:
     """A client of the session's Redis."""
