@@ -6,7 +6,6 @@ was lost (or added): `Ingest` seeds two events and compares GET /v1/events befor
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import time
@@ -543,8 +542,9 @@ def test_body_over_the_limit_streamed_in_many_chunks_is_413(ingest: Ingest) -> N
     ingest.assert_nothing_changed()
 
 
-def call_ingest(app: Any, key: str, body: Iterator[bytes], headers: dict[str, str]) -> tuple[int, Any, int]:
-    """POST /v1/events straight through ASGI, counting how many body chunks the app pulled."""
+def call_ingest(client: TestClient, key: str, body: Iterator[bytes], headers: dict[str, str]) -> tuple[int, Any, int]:
+    """POST /v1/events straight through ASGI, counting how many body chunks the app pulled. It
+    runs on the client's own event loop: the app's store (asyncpg's pool) belongs to that loop."""
     pulled = 0
     sent: list[dict[str, Any]] = []
 
@@ -575,7 +575,8 @@ def call_ingest(app: Any, key: str, body: Iterator[bytes], headers: dict[str, st
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
-    asyncio.run(app(scope, receive, send))
+    assert client.portal is not None, "the client is not started"
+    client.portal.call(client.app, scope, receive, send)
     status = sent[0]["status"]
     content = b"".join(m.get("body", b"") for m in sent[1:])
     return status, json.loads(content), pulled
@@ -590,7 +591,7 @@ def test_streamed_body_is_cut_off_once_past_the_limit(ingest_with: Callable[...,
     """The limit is enforced while reading: the app stops pulling chunks right after the limit."""
     ingest = ingest_with(max_body_bytes=4096)
     body = endless(b" " * 512)
-    status, content, pulled = call_ingest(ingest.api.client.app, ingest.key, body, {})
+    status, content, pulled = call_ingest(ingest.api.client, ingest.key, body, {})
     assert (status, content) == (413, too_large(4096))
     assert pulled == 4096 // 512 + 1
     ingest.assert_nothing_changed()
@@ -642,7 +643,7 @@ def test_gzip_limit_counts_compressed_bytes_too(ingest_with: Callable[..., Inges
     """A stream that inflates to next to nothing is cut off at the compressed limit, chunk by chunk."""
     ingest = ingest_with(max_body_bytes=1_000_000, max_compressed_body_bytes=4096)
     body = chunks(empty_deflate_blocks(1_000_000), 1024)
-    status, content, pulled = call_ingest(ingest.api.client.app, ingest.key, body, GZIP)
+    status, content, pulled = call_ingest(ingest.api.client, ingest.key, body, GZIP)
     assert (status, content, pulled) == (413, compressed_too_large(4096), 5)
     response = ingest.post(empty_deflate_blocks(4097), GZIP)  # declared: refused before reading
     assert (response.status_code, response.json()) == (413, compressed_too_large(4096))
@@ -654,7 +655,7 @@ def test_gzip_limit_counts_compressed_bytes_too(ingest_with: Callable[..., Inges
 
 def test_the_compressed_limit_defaults_to_the_body_limit(ingest: Ingest) -> None:
     body = chunks(empty_deflate_blocks(6 * 1024 * 1024), 65536)
-    status, content, pulled = call_ingest(ingest.api.client.app, ingest.key, body, GZIP)
+    status, content, pulled = call_ingest(ingest.api.client, ingest.key, body, GZIP)
     assert (status, content, pulled) == (413, compressed_too_large(5_242_880), 81)  # 81 * 64 KiB > 5 MiB
     ingest.assert_nothing_changed()
 
@@ -688,7 +689,7 @@ def test_gzip_bomb_is_413_quickly_without_inflating_it(ingest: Ingest, gzip_bomb
 
 
 def test_streamed_gzip_bomb_is_cut_off_at_the_first_chunk(ingest: Ingest, gzip_bomb: bytes) -> None:
-    status, content, pulled = call_ingest(ingest.api.client.app, ingest.key, chunks(gzip_bomb, 16 * 1024), GZIP)
+    status, content, pulled = call_ingest(ingest.api.client, ingest.key, chunks(gzip_bomb, 16 * 1024), GZIP)
     assert (status, content) == (413, too_large(5_242_880))
     assert pulled == 1  # 16 KB of it already inflates past 5 MiB; the other ~80 KB are never read
     ingest.assert_nothing_changed()
