@@ -279,6 +279,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+PATIENT_SYNC_TIMEOUT = "60"
+
+
 class ServerProcess:
     """`headwater serve` as a real subprocess on a free port."""
 
@@ -286,7 +289,10 @@ class ServerProcess:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {})}
+        # A first event waits for the worker process to start: under the suite's load (four
+        # test processes on two cores) that outlived the default 10 s. A test of the timeout
+        # itself sets its own.
+        self.env = {**os.environ, "HEADWATER_SYNC_TIMEOUT": PATIENT_SYNC_TIMEOUT, **(env or {})}
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.output = b""

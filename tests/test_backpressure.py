@@ -68,7 +68,7 @@ def test_full_queue_answers_503_and_stores_only_acknowledged(
             responses[n] = response
 
     try:
-        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+        with httpx.Client(base_url=server.url, headers=headers, timeout=90) as client:
             # Warm the key cache while the store is free, and let the trigger consumer apply the
             # event: once idle, it writes nothing that could become the stalled group.
             assert client.post("/v1/events?wait=processed", json={"type": "warm"}).status_code == 200

@@ -21,7 +21,7 @@ import httpx
 from headwater.config import Settings
 from headwater.keys import KEY_PATTERN
 from headwater.storage.sqlite import MAIN_FILE
-from tests.conftest import HEADWATER, Api, ServerProcess, free_port, run_cli, store_args
+from tests.conftest import HEADWATER, PATIENT_SYNC_TIMEOUT, Api, ServerProcess, free_port, run_cli, store_args
 
 KEY_LINE = re.compile(rf"^{KEY_PATTERN.pattern}$")
 WIDE = {"COLUMNS": "200"}  # rich messages unwrapped
@@ -189,7 +189,7 @@ CLEAN = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
 def _serve(data_dir: Path, port: int, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*HEADWATER, "serve", "--port", str(port), "--data-dir", str(data_dir), *args],
-        env=CLEAN,
+        env={**CLEAN, "HEADWATER_SYNC_TIMEOUT": PATIENT_SYNC_TIMEOUT},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -247,7 +247,7 @@ def test_the_access_log_has_a_line_per_request_naming_the_caller_not_the_key(tmp
     try:
         url = f"http://127.0.0.1:{port}"
         assert proc.stderr is not None and proc.stderr.readline().startswith("Headwater listening")
-        with httpx.Client(base_url=url, timeout=10) as client:
+        with httpx.Client(base_url=url, timeout=90) as client:
             assert client.get("/healthz").status_code == 200
             assert client.post("/v1/events", json={"type": "a"}, headers=auth(key)).status_code == 200
             sent = client.post("/v1/events?wait=processed", json={"type": "b"}, headers=auth(test_key))

@@ -574,7 +574,7 @@ def test_concurrent_events_in_two_processes_award_one_badge(server_factory: type
     assert errors == []
     for server in servers:
         url = server.url + "/v1/events?wait=processed"
-        settle_with(lambda body, url=url: httpx.post(url, json=body, headers=headers, timeout=60), "t", Settings())
+        settle_with(lambda body, url=url: httpx.post(url, json=body, headers=headers, timeout=90), "t", Settings())
     participant = httpx.get(one + "/v1/participants/p1", headers=headers).json()
     assert [b["badge"] for b in participant["badges"]] == ["gold"]
     awarded = httpx.get(one + "/v1/events", params={"type": "badge.awarded"}, headers=headers).json()["data"]

@@ -235,6 +235,9 @@ def test_replay_while_a_server_ingests(server_factory: type[ServerProcess], sett
     headers = {"Authorization": f"Bearer {key}"}
     server = server_factory(settings.data_dir, args=tuple(server_args(settings)))
     server.start()
+    # Longer than the server's 60 s sync timeout: a slow answer under the suite's load is a 503
+    # that says so, not a client's read timeout.
+    patient = httpx.Client(timeout=90)
     chl = {
         "name": "count",
         "fact_type": "custom.tick",
@@ -242,13 +245,13 @@ def test_replay_while_a_server_ingests(server_factory: type[ServerProcess], sett
         "target": 50,
         "reward": {"points": 1},
     }
-    challenge_id = httpx.post(server.url + "/v1/challenges", json=chl, headers=headers).json()["id"]
+    challenge_id = patient.post(server.url + "/v1/challenges", json=chl, headers=headers).json()["id"]
     points = {"name": "p", "event_types": ["tick"], "action": {"type": "award_points", "config": {"points": 1}}}
-    assert httpx.post(server.url + "/v1/triggers", json=points, headers=headers).status_code == 201
+    assert patient.post(server.url + "/v1/triggers", json=points, headers=headers).status_code == 201
 
     def batch(n: int) -> None:
         events = [{"type": "tick", "subject": f"p{i % 3}", "idempotency_key": f"{n}-{i}"} for i in range(60)]
-        assert httpx.post(server.url + "/v1/events", json={"events": events}, headers=headers).status_code == 200
+        assert patient.post(server.url + "/v1/events", json={"events": events}, headers=headers).status_code == 200
 
     for n in range(10):
         batch(n)
@@ -271,19 +274,19 @@ def test_replay_while_a_server_ingests(server_factory: type[ServerProcess], sett
         stop.set()
         ingester.join()
     settle_with(
-        lambda body: httpx.post(server.url + "/v1/events?wait=processed", json=body, headers=headers), "t", settings
+        lambda body: patient.post(server.url + "/v1/events?wait=processed", json=body, headers=headers), "t", settings
     )
     events: list[dict[str, Any]] = []
     cursor = None
     while True:
         params = {"type": "tick", "limit": 1000, **({"cursor": cursor} if cursor else {})}
-        page = httpx.get(server.url + "/v1/events", params=params, headers=headers).json()
+        page = patient.get(server.url + "/v1/events", params=params, headers=headers).json()
         events += page["data"]
         if (cursor := page["next_cursor"]) is None:
             break
     per_participant = {p: sum(1 for e in events if e["subject"] == p) for p in ("p0", "p1", "p2")}
     for participant, count in per_participant.items():
-        body = httpx.get(f"{server.url}/v1/participants/{participant}", headers=headers).json()
+        body = patient.get(f"{server.url}/v1/participants/{participant}", headers=headers).json()
         # One point per tick from the trigger, one for completing the challenge at 50.
         assert body["points"] == count + (1 if count >= 50 else 0), participant
         assert body["challenges"] == [
@@ -298,6 +301,7 @@ def test_replay_while_a_server_ingests(server_factory: type[ServerProcess], sett
     state = snapshot(settings)
     ledger = state["points_ledger"]
     assert len(ledger) == len({row["id"] for row in ledger})  # no entry twice
+    patient.close()
     server.stop()
     # The state built partly live, partly by the replay, partly live again after the swap is the
     # state a replay builds from the whole log (trigger actions aside: stamped by the clock live).
