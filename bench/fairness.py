@@ -8,7 +8,8 @@ event per request, open-loop at 20 requests/s (latency from the scheduled time, 
 shows), first alone, then while the loud tenant floods with wrk: single events on 32
 connections, then 1,000-event batches on 8. Prints the quiet tenant's p50/p99 in each phase,
 the flood's own rate and refusals, and PASS/MISS for the target: under either flood the quiet
-tenant's p99 at most twice its p99 alone. Loopback only, bounded in time.
+tenant's p99 at most twice its p99 alone (the lower of two phases alone, one before the floods
+and one after). Loopback only, bounded in time.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ QUIET_RATE = 20.0
 # The loud tenant's limit in the last phases: a tenth of what one process ingests.
 LOUD_LIMIT = {"per_second": 4000, "burst": 4000}
 TARGET_RATIO = 2.0
-FLOODS = (("single events, 32 connections", "single", 32), ("1,000-event batches, 8 connections", "batch", 8))
+FLOODS = (("single events, 32 conns", "single", 32), ("1,000-event batches, 8 conns", "batch", 8))
 
 
 def tenant_key(command: list[str], data_dir: Path, tenant: str, role: str = "ingest") -> str:
@@ -103,22 +104,31 @@ def main() -> int:
         url = server.url + "/v1/events"
         with running(server):
             alone = quiet(url, bodies["single"], quiet_key, args.seconds)
-            print(f"Quiet tenant at {QUIET_RATE:.0f} requests/s, one event each (SQLite, {args.seconds} s phases):")
-            print(row("alone", alone))
+            phases: list[tuple[str, Load, Load]] = []
             for limited in (False, True):
                 if limited:
                     set_limit(server.url, loud_admin, LOUD_LIMIT)
-                    print(f"With the loud tenant limited to {LOUD_LIMIT['per_second']:,} events/s:")
                 for name, body, conns in FLOODS:
                     load, flood = flooded(url, bodies["single"], quiet_key, bodies[body], loud_key, conns, args.seconds)
-                    ratio = load.p99_ms / alone.p99_ms
-                    verdict = "PASS" if ratio <= TARGET_RATIO and load.ok == load.requests else "MISS"
-                    print(row(f"under a flood of {name}", load) + f"   p99 x{ratio:.1f} {verdict}")
-                    print(
-                        f"    the flood: {flood.events_per_s:,.0f} events/s accepted, {flood.ok_per_s:,.0f} requests/s"
-                        f" ok, {flood.busy_503} refused 503, {flood.other_status} other statuses (429 among them)"
-                    )
+                    phases.append((f"{name}{', limited' if limited else ''}", load, flood))
                     server.check_alive()
+            again = quiet(url, bodies["single"], quiet_key, args.seconds)
+        # This disk stalls now and then: a stall in one phase alone would make every flood look
+        # fair. The quiet tenant is measured alone before and after the floods, and the lower
+        # p99 is the one each flood is held to.
+        baseline = min(alone.p99_ms, again.p99_ms)
+        print(f"Quiet tenant at {QUIET_RATE:.0f} requests/s, one event each (SQLite, {args.seconds} s phases):")
+        print(row("alone, before the floods", alone))
+        print(row("alone, after them", again))
+        print(f"Under a flood (the loud tenant limited to {LOUD_LIMIT['per_second']:,} events/s where it says so):")
+        for name, load, flood in phases:
+            ratio = load.p99_ms / baseline
+            verdict = "PASS" if ratio <= TARGET_RATIO and load.ok == load.requests else "MISS"
+            print(row(name, load) + f"   p99 x{ratio:.1f} {verdict}")
+            print(
+                f"    the flood: {flood.events_per_s:,.0f} events/s accepted, {flood.ok_per_s:,.0f} requests/s"
+                f" ok, {flood.busy_503} refused 503, {flood.other_status} other statuses (429 among them)"
+            )
         print(f"Target: the quiet tenant's p99 under a flood at most {TARGET_RATIO:.0f}x its p99 alone.")
     return 0  # a report: misses are printed, not an error
 

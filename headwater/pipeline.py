@@ -187,8 +187,9 @@ class Pipeline:
         return None
 
     async def precheck(self, principal: Principal) -> None:
-        """The 429 a key over its rate limit gets before its request is read into events (see
-        `RateLimiter.precheck`): nothing is refused here that `admit` would let in."""
+        """The 429 a key over its rate limit gets before its request's body is read (see
+        `RateLimiter.precheck`): a key whose bucket is empty, or whose client has not yet waited
+        the `Retry-After` of its last 429."""
         if self.limiter is not None:
             await self.limiter.precheck(principal)
 

@@ -151,3 +151,29 @@ def test_a_small_unread_body_keeps_the_connection(served: Served) -> None:
         for _ in range(2):
             sock.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b" " * 1000)
             assert read_response(sock).startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+
+
+def test_a_key_told_to_wait_gets_its_429_before_its_body_is_read(served: Served) -> None:
+    """A flood that ignores `Retry-After` costs its headers: the key's next request is refused
+    before any of its body is read, and a body that does not end is not read on."""
+    limit = {"per_second": 0.01, "burst": 1}
+    made = httpx.post(
+        served.server.url + "/v1/keys", json={"role": "ingest", "rate_limit": limit}, headers={"X-API-Key": served.key}
+    )
+    key = made.json()["key"]
+    as_key = {"X-API-Key": key}
+    assert httpx.post(served.server.url + "/v1/events", json={"type": "a"}, headers=as_key).status_code == 200
+    told = httpx.post(served.server.url + "/v1/events", json={"type": "b"}, headers=as_key)
+    assert (told.status_code, told.headers["retry-after"]) == (429, "100")
+    with connect(served.port) as sock:
+        body = chunked(itertools.repeat(b" " * 16384, GIB // 16384))
+        lines = head(key, "/v1/events", "Transfer-Encoding: chunked")
+        sent, received = send_while_open(sock, itertools.chain([lines], body))
+        received += read_until_closed(sock)
+    status, headers, error = response_of(received)
+    message = "rate limit of 0.01 events/s (burst 1) exceeded: retry in 100 s"
+    assert status == "HTTP/1.1 429 Too Many Requests"
+    assert {"retry-after: 100", "ratelimit-limit: 1", "ratelimit-remaining: 0"} <= headers
+    assert error == {"error": message, "details": [{"field": "", "code": "rate_limited", "message": message}]}
+    assert sent < 64 * 1024 * 1024, f"the server read {sent} bytes of a refused key's body"
+    still_served(served)

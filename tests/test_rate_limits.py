@@ -7,6 +7,7 @@ one and the figures in the headers are exact.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -63,10 +64,11 @@ def test_a_keys_own_limit_counts_events_and_refuses_with_429_storing_nothing(api
     refused = api.client.post("/v1/events", json=events(3, "r"), headers=api.as_(key))
     assert_limited(refused, burst=5, retry_after=100, reset=300, remaining=2)
     assert stored(api, reader) == 3
-    assert api.client.post("/v1/events", json=events(2, "f"), headers=api.as_(key)).json()["accepted"] == 2
-    single = api.client.post("/v1/events", json={"type": "view"}, headers=api.as_(key))
-    assert_limited(single, burst=5, retry_after=100, reset=500)
-    assert stored(api, reader) == 5
+    # The bucket could hold two, but the client was told to wait 100 s: until then, every
+    # request of the key is refused, before its body is read.
+    two = api.client.post("/v1/events", json=events(2, "f"), headers=api.as_(key))
+    assert_limited(two, burst=5, retry_after=100, reset=300, remaining=2)
+    assert stored(api, reader) == 3
     # Other keys of the tenant have buckets of their own.
     other = api.client.post("/v1/events", json=events(3, "o"), headers=api.as_(admin))
     assert other.json()["accepted"] == 3
@@ -81,6 +83,33 @@ def test_an_empty_bucket_refuses_before_the_body_is_read_into_events(api: Api) -
     assert api.client.post("/v1/events", json=events(5), headers=api.as_(key)).json()["accepted"] == 5
     assert_limited(api.client.post("/v1/events", **garbage), burst=5, retry_after=100, reset=500)
     assert_limited(api.client.post("/v1/events", json=events(1, "x"), headers=api.as_(key)), 5, 100, 500)
+
+
+def test_a_refused_key_is_refused_before_its_body_until_its_retry_after_has_passed(api: Api) -> None:
+    """After a 429 that said to wait 3 s, the key is refused for 3 s, though its bucket holds
+    enough for a smaller request meanwhile, and even a body that is not JSON gets the 429 (the
+    body is not read); once the wait has passed, its requests are served again."""
+    reader = api.key(role="viewer")
+    key = limited_key(api, api.key(), {"per_second": 2, "burst": 10})
+    assert api.client.post("/v1/events", json=events(7), headers=api.as_(key)).json()["accepted"] == 7
+    refused = api.client.post("/v1/events", json=events(8, "r"), headers=api.as_(key))
+    told = time.monotonic()
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["retry-after"] == "3"  # five events short, at 2 a second
+    time.sleep(1.0)  # five tokens now: a small request would fit, but the wait has not passed
+    garbage = {"content": b"{not json", "headers": {**api.as_(key), "Content-Type": "application/json"}}
+    for response in (
+        api.client.post("/v1/events", json=events(1, "x"), headers=api.as_(key)),
+        api.client.post("/v1/events", **garbage),
+    ):
+        assert response.status_code == 429, response.text
+        assert response.json()["details"][0]["code"] == "rate_limited"
+        assert 1 <= int(response.headers["retry-after"]) <= 2
+        assert int(response.headers["ratelimit-remaining"]) >= 5
+    assert stored(api, reader) == 7
+    time.sleep(max(0.0, told + 3.1 - time.monotonic()))
+    assert api.client.post("/v1/events", json=events(5, "late"), headers=api.as_(key)).json()["accepted"] == 5
+    assert stored(api, reader) == 12
 
 
 def test_a_request_of_more_events_than_the_burst_is_413(api: Api) -> None:

@@ -202,8 +202,9 @@ class IngestEndpoint:
         try:
             principal = await self.services.auth.authenticate(scope["headers"], "ingest")
             wait = _wait_processed(scope.get("query_string", b""))
-            body = await read_body(receive)
+            # Before the body: a key refused for now costs no more than its headers.
             await self.services.pipeline.precheck(principal)
+            body = await read_body(receive)
             raws = split_native_body(body, self.settings.max_batch_events, self.settings.max_json_depth)
             # Counted before the events are read: a flood over its limit costs little to refuse.
             await self.services.pipeline.admit(principal, len(raws))
