@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
 
-from headwater import dialects, openapi, operations
+from headwater import console, dialects, openapi, operations
 from headwater.access_log import ROUTE_KEY, AccessLogMiddleware
 from headwater.api import (
     audit,
@@ -144,6 +144,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         *dead_letters.routes(services),
         *erasures.routes(services),
         *audit.routes(services),
+        *console.routes(),
     ]
     for dialect in dialects.ALL:
         routes += dialect.routes(services)
