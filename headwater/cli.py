@@ -225,8 +225,15 @@ def serve(
     from headwater.http_protocol import TimedHttpToolsProtocol, Timeouts
     from headwater.processes import Supervisor, serve_api
     from headwater.runtime import tune_gc
+    from headwater.sealing import Sealer, SealError
 
     async def bootstrap(store: Store) -> str | None:
+        # A key that does not open the stored secrets is one line here, not the app's traceback
+        # at start (the app checks again, and warns when there is no key, once it runs).
+        try:
+            await store.registry.reseal_webhook_secrets(Sealer(settings.secret_key).reseal)
+        except SealError as exc:
+            raise Misconfigured([f"{exc}: start with the key they were sealed with"]) from None
         if await store.registry.count_tenants():
             return None
         created = await create_key(store, "default", "admin", "live", "bootstrap admin key")

@@ -30,7 +30,7 @@ from headwater.storage.postgres.core import migrate
 from headwater.storage.postgres.schema import MIGRATIONS
 from headwater.storage.sqlite import MAIN_FILE
 from tests import dump
-from tests.conftest import make_key, run_cli
+from tests.conftest import free_port, make_key, run_cli
 from tests.processing.test_webhooks import Receiver
 from tests.servers import Postgres
 
@@ -174,6 +174,26 @@ def test_a_key_that_does_not_open_the_secrets_stops_the_start(settings: Settings
     with pytest.raises(SealError) as missing, TestClient(create_app(replace(sealed, secret_key=None))):
         pass
     assert str(missing.value) == f"webhook secrets are sealed (key {KEY.id}) but HEADWATER_SECRET_KEY is not set"
+
+
+def test_serve_with_a_key_that_does_not_open_the_secrets_is_one_line(
+    settings: Settings, receiver: Receiver, tmp_path: Path
+) -> None:
+    sealed = hook_settings(settings, KEY)
+    with TestClient(create_app(sealed)) as client:
+        Endpoints(sealed, receiver).create(client)
+    store = {"HEADWATER_STORE": settings.store} if settings.store else {}
+    other = base64.b64encode(bytes(range(1, 33))).decode()
+    for env, problem in [
+        ({"HEADWATER_SECRET_KEY": other},
+         f"sealed with another HEADWATER_SECRET_KEY (key {KEY.id}; this one is key {OTHER_KEY.id})"),
+        ({}, f"sealed (key {KEY.id}) but HEADWATER_SECRET_KEY is not set"),
+    ]:  # fmt: skip
+        result = run_cli(
+            "serve", "--port", str(free_port()), "--data-dir", str(settings.data_dir), env={**store, **env}, check=False
+        )
+        assert (result.returncode, result.stdout) == (2, "")
+        assert result.stderr == f"headwater: webhook secrets are {problem}: start with the key they were sealed with\n"
 
 
 def test_a_worker_without_the_key_sends_nothing_unsigned(settings: Settings, receiver: Receiver) -> None:
