@@ -270,18 +270,19 @@ class AsyncClient:
             self._changed.notify_all()
 
     async def _settled(self, events: list[QueuedEvent], results: list[EventResult]) -> None:
+        # The callbacks first, so that a flush() that returns has seen them run.
+        report_rejected(self._options, events, results)
         async with self._changed:
             self._outbox.settle(events, results)
             self._changed.notify_all()
-        report_rejected(self._options, events, results)
 
     async def _failed(self, events: list[QueuedEvent], error: DeliveryError) -> None:
+        report_failed(self._options, events, error)
         async with self._changed:
             self._outbox.fail(events)
             self._outbox.last_error = str(error)
             self._error = self._error or error
             self._changed.notify_all()
-        report_failed(self._options, events, error)
 
 
 def _now() -> float:

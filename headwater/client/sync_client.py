@@ -276,18 +276,19 @@ class Client:
             self._lock.notify_all()
 
     def _settled(self, events: list[QueuedEvent], results: list[EventResult]) -> None:
+        # The callbacks first, so that a flush() that returns has seen them run.
+        report_rejected(self._options, events, results)
         with self._lock:
             self._outbox.settle(events, results)
             self._lock.notify_all()
-        report_rejected(self._options, events, results)
 
     def _failed(self, events: list[QueuedEvent], error: DeliveryError) -> None:
+        report_failed(self._options, events, error)
         with self._lock:
             self._outbox.fail(events)
             self._outbox.last_error = str(error)
             self._error = self._error or error
             self._lock.notify_all()
-        report_failed(self._options, events, error)
 
 
 def _now() -> float:
