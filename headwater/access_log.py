@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from headwater.metrics import UNMATCHED, metrics
 from headwater.storage.registry import KeyRecord
 
 logger = logging.getLogger("headwater.access")
@@ -63,6 +64,16 @@ def route_template(scope: Scope) -> str | None:
         return path
     hot = scope.get(ROUTE_KEY)
     return hot if isinstance(hot, str) else None
+
+
+# Labels are bounded: a method or path a client made up is one label value, not one each.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _observe(scope: Scope, status: int, started: float) -> None:
+    method = scope["method"] if scope["method"] in METHODS else "other"
+    route = route_template(scope) or UNMATCHED
+    metrics().requests.labels(method, route, str(status)).observe(time.perf_counter() - started)
 
 
 # A new id: this process's random prefix and a count. Unique without a clock read or a lock, so
@@ -105,13 +116,7 @@ class AccessLogMiddleware:
                 message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", request_id)]}
             await send(message)
 
-        # Checked per request (a cached lookup), so the hot path pays little at warning and above.
-        if not logger.isEnabledFor(logging.INFO):
-            await self.app(scope, receive, sending_id)
-            return
         started = time.perf_counter()
-        caller = _Caller()
-        token = _caller.set(caller)
         # A request that ends without a response is answered 500 by the server.
         status = 500
 
@@ -121,10 +126,20 @@ class AccessLogMiddleware:
                 status = message["status"]
             await sending_id(message)
 
+        # Checked per request (a cached lookup), so the hot path pays little at warning and above.
+        if not logger.isEnabledFor(logging.INFO):
+            try:
+                await self.app(scope, receive, sending)
+            finally:
+                _observe(scope, status, started)
+            return
+        caller = _Caller()
+        token = _caller.set(caller)
         try:
             await self.app(scope, receive, sending)
         finally:
             _caller.reset(token)
+            _observe(scope, status, started)
             record = caller.record
             latency = (time.perf_counter() - started) * 1000
             tenant = record.tenant if record is not None else None

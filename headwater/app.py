@@ -25,6 +25,7 @@ from headwater.api import (
     health,
     keys,
     limits,
+    metrics,
     quarantine,
     schemas,
     triggers,
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     services.readers["import"] = events.draft_from_line
     routes = [
         *health.routes(services),
+        *metrics.routes(services),
         *events.routes(services),
         *keys.routes(services),
         *limits.routes(services),

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import copy
 import errno
 import functools
+import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
@@ -46,6 +50,7 @@ from headwater.config import (
 )
 from headwater.events import Event
 from headwater.keys import create_key
+from headwater.metrics import MULTIPROCESS_DIR
 from headwater.pipeline import Pipeline
 from headwater.schemas import SchemaRegistry
 from headwater.storage import open_store
@@ -239,6 +244,12 @@ def serve(
         created = await create_key(store, "default", "admin", "live", "bootstrap admin key")
         return created.key
 
+    # Before anything counts: every process forked from here counts into this one directory.
+    shared_metrics = None
+    if not os.environ.get(MULTIPROCESS_DIR):
+        shared_metrics = tempfile.mkdtemp(prefix="headwater-metrics-")
+        os.environ[MULTIPROCESS_DIR] = shared_metrics
+        atexit.register(shutil.rmtree, shared_metrics, ignore_errors=True)  # a one-line exit too
     if processes > 1 and settings.store is None:
         raise Misconfigured(
             [f"--processes {processes} needs a server store (--store postgresql://...): SQLite serves from one process"]
@@ -321,10 +332,28 @@ def migrate(settings: Settings) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--url",
+    type=FormType(TEXT),
+    default=None,
+    help="A running server (http://127.0.0.1:8000): its /metrics at a glance, before the table.",
+)
 @store_options
-def status(as_json: bool, settings: Settings) -> None:
+def status(as_json: bool, url: str | None, settings: Settings) -> None:
     """The log's head and, per consumer and partition, its checkpoint, lag and owner."""
     from headwater.processing.status import status as read_status
+
+    if url is not None and as_json:
+        raise Misconfigured(["--url sums /metrics up for people: a program reads the server's /metrics itself"])
+    if url is not None:
+        from headwater.glance import ScrapeError, lines, scrape
+
+        try:
+            scraped = scrape(url, settings.metrics_token)
+        except ScrapeError as exc:
+            raise Misconfigured([str(exc)]) from None
+        for line in lines(scraped):
+            click.echo(line)
 
     found = _run_with_store(settings, read_status)
     if as_json:

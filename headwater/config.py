@@ -91,6 +91,10 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
+def _raise() -> str:
+    raise ValueError
+
+
 def _text(text: str) -> str:
     if not text.strip():
         raise ValueError(text)
@@ -167,6 +171,12 @@ SECRET_KEY = Form(
     "BASE64",
     secret=True,
 )
+# A bearer token for /metrics: long enough that it cannot be guessed, never repeated in an error.
+METRICS_TOKEN = Form(
+    lambda text: text if len(text) >= 16 and text.isprintable() and " " not in text else _raise(),
+    "at least 16 printable characters with no spaces, e.g. the output of `openssl rand -hex 16`",
+    secret=True,
+)
 LOG_LEVEL = choice("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMAT = choice("text", "json")
 
@@ -181,7 +191,8 @@ _FROM_ENVIRONMENT: Any = _FromEnvironment()
 
 def setting(default: T, form: Form[T]) -> T:
     """A `Settings` field: `default`, unless `HEADWATER_<FIELD NAME>` holds text of `form`."""
-    declared: T = field(default=_FROM_ENVIRONMENT, metadata={"default": default, "form": form})
+    # A secret's field is left out of the settings' repr, so that a log of them never shows it.
+    declared: T = field(default=_FROM_ENVIRONMENT, repr=not form.secret, metadata={"default": default, "form": form})
     return declared
 
 
@@ -240,6 +251,8 @@ class Settings:
     allow_private_webhooks: bool = setting(False, SWITCH)
     # None: webhook secrets are stored in clear (the server warns at start). Set: sealed with it (headwater.sealing).
     secret_key: SecretKey | None = setting(None, optional(SECRET_KEY))
+    # None: /metrics is open to whoever reaches the port. Set: it needs `Authorization: Bearer <token>`.
+    metrics_token: str | None = setting(None, optional(METRICS_TOKEN))
 
     def __post_init__(self) -> None:
         problems = []

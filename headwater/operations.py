@@ -552,6 +552,12 @@ def _ops() -> dict[Key, Doc]:
         ("GET", "/openapi.json"): Doc(
             "This document (OpenAPI 3.1)", META, {200: Reply(schema={"type": "object"})}, security=NO_AUTH
         ),
+        ("GET", "/metrics"): Doc(
+            "Prometheus metrics (text format): ingest, queue, group commits, requests, lag, triggers, webhooks",
+            META,
+            {200: Reply(schema={"type": "string"}, media_type="text/plain")},
+            security=NO_AUTH,
+        ),
         ("GET", "/docs"): Doc(
             "A readable page of this document",
             META,

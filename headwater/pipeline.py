@@ -29,6 +29,7 @@ from headwater.events import (
     Rejection,
 )
 from headwater.ids import new_event_id, new_event_ids, new_prefixed_id
+from headwater.metrics import metrics
 from headwater.parsing import OUT_OF_RANGE, may_hold_out_of_range, out_of_range_numbers
 from headwater.ratelimit import RateLimiter
 from headwater.schemas import CompiledSchema, SchemaRegistry
@@ -56,11 +57,13 @@ class Ingested:
 class _Placed:
     """Where each item of a request went in the log, filled in as appends return."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, principal: Principal) -> None:
         self.seqs: list[int | None] = [None] * count
         self.partitions: list[int | None] = [None] * count
+        self.principal = principal
 
     def result(self, results: list[EventResult]) -> Ingested:
+        metrics().ingested(self.principal.tenant, self.principal.mode, results)
         return Ingested(_summary(results), self.seqs, self.partitions)
 
 
@@ -263,7 +266,7 @@ class Pipeline:
             positions.append(index)
             appends.append(event)
             results.append(EventResult(index, "accepted", event.id))
-        placed = _Placed(len(items))
+        placed = _Placed(len(items), principal)
         if all_or_nothing and rejected:
             remaining = await self._refused_first(positions, appends, quarantined, results, placed, rejected)
             if remaining is None:

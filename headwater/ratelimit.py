@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from headwater.errors import ApiError
 from headwater.events import FieldError
+from headwater.metrics import metrics
 from headwater.storage.buckets import Buckets
 from headwater.storage.registry import RateLimit, Registry
 
@@ -74,10 +75,9 @@ class RateLimiter:
         now = time.monotonic()
         tokens = min(float(limit.burst), seen[0] + (now - seen[1]) * limit.per_second)
         waited = self._refused.get(bucket, now) - now
-        if waited > 0:
-            raise _refusal(limit, 1, tokens, retry=math.ceil(waited))
-        if tokens < 1:
-            raise _refusal(limit, 1, tokens)
+        if waited > 0 or tokens < 1:
+            metrics().refusals.labels(principal.tenant).inc()
+            raise _refusal(limit, 1, tokens, retry=math.ceil(waited) if waited > 0 else None)
 
     async def check(self, principal: Principal, cost: int) -> None:
         """Take `cost` events from the key's bucket, or raise the 429 (or 413) that says why not."""
@@ -99,6 +99,7 @@ class RateLimiter:
         if not taken.granted:
             refusal = _refusal(limit, cost, taken.tokens)
             self._refused[bucket] = now + int(refusal.headers["Retry-After"])
+            metrics().refusals.labels(principal.tenant).inc()
             raise refusal
 
 

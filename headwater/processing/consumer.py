@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal, Protocol
@@ -41,6 +42,7 @@ from headwater.clock import Clock, system_now
 from headwater.events import Event
 from headwater.faults import crash_point
 from headwater.ids import dead_letter_id
+from headwater.metrics import metrics
 from headwater.processing.definitions import Definitions, Scope, ScopeDefinitions
 from headwater.processing.facts import plan_facts
 from headwater.processing.triggers import plan_triggers
@@ -187,6 +189,7 @@ class PartitionConsumer:
         applied = await self.store.derived.apply(batch)
         if applied:
             self._stored, self._stored_at = end, time.monotonic()
+            _count(self.name, effects, dead)
         return applied
 
     async def run_once(self) -> int:
@@ -310,3 +313,14 @@ class PartitionConsumer:
             again_batch = EffectBatch(self.partition, Effects(), None, self.owner, self.lease, [again], dead.id)
             await self.store.derived.apply(again_batch)
             return False
+
+
+def _count(consumer: str, effects: Effects, dead: Sequence[DeadLetter]) -> None:
+    """What a written batch did, for /metrics: counted once it is stored (a batch a crash undid
+    is done again, and counted again: these are counts of work, the store has the records)."""
+    if effects.actions:
+        firings: Counter[tuple[str, str]] = Counter((a.tenant, a.mode) for a in effects.actions)
+        for (tenant, mode), count in firings.items():
+            metrics().firings.labels(tenant, mode).inc(count)
+    if dead:
+        metrics().dead_letters.labels(consumer).inc(len(dead))

@@ -44,6 +44,7 @@ from standardwebhooks import Webhook
 
 from headwater.clock import Clock, system_now
 from headwater.config import Settings
+from headwater.metrics import metrics
 from headwater.sealing import Sealer, SealError
 from headwater.storage.base import Store, StoreError
 from headwater.storage.records import AttemptOutcome, ClaimedDelivery, DeliveryAttempt
@@ -484,6 +485,7 @@ class DeliveryWorker:
         outcome = self.outcome(delivery, attempt, response)
         try:
             await self.store.derived.finish_attempt(outcome)
+            metrics().webhook_attempts.labels(outcome.status).inc()
             if response.status == 410:
                 # Gone: the endpoint is disabled and the rest of what is pending for it fails.
                 self._gone.add(delivery.endpoint_id)

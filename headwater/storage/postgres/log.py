@@ -39,6 +39,7 @@ requests into one transaction (one multi-row insert, one commit), as the SQLite 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
@@ -49,6 +50,7 @@ import msgspec
 from headwater.clock import from_us, to_us
 from headwater.events import Event, EventDraft, FieldError, Mode, QuarantinedEvent
 from headwater.ids import looks_like_event_id
+from headwater.metrics import metrics
 from headwater.partitions import partition_of
 from headwater.storage.base import Backpressure, StoreError
 from headwater.storage.lanes import Lanes
@@ -355,6 +357,7 @@ class PgLog(PgLogErasure):
         if not self._jobs.admits(lane, job.size):
             raise Backpressure(retry_after=1)
         self._jobs.put(lane, job, job.size)
+        metrics().queue.set(self._jobs.pending)
         self._wake.set()
         return await job.future
 
@@ -367,8 +370,11 @@ class PgLog(PgLogErasure):
                 await self._wake.wait()
                 continue
             jobs = self._next_group()
+            metrics().queue.set(self._jobs.pending)
+            started = time.perf_counter()
             try:
                 await self._write_group(jobs)
+                metrics().group(sum(job.size for job in jobs), started)
             except BaseException as exc:  # the writer must go on, and no waiter hang
                 for job in jobs:
                     _settle(job, None, StoreError(f"write failed: {exc!r}"))

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from headwater.metrics import metrics
 from headwater.storage.base import Backpressure, StorageFull, StoreError
 from headwater.storage.lanes import Lanes
 
@@ -134,6 +135,9 @@ class SqliteCore:
     """
 
     SCHEMA = ""
+
+    # The log's writer is what the write-queue and group-commit metrics describe.
+    METERED = False
 
     def __init__(
         self,
@@ -272,6 +276,8 @@ class SqliteCore:
             if not self._jobs.admits(lane, size):
                 raise Backpressure(retry_after=1)
             self._jobs.put(lane, job, size, first)
+            if self.METERED:
+                metrics().queue.set(self._jobs.pending)
             self._cond.notify()
         return await future
 
@@ -285,7 +291,12 @@ class SqliteCore:
                 if not self._jobs and self._stopping:
                     return
                 jobs = self._next_group()
+                if self.METERED:
+                    metrics().queue.set(self._jobs.pending)
+            started = time.perf_counter()
             self._run_group(conn, jobs)
+            if self.METERED:
+                metrics().group(sum(job.size for job in jobs), started)
             by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
             for job in jobs:
                 by_loop.setdefault(job.loop, []).append(job)

@@ -265,6 +265,7 @@ class LogTables(SqliteCore):
     """The log's tables; `partitions` is read (or recorded, for a new store) at start."""
 
     SCHEMA = LOG_SCHEMA
+    METERED = True
 
     def __init__(self, *args: Any, partitions: int | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("max_group", LOG_GROUP_EVENTS)
