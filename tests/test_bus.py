@@ -281,6 +281,9 @@ def test_waiters_are_woken_through_redis(api: Api, rc: redis_client.Redis, monke
     key = api.key(TENANT)
     every_purchase_fires(api, key)
     until(lambda: rc.pubsub_numsub("headwater:processed")[0][1] >= 1)  # the API listens
+    # One untimed first: under CI's load the worker's first batch alone outlived a second.
+    first = {"events": [{"type": "purchase", "subject": "warm-up"}]}
+    assert api.client.post("/v1/events?wait=processed", json=first, headers=api.as_(key)).status_code == 200
     took = []
     for i in range(5):
         started = time.monotonic()
@@ -289,7 +292,7 @@ def test_waiters_are_woken_through_redis(api: Api, rc: redis_client.Redis, monke
         took.append(time.monotonic() - started)
         assert response.status_code == 200, response.text
         assert [m["trigger_name"] for m in response.json()["results"][0]["triggers_matched"]] == ["every purchase"]
-    assert max(took) < 1.0, took
+    assert max(took) < 2.5, took  # half the 5 s the store is looked at otherwise
 
 
 def test_events_an_api_process_never_published_are_caught_up(api: Api, rc: redis_client.Redis) -> None:
