@@ -109,11 +109,3 @@ def exposition(extra: Collector | None = None) -> bytes:
         once.register(extra)
         text += generate_latest(once)
     return text
-
-
-def process_exited(pid: int) -> None:
-    """A forked process ended: its live gauges stop counting (its counters stay)."""
-    if os.environ.get(MULTIPROCESS_DIR):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
