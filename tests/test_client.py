@@ -1,7 +1,7 @@
 """The Python client (`headwater.Client`, `headwater.AsyncClient`) against a real `headwater serve`.
 
 What must hold: every tracked event arrives exactly once, through a SIGKILL and restart of the
-server, a real 429 with `Retry-After`, a 413 split, a full disk's 507; a rejected event is
+server, a real 429 with `Retry-After`, a 413 split, a full write queue's 503, a full disk's 507; a rejected event is
 counted and not resent while the rest of its batch goes in; a full queue blocks (then raises) or
 drops its oldest, as chosen, and says how many; bad arguments raise at once; the body is gzip on
 the wire; the queue is sent at interpreter exit; a refused key is surfaced, not retried.
@@ -11,6 +11,7 @@ Events are counted in the store afterwards with `headwater events export`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gzip
 import json
@@ -33,6 +34,7 @@ import headwater
 from headwater import faults
 from headwater.client import AsyncClient, Backoff, Client, DeliveryError, QueueFullError, Stats
 from tests.conftest import ROOT, ServerProcess, run_cli
+from tests.test_backpressure import write_lock
 
 FAST = Backoff(initial=0.05, maximum=0.5)
 
@@ -443,6 +445,46 @@ def test_the_async_client_queue_is_sent_at_exit_when_the_loop_ends_without_aclos
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     assert sorted(e["data"]["i"] for e in stored(data_dir, tmp_path)) == list(range(30))
+
+
+def test_a_full_write_queue_503_is_retried_until_there_is_room(
+    server_factory: type[ServerProcess], data_dir: Path, tmp_path: Path
+) -> None:
+    """The writer is held (another connection has SQLite's write lock, as in test_backpressure),
+    other requests of the tenant fill its write queue, and the client's batch meets the 503."""
+    key = new_key(data_dir)
+    # A write queue of 100 events; no background catalog write may become the stalled group.
+    server = server_factory(data_dir, {"HEADWATER_QUEUE_MAX_EVENTS": "100", "HEADWATER_CATALOG_INTERVAL": "3600"})
+    server.start()
+    others = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=90)
+
+    def other(n: int) -> httpx.Response:
+        return others.post("/v1/events", json={"events": [{"type": "other", "idempotency_key": f"o{n}-{i}"}
+                                                          for i in range(30)]})  # fmt: skip
+
+    with others, Client(server.url, key, flush_interval=0.05, backoff=FAST) as client:
+        # Warm the key cache while the store is free, and let the worker apply the event.
+        assert others.post("/v1/events?wait=processed", json={"type": "warm"}).status_code == 200
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            with write_lock(data_dir / "headwater.db"):
+                stalled = [pool.submit(other, 0)]  # the group the writer is stuck on
+                time.sleep(0.3)
+                stalled += [pool.submit(other, n) for n in (1, 2, 3)]  # 90 events queue behind it
+                time.sleep(0.3)
+                for i in range(30):
+                    client.track("client", data={"i": i})
+                deadline = time.monotonic() + 30
+                while not (client.stats.last_error or "").startswith("503") and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert client.stats.last_error == "503: server is busy: retry later"
+                assert client.stats.accepted == 0
+            assert [f.result().status_code for f in stalled] == [200] * 4
+        client.flush(timeout=60)
+        stats = client.stats
+    assert counts(stats) == settled(30, accepted=30)
+    assert stats.retries > 0
+    mine = [e for e in stored(data_dir, tmp_path) if e["type"] == "client"]
+    assert sorted(e["data"]["i"] for e in mine) == list(range(30))
 
 
 @contextlib.contextmanager

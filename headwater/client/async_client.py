@@ -169,7 +169,7 @@ class AsyncClient:
             return
         self._closed = True
         self._outbox.put_back(self._outbox.in_flight)
-        Client._taking_over(self._options, self._outbox).close()
+        Client.send_left_over(self._options, self._outbox)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -69,13 +69,22 @@ class Client:
             on_error,
         )
         self._start(options, Outbox(max_queue, when_full, max_batch_events, max_batch_bytes))
+        self._thread = threading.Thread(target=self._run, name="headwater-client", daemon=True)
+        self._thread.start()
+        atexit.register(self._at_exit)
 
     @classmethod
-    def _taking_over(cls, options: Options, outbox: Outbox) -> Client:
-        """A client that sends what another's outbox holds (an AsyncClient's, at exit)."""
+    def send_left_over(cls, options: Options, outbox: Outbox) -> None:
+        """Send what another client's outbox holds (an AsyncClient's, at exit) on this thread,
+        for up to `exit_timeout` seconds: Python 3.12 starts no new thread in an atexit hook."""
         client = cls.__new__(cls)
         client._start(options, outbox)
-        return client
+        client._closed = True
+        client._deadline = _now() + options.exit_timeout
+        try:
+            client._run()
+        finally:
+            client._http.close()
 
     def _start(self, options: Options, outbox: Outbox) -> None:
         self._options = options
@@ -87,9 +96,6 @@ class Client:
         self._closed = False
         self._error: DeliveryError | None = None  # for the next flush() to raise
         self._http = httpx.Client(base_url=options.base_url, headers=options.headers, timeout=options.timeout)
-        self._thread = threading.Thread(target=self._run, name="headwater-client", daemon=True)
-        self._thread.start()
-        atexit.register(self._at_exit)
 
     # The caller's side
 
