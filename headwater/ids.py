@@ -94,6 +94,12 @@ def new_prefixed_id(prefix: str) -> str:
     return f"{prefix}_{uuid7_hex()}"
 
 
+def id_floor(prefix: str, ms: int) -> str:
+    """The lowest id of `prefix` made at or after `ms` (ms since the epoch): UUIDv7 ids begin
+    with their millisecond, so a range of ids is a range of creation times."""
+    return f"{prefix}_{max(0, ms):012x}" + "0" * 20
+
+
 def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

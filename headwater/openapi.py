@@ -156,7 +156,7 @@ def app_operations(routes: Iterable[BaseRoute], hot: Iterable[tuple[str, str]]) 
         if isinstance(route, Route):
             for method in sorted(route.methods or ()):
                 if method != "HEAD":
-                    found[(method, route.path)] = None
+                    found[(method, route.path_format)] = None
     for key in hot:
         found[key] = None
     return list(found)

@@ -25,11 +25,13 @@ from headwater.api import (
     audit,
     catalog,
     dead_letters,
+    effects,
     erasures,
     events,
     gamification_docs,
     keys,
     limits,
+    overview,
     quarantine,
     schemas,
     triggers,
@@ -61,6 +63,7 @@ from headwater.openapi import (
 from headwater.parsing import RANGE_BOUND_SCHEMA
 from headwater.processing.conditions import EVENT_FIELDS, MAX_LIST_VALUES, MAX_PATTERN_LENGTH, OPERATORS
 from headwater.processing.rules import JOURNEY_MODES, MAX_DURATION_SECONDS, ActionType, TriggerIn
+from headwater.processing.status import Status
 from headwater.processing.webhooks import MAX_URL_LENGTH
 from headwater.storage.records import DeadLetter, SubjectProfile
 from headwater.storage.registry import KeyRecord, SchemaVersion
@@ -563,6 +566,99 @@ def _ops() -> dict[Key, Doc]:
             META,
             {200: Reply(schema={"type": "string"}, media_type="text/html")},
             security=NO_AUTH,
+        ),
+        ("GET", "/"): Doc(
+            "Redirects to the web console",
+            META,
+            {
+                307: Reply(
+                    description="To `/console/`, the console's page.",
+                    headers={"Location": {"description": "`/console/`.", "schema": {"type": "string"}}},
+                )
+            },
+            security=NO_AUTH,
+        ),
+        ("GET", "/console"): Doc(
+            "Redirects to the web console's page",
+            META,
+            {307: Reply(description="To `/console/`.", headers={"Location": {"schema": {"type": "string"}}})},
+            security=NO_AUTH,
+        ),
+        ("GET", "/console/{path}"): Doc(
+            "The web console: its page (`/console/`) and its files",
+            META,
+            {200: Reply(schema={"type": "string"}, media_type="text/html")},
+            description="Static files of the package, under a strict Content-Security-Policy. The page asks for"
+            " an API key and calls this API with it.",
+            errors=(404,),
+            security=NO_AUTH,
+        ),
+        ("GET", "/v1/me"): Doc(
+            "The key this request was made with",
+            KEYS,
+            {200: overview.Me},
+            description="Its tenant, mode and role: what the console's pages follow.",
+            errors=READ,
+        ),
+        ("GET", "/v1/processing"): Doc(
+            "Where processing stands",
+            PROCESSING,
+            {200: Status},
+            description="The log's head and, per consumer and partition, its checkpoint, its lag and the worker"
+            " holding it: the same as `headwater status --json`, for the whole server.",
+            errors=READ,
+        ),
+        ("GET", "/v1/stats"): Doc(
+            "Events received per minute and rejections by reason",
+            NATIVE,
+            {200: overview.Stats},
+            description="Over the last `minutes` (every minute of it, zero where nothing came), counted from the"
+            " stored events and quarantine of the key's tenant and mode.",
+            params=(
+                Param(
+                    "minutes",
+                    Annotated[int, msgspec.Meta(ge=1, le=overview.MAX_MINUTES)],
+                    description="1-1440 (default 60).",
+                ),
+            ),
+            errors=(400, *READ),
+        ),
+        ("GET", "/v1/events/live"): Doc(
+            "Follow events as they arrive (server-sent events)",
+            NATIVE,
+            {
+                200: Reply(
+                    schema={"type": "string"},
+                    media_type="text/event-stream",
+                    description="`: connected` first; then per event, in log order, `id: <seq>`, `event: event` and"
+                    " `data: <the event's JSON>`; `: keepalive` when quiet.",
+                )
+            },
+            description="Every event of the key's tenant and mode, not a sample. From `after` (an offset, a"
+            " message's `id`), or `Last-Event-ID` when reconnecting, or else from now.",
+            params=(
+                Param("type", list[str], description="Event types (repeatable)."),
+                Param("subject", description="Only this subject."),
+                Param("source", description="Only this source."),
+                Param(
+                    "after", Annotated[int, msgspec.Meta(ge=0, le=10**18 - 1)], description="Start after this offset."
+                ),
+                Param(
+                    "Last-Event-ID",
+                    Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,18}$")],
+                    where="header",
+                    description="As `after`; a reconnecting client sends it.",
+                ),
+            ),
+            errors=(400, *READ),
+        ),
+        ("GET", "/v1/events/{event_id}/effects"): Doc(
+            "One event and what it caused",
+            NATIVE,
+            {200: effects.EventEffects},
+            description="Its fact, the triggers it fired with their actions, and the webhook deliveries of the event"
+            " and of those actions. `processed` says whether every consumer has passed it yet.",
+            errors=(404, *READ),
         ),
         ("POST", "/v1/events"): Doc(
             "Ingest one event or a batch",

@@ -90,8 +90,11 @@ def run_api(config: uvicorn.Config, sock: socket.socket, workers: Supervisor | N
     supervisor start a worker again while the server shuts down."""
     import uvicorn
 
+    from headwater.api import live
+
     class ApiServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            live.stop_streams()
             if workers is not None:
                 workers.stopping()
             super().handle_exit(sig, frame)

@@ -52,7 +52,7 @@ def served_operations(app: ASGIApp) -> set[tuple[str, str]]:
     starlette: Any = dispatcher.app
     for route in starlette.routes:
         assert isinstance(route, Route), f"{route!r} is not a plain route"
-        found |= {(method, route.path) for method in route.methods or () if method != "HEAD"}
+        found |= {(method, route.path_format) for method in route.methods or () if method != "HEAD"}
     return found
 
 
@@ -327,7 +327,9 @@ def _stop_the_fuzz_worker() -> Iterator[None]:
     FUZZ_WORKER.__exit__()
 
 
-@schema.parametrize()
+# An endless stream cannot be fuzzed by a client that reads each whole response: its bad input
+# (offsets, headers, keys) is tested over HTTP in tests/test_live.py.
+@schema.exclude(path="/v1/events/live").parametrize()
 def test_schemathesis(case: schemathesis.Case) -> None:
     """Every check schemathesis has (not_a_server_error, status_code_conformance,
     content_type_conformance, response_schema_conformance, response_headers_conformance,

@@ -162,6 +162,17 @@ class EventLog(Protocol):
     async def wait_appended(self, head: int, timeout: float) -> int:
         """Wait until the log's head passes `head` (or `timeout` seconds); the head then."""
 
+    # The console's charts: read from the events' and quarantine's own ids (UUIDv7, so made
+    # in time order), not from counters kept on the ingest path.
+
+    async def received_per_minute(self, tenant: str, mode: Mode, since_us: int) -> list[tuple[int, int]]:
+        """The tenant's events received at or after `since_us`, counted per minute: (the
+        minute, in minutes since the epoch, and the count), oldest first."""
+
+    async def rejection_counts(self, tenant: str, mode: Mode, since_us: int) -> list[tuple[str, int]]:
+        """The reasons of the items quarantined at or after `since_us` (replayed or not),
+        counted by code, most first: an item with two reasons counts in each."""
+
     # Quarantine: kept in the same write as the accepted events of its request.
 
     async def list_quarantine(self, query: QuarantineQuery) -> list[QuarantinedEvent]: ...

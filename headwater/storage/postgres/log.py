@@ -49,7 +49,7 @@ import msgspec
 
 from headwater.clock import from_us, to_us
 from headwater.events import Event, EventDraft, FieldError, Mode, QuarantinedEvent
-from headwater.ids import looks_like_event_id
+from headwater.ids import id_floor, looks_like_event_id
 from headwater.metrics import metrics
 from headwater.partitions import partition_of
 from headwater.storage.base import Backpressure, StoreError
@@ -552,6 +552,32 @@ class PgLog(PgLogErasure):
                 return now_head
             await asyncio.sleep(min(WAIT_STEPS[step] if step < len(WAIT_STEPS) else WAIT_STEADY, left))
             step += 1
+
+    async def received_per_minute(self, tenant: str, mode: Mode, since_us: int) -> list[tuple[int, int]]:
+        # Bounded by the id range (ids are made in time order), with a minute's margin for the
+        # clock of another machine that made ids.
+        rows = await self.core.fetch(
+            "SELECT received_at / 60000000 AS minute, count(*) FROM events"
+            " WHERE id >= $1 AND tenant = $2 AND mode = $3 AND received_at >= $4 GROUP BY minute ORDER BY minute",
+            id_floor("evt", since_us // 1000 - 60_000),
+            tenant,
+            mode,
+            since_us,
+        )
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    async def rejection_counts(self, tenant: str, mode: Mode, since_us: int) -> list[tuple[str, int]]:
+        rows = await self.core.fetch(
+            "SELECT reason->>'code' AS code, count(*) AS n"
+            " FROM quarantine, jsonb_array_elements(quarantine.reasons::jsonb) AS reason"
+            " WHERE tenant = $1 AND mode = $2 AND status IN ('quarantined', 'replayed') AND id >= $3"
+            " AND received_at >= $4 GROUP BY code ORDER BY n DESC, code",
+            tenant,
+            mode,
+            id_floor("qua", since_us // 1000 - 60_000),
+            since_us,
+        )
+        return [(str(r[0]), int(r[1])) for r in rows]
 
     # Quarantine
 

@@ -20,7 +20,7 @@ import msgspec
 from headwater import faults
 from headwater.clock import from_us, to_us
 from headwater.events import Event, EventDraft, FieldError, Mode, QuarantinedEvent
-from headwater.ids import looks_like_event_id
+from headwater.ids import id_floor, looks_like_event_id
 from headwater.partitions import DEFAULT_PARTITIONS, partition_of
 from headwater.storage.base import IncompatibleStore
 from headwater.storage.log import (
@@ -396,6 +396,27 @@ class LogTables(SqliteCore):
             if now_head > head or loop.time() >= deadline:
                 return now_head
             await asyncio.sleep(min(HEAD_POLL_SECONDS, max(0.0, deadline - loop.time())))
+
+    async def received_per_minute(self, tenant: str, mode: Mode, since_us: int) -> list[tuple[int, int]]:
+        # The id range bounds the scan by the window, whatever the tenant's size (the
+        # (tenant, mode, time) index would read all of its history); a minute's margin for the
+        # clock of another machine that made ids.
+        sql = (
+            "SELECT received_at / 60000000 AS minute, count(*) FROM events INDEXED BY events_id"
+            " WHERE id >= ? AND tenant = ? AND mode = ? AND received_at >= ? GROUP BY minute ORDER BY minute"
+        )
+        args = (id_floor("evt", since_us // 1000 - 60_000), tenant, mode, since_us)
+        return await self.read(lambda conn: [(int(m), int(n)) for m, n in conn.execute(sql, args)])
+
+    async def rejection_counts(self, tenant: str, mode: Mode, since_us: int) -> list[tuple[str, int]]:
+        sql = (
+            "SELECT json_extract(reason.value, '$.code') AS code, count(*) AS n"
+            " FROM quarantine, json_each(quarantine.reasons) AS reason"
+            " WHERE tenant = ? AND mode = ? AND status IN ('quarantined', 'replayed') AND quarantine.id >= ?"
+            " AND received_at >= ? GROUP BY code ORDER BY n DESC, code"
+        )
+        args = (tenant, mode, id_floor("qua", since_us // 1000 - 60_000), since_us)
+        return await self.read(lambda conn: [(str(c), int(n)) for c, n in conn.execute(sql, args)])
 
     # Quarantine
 

@@ -1,0 +1,324 @@
+"""The web console (`/console`) in a real headless Chromium, driven through Playwright, against a
+real `headwater serve`.
+
+Debian's `/usr/bin/chromium` is the browser (`.ci/run` installs it), not one Playwright downloads.
+One server serves the whole module; each test signs in with a key of a tenant of its own, so what
+one test sends never shows on another's pages. Every test's page is watched: a console error, an
+uncaught exception, or the key in any URL the page requested fails it (see `Tab.check`). Each
+page's screenshot is saved under `test-artifacts/console/` (gitignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, expect, sync_playwright
+
+from headwater.config import Settings
+from tests.conftest import ROOT, ServerProcess, make_key
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts" / "console"
+# Generous: four test processes share two cores; a wait that is long enough costs nothing.
+WAIT_MS = 30_000
+
+
+@dataclass
+class Console:
+    server: ServerProcess
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def key(self, tenant: str, role: str = "admin", mode: str = "live") -> str:
+        # On a thread of its own: Playwright's sync API keeps an event loop running on this one.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(make_key, self.settings, tenant, role, mode).result()
+
+    def client(self, key: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": key}, timeout=90)
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    data_dir = tmp_path_factory.mktemp("console") / "data"
+    # A webhook to a loopback port: allowed, and given up on after two quick attempts.
+    env = {"HEADWATER_ALLOW_PRIVATE_WEBHOOKS": "1", "HEADWATER_WEBHOOK_RETRY_SCHEDULE": "0,0.2"}
+    server = ServerProcess(data_dir, env=env)
+    server.start(timeout=60)
+    server.drain()  # the server and its worker print as they go: keep the pipe from filling
+    try:
+        yield Console(server, replace(Settings(), data_dir=data_dir))
+    finally:
+        server.stop()
+        server.kill()  # closes the output pipe (the process has exited by now)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        yield launch(playwright)
+
+
+def launch(playwright: Playwright) -> Browser:
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+@dataclass
+class Tab:
+    """A page of its own browser context, with what it logged and requested."""
+
+    page: Page
+    console: Console
+    errors: list[str] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+
+    def sign_in(self, key: str) -> None:
+        self.keys.append(key)
+        self.page.goto(self.console.url + "/")
+        self.page.fill("#key", key)
+        self.page.click("#sign-in-form button[type=submit]")
+        expect(self.page.locator("#who-role")).to_be_visible(timeout=WAIT_MS)
+
+    def go(self, route: str) -> None:
+        self.page.goto(f"{self.console.url}/console/#/{route}")
+
+    def screenshot(self, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def check(self) -> None:
+        """No console error, no uncaught exception; no key in any URL, and each API request
+        carried it in the X-API-Key header."""
+        assert self.errors == []
+        for request in self.requests:
+            for key in self.keys:
+                assert key not in request.url
+        api_calls = [r for r in self.requests if "/v1/" in r.url]
+        for request in api_calls:
+            assert request.headers.get("x-api-key") in self.keys, request.url
+
+
+@pytest.fixture
+def tab(browser: Browser, console: Console) -> Iterator[Tab]:
+    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    found = Tab(page, console)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            found.errors.append(f"{message.text} at {message.location}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: found.errors.append(f"uncaught: {error}"))
+    page.on("request", lambda request: found.requests.append(request))
+    try:
+        yield found
+    finally:
+        context.close()
+    found.check()
+
+
+def tenant() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def send(client: httpx.Client, *events: dict[str, Any]) -> list[str]:
+    """Send events and wait for processing; their ids."""
+    response = client.post("/v1/events?wait=processed", json={"events": list(events)})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["accepted"] * len(events), results
+    return [r["id"] for r in results]
+
+
+# The shell: routes, headers, sign-in.
+
+
+def test_root_redirects_to_the_console_which_is_served_with_strict_headers(console: Console) -> None:
+    with httpx.Client(base_url=console.url) as client:
+        root = client.get("/")
+        assert (root.status_code, root.headers["location"]) == (307, "/console/")
+        bare = client.get("/console")
+        assert (bare.status_code, bare.headers["location"]) == (307, f"{console.url}/console/")
+        for path, content_type in [
+            ("/console/", "text/html; charset=utf-8"),
+            ("/console/console.css", "text/css; charset=utf-8"),
+            ("/console/js/main.js", "text/javascript; charset=utf-8"),
+        ]:
+            response = client.get(path)
+            assert response.status_code == 200, path
+            assert response.headers["content-type"] == content_type
+            assert response.headers["content-security-policy"] == (
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+                "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+            )
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["referrer-policy"] == "no-referrer"
+            assert response.headers["x-frame-options"] == "DENY"
+        missing = client.get("/console/nothing-here.js")
+        assert missing.status_code == 404
+
+
+def test_no_file_of_the_console_has_inline_script_style_or_html_injection() -> None:
+    """What the CSP would refuse at run time, and innerHTML, which it would not, are not in the source."""
+    static = ROOT / "headwater" / "console" / "static"
+    html = (static / "index.html").read_text()
+    assert re.findall(r"<script(?![^>]*\bsrc=)", html) == []
+    assert re.findall(r"<style|\sstyle=|\son[a-z]+=", html) == []
+    for script in static.rglob("*.js"):
+        text = script.read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+            assert sink not in text, f"{script.name} uses {sink}"
+
+
+def test_sign_in_shows_tenant_mode_and_role_and_sign_out_forgets_the_key(tab: Tab, console: Console) -> None:
+    name = tenant()
+    key = console.key(name, "viewer")
+    tab.sign_in(key)
+    page = tab.page
+    assert page.url == f"{console.url}/console/"
+    expect(page.locator("#who-tenant")).to_have_text(f"tenant {name}")
+    expect(page.locator("#who-mode")).to_have_text("mode live")
+    expect(page.locator("#who-role")).to_have_text("role viewer")
+    assert page.evaluate("sessionStorage.getItem('headwater.key')") == key
+    assert page.evaluate("localStorage.length") == 0
+    assert page.context.cookies() == []
+    tab.screenshot("live-empty")
+
+    page.reload()  # the key outlives a reload of the tab
+    expect(page.locator("#who-role")).to_have_text("role viewer")
+
+    page.click("#sign-out")
+    expect(page.locator("#sign-in-form")).to_be_visible()
+    expect(page.locator("#nav")).to_be_hidden()
+    assert page.evaluate("sessionStorage.length") == 0
+    tab.screenshot("sign-in")
+
+
+def test_a_refused_key_is_said_so_and_not_kept(tab: Tab, console: Console) -> None:
+    page = tab.page
+    page.goto(console.url + "/")
+    wrong = "hw_live_" + "A" * 38
+    tab.keys.append(wrong)
+    page.fill("#key", wrong)
+    page.click("#sign-in-form button[type=submit]")
+    expect(page.locator("#sign-in-error")).to_have_text("That key was refused: check it and try again.")
+    assert page.evaluate("sessionStorage.length") == 0
+    # Chromium logs every 4xx a page's fetch gets; this one is the refusal the test asked for.
+    assert [e for e in tab.errors if "status of 401" in e] == tab.errors != []
+    tab.errors.clear()
+
+
+# Live view and the event.
+
+
+def test_an_event_shows_live_and_opens_with_its_json_and_effects(tab: Tab, console: Console) -> None:
+    name = tenant()
+    key = console.key(name)
+    with console.client(key) as client:
+        trigger = client.post(
+            "/v1/triggers",
+            json={
+                "name": "big spender",
+                "event_types": ["purchase"],
+                "conditions": {"field": "data.amount", "op": "gt", "value": 100},
+                "action": {"type": "recommend", "config": {"decisionFlowId": "df_upsell"}},
+            },
+        )
+        assert trigger.status_code == 201, trigger.text
+        tab.sign_in(key)
+        page = tab.page
+        expect(page.locator("#live-status")).to_have_text("live")
+        [first] = send(client, {"type": "page_view", "subject": "cust_1", "data": {"path": "/"}})
+        [second] = send(client, {"type": "purchase", "subject": "cust_1", "source": "pos", "data": {"amount": 150}})
+
+        rows = page.locator("#live-rows tr")
+        expect(rows).to_have_count(2)
+        assert rows.evaluate_all("rows => rows.map(r => r.dataset.id)") == [second, first]  # newest first
+        expect(rows.nth(0)).to_contain_text("purchase")
+        expect(page.locator("#live-count")).to_have_text("2 events")
+
+        rows.nth(0).click()
+        detail = page.locator("#event-detail")
+        expect(detail.locator("h2")).to_have_text("purchase")
+        event = client.get(f"/v1/events/{second}").json()
+        shown = detail.locator("pre.json").text_content()
+        assert shown is not None
+        assert __import__("json").loads(shown) == event
+        effects = page.locator("#event-effects")
+        expect(effects).to_contain_text("custom.purchase")  # its fact
+        expect(effects).to_contain_text("big spender")  # the trigger it fired
+        expect(effects).to_contain_text("recommend")
+        expect(effects.locator(".pending")).to_have_count(0)
+        tab.screenshot("live")
+
+        page.goto(f"{console.url}/console/#/events/{second}")
+        expect(page.locator("#event-detail h2")).to_have_text("purchase")
+        expect(page.locator("#event-effects")).to_contain_text("big spender")
+        tab.screenshot("event")
+
+
+def test_the_live_view_filters_by_type_subject_and_source(tab: Tab, console: Console) -> None:
+    key = console.key(tenant())
+    with console.client(key) as client:
+        tab.sign_in(key)
+        page = tab.page
+        page.fill("#live-filters input[name=type]", "signup")
+        page.fill("#live-filters input[name=source]", "web")
+        page.click("#live-filters button[type=submit]")
+        expect(page.locator("#live-status")).to_have_text("live")
+        [wanted] = send(
+            client,
+            {"type": "purchase", "source": "web"},
+            {"type": "signup", "source": "app"},
+            {"type": "signup", "source": "web", "subject": "u1"},
+        )[2:]
+        rows = page.locator("#live-rows tr")
+        expect(rows).to_have_count(1)
+        assert rows.evaluate_all("rows => rows.map(r => r.dataset.id)") == [wanted]
+
+
+def test_event_data_is_shown_as_text_and_never_runs(tab: Tab, console: Console) -> None:
+    key = console.key(tenant())
+    attack = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+    dialogs: list[str] = []
+    tab.page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    with console.client(key) as client:
+        tab.sign_in(key)
+        page = tab.page
+        expect(page.locator("#live-status")).to_have_text("live")
+        send(client, {"type": "comment", "subject": attack, "source": "<b>bold</b>", "data": {"html": attack}})
+        row = page.locator("#live-rows tr").first
+        expect(row).to_contain_text(attack)  # the subject, as the literal text
+        row.click()
+        expect(page.locator("#event-detail pre.json")).to_contain_text(
+            '"html": "<img src=x onerror=\\"window.__xss=1\\">'
+        )
+        expect(page.locator("#event-detail dl")).to_contain_text(attack)
+        expect(page.locator("#event-effects")).to_contain_text("custom.comment")
+        tab.screenshot("xss")
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("main img, main script, main b").count() == 0
+    assert dialogs == []
