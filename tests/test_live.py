@@ -34,7 +34,7 @@ class Stream:
     """An open stream, read on a thread of its own into a queue of comments and messages."""
 
     def __init__(self, url: str, key: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
-        self.items: queue.Queue[str | Message | BaseException] = queue.Queue()
+        self.items: queue.Queue[str | Message | Exception] = queue.Queue()
         self.client = httpx.Client(timeout=httpx.Timeout(WAIT, read=None))
         self.request = self.client.build_request(
             "GET", url + "/v1/events/live", params=params, headers={"X-API-Key": key, **(headers or {})}
@@ -53,12 +53,12 @@ class Stream:
                 self.items.put(parse(block))
                 block = []
             self.items.put(EOFError("the server ended the stream"))
-        except BaseException as exc:  # the test closed the stream, or the server went
+        except (httpx.HTTPError, OSError, ValueError) as exc:  # the test closed the stream, or the server went
             self.items.put(exc)
 
     def next(self) -> str | Message:
         item = self.items.get(timeout=WAIT)
-        if isinstance(item, BaseException):
+        if isinstance(item, Exception):
             raise item
         return item
 
