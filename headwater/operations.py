@@ -605,7 +605,8 @@ def _ops() -> dict[Key, Doc]:
             PROCESSING,
             {200: Status},
             description="The log's head and, per consumer and partition, its checkpoint, its lag and the worker"
-            " holding it: the same as `headwater status --json`, for the whole server.",
+            " holding it: the same as `headwater status --json`. Of the whole server (tenants share the log), so"
+            " for admin keys only.",
             errors=READ,
         ),
         ("GET", "/v1/stats"): Doc(

@@ -127,7 +127,7 @@ def test_effects_of_another_tenants_or_an_unknown_event_are_404(api: Api) -> Non
 def test_processing_is_the_status_of_every_consumer(api: Api) -> None:
     key = api.key("acme")
     send(api, key, {"type": "a", "subject": "s1"}, {"type": "b", "subject": "s2"})
-    response = api.client.get("/v1/processing", headers=api.as_(api.key("acme", "viewer")))
+    response = api.client.get("/v1/processing", headers=api.as_(key))
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"head", "consumers", "workers"}
@@ -177,3 +177,12 @@ def test_stats_window_out_of_range_is_400(api: Api, minutes: str, text: str, cod
         400,
         {"error": text, "details": [{"field": "minutes", "code": code, "message": text}]},
     )
+
+
+def test_processing_is_for_admin_keys_as_it_tells_of_every_tenants_traffic(api: Api) -> None:
+    for role in ("editor", "viewer", "ingest"):
+        refused = api.client.get("/v1/processing", headers=api.as_(api.key("acme", role)))
+        assert (refused.status_code, refused.json()) == (
+            403,
+            {"error": f"the {role} role may not admin", "details": []},
+        )
