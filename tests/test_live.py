@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from headwater.config import Settings
+from tests import rawhttp
 from tests.conftest import ServerProcess, make_key, server_args
 
 WAIT = 60.0  # generous: the suite runs four test processes on two cores
@@ -250,3 +251,22 @@ def test_an_open_stream_does_not_hold_the_server_from_stopping(live: Live) -> No
     finally:
         stream.close()
     assert proc.returncode == 0
+
+
+def test_a_head_request_gets_the_headers_and_its_exchange_ends(live: Live) -> None:
+    """The connection goes on to the next request only once the HEAD's exchange has ended: a
+    stream behind it (sending nothing, for ever) would hold the second answer back."""
+    key = live.key("acme")
+    with rawhttp.connect(live.server.port) as sock:
+        sock.sendall(
+            f"HEAD /v1/events/live HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\r\n".encode()
+            + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 2:
+            chunk = sock.recv(65536)  # the socket's timeout (rawhttp.BOUND) fails a held answer
+            assert chunk, received
+            received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert b"content-type: text/event-stream; charset=utf-8" in head.lower()
+    assert rest.startswith(b"HTTP/1.1 200")  # no body before the next answer

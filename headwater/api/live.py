@@ -143,11 +143,10 @@ def routes(services: Services) -> list[BaseRoute]:
         wanted = Filter(
             principal.tenant, principal.mode, types, params.get("subject") or None, params.get("source") or None
         )
-        return StreamingResponse(
-            stream(wanted, after),
-            media_type="text/event-stream",
-            # No proxy may hold the stream back to buffer it, nor a cache keep it.
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        # No proxy may hold the stream back to buffer it, nor a cache keep it.
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":  # the headers alone: a stream would never end
+            return Response(None, 200, headers, media_type="text/event-stream")
+        return StreamingResponse(stream(wanted, after), media_type="text/event-stream", headers=headers)
 
     return [Route("/v1/events/live", live, methods=["GET"])]
