@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from headwater.api import live as live_module
 from headwater.config import Settings
 from tests import rawhttp
 from tests.conftest import ServerProcess, make_key, server_args
@@ -270,3 +271,22 @@ def test_a_head_request_gets_the_headers_and_its_exchange_ends(live: Live) -> No
     head, _, rest = received.partition(b"\r\n\r\n")
     assert b"content-type: text/event-stream; charset=utf-8" in head.lower()
     assert rest.startswith(b"HTTP/1.1 200")  # no body before the next answer
+
+
+def test_a_backlog_longer_than_one_read_of_the_log_arrives_whole_and_in_order(live: Live) -> None:
+    """More offsets than one read takes (live.SPAN), mostly another tenant's."""
+    key, other = live.key("acme"), live.key("globex")
+    ours: list[str] = []
+    for round_ in range(3):
+        live.send(other, *({"type": "noise"} for _ in range(1000)))
+        ours += live.send(key, {"type": "mine", "data": {"round": round_}})
+        for _ in range(2):
+            live.send(other, *({"type": "noise"} for _ in range(800)))
+    stream = live.open(key, params={"after": "0"})
+    try:
+        got = stream.messages(3)
+    finally:
+        stream.close()
+    assert [m.data["id"] for m in got] == ours
+    assert [m.data["data"] for m in got] == [{"round": 0}, {"round": 1}, {"round": 2}]
+    assert got[2].data["seq"] > live_module.SPAN  # the last came from a second read

@@ -3,9 +3,10 @@ order, as server-sent events (`id` is the event's offset, `event: event`, `data`
 
 Not a sample: the stream reads the log itself from a position (`after`, or the `Last-Event-ID`
 a reconnecting client sends, or else the head when it opened), so a client that reconnects
-with the last id it saw misses nothing and sees nothing twice. The log is read as a whole, in
-bounded pages filtered here: it has no index by tenant in log order, and a page of other
-tenants' events costs one range read of the primary key.
+with the last id it saw misses nothing and sees nothing twice. The log has no index by tenant
+in log order, so the stream reads ranges of offsets up to a head it has seen (all of them are
+committed: offsets commit in order on every backend), the store keeping only the tenant's rows;
+the type, subject and source filters apply here.
 
 Every stream of a process shares one look at the log's head (`HeadWatch`), so an idle console
 costs a few queries a second however many are open.
@@ -24,12 +25,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from headwater.api.common import authorize
+from headwater.auth import Principal
 from headwater.errors import bad_request
-from headwater.events import Event
+from headwater.events import Event, Mode
 from headwater.services import Services
 from headwater.storage.log import EventLog
 
-PAGE = 500
+SPAN = 5000  # offsets read at once: a page holds at most this many of the tenant's events
 POLL_SECONDS = 0.2
 KEEPALIVE_SECONDS = 15.0
 MAX_TYPES = 20
@@ -56,15 +58,19 @@ class HeadWatch:
         self.looked = 0.0
         self.lock = asyncio.Lock()
 
+    async def look(self) -> int:
+        """The head, as looked up at most POLL_SECONDS ago."""
+        async with self.lock:
+            if time.monotonic() - self.looked >= POLL_SECONDS:
+                self.head = await self.log.head()
+                self.looked = time.monotonic()
+        return self.head
+
     async def wait_past(self, seq: int, timeout: float) -> bool:
         """Whether the head passed `seq` within `timeout` seconds (or the server is stopping)."""
         deadline = time.monotonic() + timeout
         while not _stopping:
-            async with self.lock:
-                if time.monotonic() - self.looked >= POLL_SECONDS:
-                    self.head = await self.log.head()
-                    self.looked = time.monotonic()
-            if self.head > seq:
+            if await self.look() > seq:
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
@@ -75,7 +81,7 @@ class HeadWatch:
 
 class Filter(msgspec.Struct, frozen=True):
     tenant: str
-    mode: str
+    mode: Mode
     types: frozenset[str]
     subject: str | None
     source: str | None
@@ -106,6 +112,19 @@ def _offset(raw: str | None, name: str) -> int | None:
     return int(raw)
 
 
+def read_request(request: Request, principal: Principal) -> tuple[Filter, int | None]:
+    """The stream's filter, and the offset it starts after (None: the head, when it opens)."""
+    params = request.query_params
+    types = frozenset(t for t in params.getlist("type") if t)
+    if len(types) > MAX_TYPES:
+        raise bad_request(f"at most {MAX_TYPES} types", "type", "too_many")
+    after = _offset(request.headers.get("last-event-id"), "Last-Event-ID")
+    if after is None:
+        after = _offset(params.get("after"), "after")
+    subject, source = params.get("subject") or None, params.get("source") or None
+    return Filter(principal.tenant, principal.mode, types, subject, source), after
+
+
 def routes(services: Services) -> list[BaseRoute]:
     log = services.store.log
     watch = HeadWatch(log)
@@ -115,14 +134,15 @@ def routes(services: Services) -> list[BaseRoute]:
         position = after
         quiet_since = time.monotonic()
         while not _stopping:
-            page = await log.read_log(position, PAGE)
-            if page:
-                for event in page:
+            head = await watch.look()
+            if head > position:
+                upto = min(head, position + SPAN)
+                for event in await log.read_scope(wanted.tenant, wanted.mode, position, upto):
                     if wanted.wants(event):
                         yield message(event)
                         quiet_since = time.monotonic()
-                position = page[-1].seq or position
-                if len(page) == PAGE:
+                position = upto
+                if position < head:
                     continue
             if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
                 yield b": keepalive\n\n"
@@ -131,18 +151,9 @@ def routes(services: Services) -> list[BaseRoute]:
 
     async def live(request: Request) -> Response:
         principal = await authorize(services, request, "read")
-        params = request.query_params
-        types = frozenset(t for t in params.getlist("type") if t)
-        if len(types) > MAX_TYPES:
-            raise bad_request(f"at most {MAX_TYPES} types", "type", "too_many")
-        after = _offset(request.headers.get("last-event-id"), "Last-Event-ID")
-        if after is None:
-            after = _offset(params.get("after"), "after")
+        wanted, after = read_request(request, principal)
         if after is None:
             after = await log.head()
-        wanted = Filter(
-            principal.tenant, principal.mode, types, params.get("subject") or None, params.get("source") or None
-        )
         # No proxy may hold the stream back to buffer it, nor a cache keep it.
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         if request.method == "HEAD":  # the headers alone: a stream would never end

@@ -140,6 +140,11 @@ class EventLog(Protocol):
     async def read_log(self, after_seq: int, limit: int) -> list[Event]:
         """Events of every partition with `seq > after_seq`, in log order."""
 
+    async def read_scope(self, tenant: str, mode: Mode, after_seq: int, upto_seq: int) -> list[Event]:
+        """The tenant's events with `after_seq < seq <= upto_seq`, in log order: a range of the
+        whole log (every offset up to a head once seen is committed), read without making the
+        other tenants' events. The caller bounds the range."""
+
     async def read_summaries(self, after_seq: int, limit: int, sample: int) -> list[EventSummary]:
         """As `read_log`, the summaries; with `data` for the events whose offset is a multiple of
         `sample`, None for the others."""

@@ -482,6 +482,20 @@ class PgLog(PgLogErasure):
         )
         return [row_to_event(r) for r in rows]
 
+    async def read_scope(self, tenant: str, mode: Mode, after_seq: int, upto_seq: int) -> list[Event]:
+        # The LIMIT keeps the range a subquery of its own, read by the primary key: flattened,
+        # the planner may take a (tenant, mode, ...) index and read all of the tenant's history.
+        rows = await self.core.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM (SELECT * FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3)"
+            " AS span WHERE tenant = $4 AND mode = $5 ORDER BY seq",
+            after_seq,
+            upto_seq,
+            max(0, upto_seq - after_seq),
+            tenant,
+            mode,
+        )
+        return [row_to_event(r) for r in rows]
+
     async def read_summaries(self, after_seq: int, limit: int, sample: int) -> list[EventSummary]:
         rows = await self.core.fetch(
             "SELECT seq, tenant, mode, type, received_at, coalesce(violations, '[]') <> '[]',"

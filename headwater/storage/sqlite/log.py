@@ -330,6 +330,16 @@ class LogTables(SqliteCore):
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
         return await self.read(lambda conn: [row_to_event(r) for r in conn.execute(sql, (after_seq, limit))])
 
+    async def read_scope(self, tenant: str, mode: Mode, after_seq: int, upto_seq: int) -> list[Event]:
+        # NOT INDEXED: the rowid range, not the (tenant, mode, ...) indexes, which would read
+        # all of the tenant's history for a range of a few thousand offsets.
+        sql = (
+            f"SELECT {EVENT_COLUMNS} FROM events NOT INDEXED"
+            " WHERE seq > ? AND seq <= ? AND tenant = ? AND mode = ? ORDER BY seq"
+        )
+        args = (after_seq, upto_seq, tenant, mode)
+        return await self.read(lambda conn: [row_to_event(r) for r in conn.execute(sql, args)])
+
     async def read_summaries(self, after_seq: int, limit: int, sample: int) -> list[EventSummary]:
         sql = (
             "SELECT seq, tenant, mode, type, received_at, coalesce(violations, '[]') != '[]',"
