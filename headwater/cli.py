@@ -256,11 +256,13 @@ def serve(
         )
     sock = _listen(host, port)
     key = _run_with_store(settings, bootstrap)
+    address = f"[{host}]" if ":" in host else host
+    url = f"http://{address}:{sock.getsockname()[1]}"
     if key is not None:
         click.echo("Created tenant 'default' with an admin key. It is shown only this once:")
         click.echo(f"  {key}")
-    address = f"[{host}]" if ":" in host else host
-    click.echo(f"Headwater listening on http://{address}:{sock.getsockname()[1]} ({settings.where()})", err=True)
+        click.echo(f"Paste it into the web console to watch events arrive: {url}/")
+    click.echo(f"Headwater listening on {url} ({settings.where()})", err=True)
     settings = replace(
         settings,
         log_format=log_format,

@@ -174,6 +174,7 @@ def test_serve_prints_bootstrap_admin_key_once(server_factory: type[ServerProces
     finally:
         rest = stop_and_read(first)
     assert "hw_" not in rest
+    assert rest.splitlines()[0] == f"Paste it into the web console to watch events arrive: {first.url}/"
 
     second = server_factory(data_dir)
     second.start()
