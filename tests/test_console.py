@@ -11,11 +11,12 @@ page's screenshot is saved under `test-artifacts/console/` (gitignored) for a pe
 from __future__ import annotations
 
 import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Reque
 
 from headwater.config import Settings
 from tests.conftest import ROOT, ServerProcess, make_key
+from tests.processing.test_webhooks import Receiver
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -140,8 +142,28 @@ def tab(browser: Browser, console: Console) -> Iterator[Tab]:
     found.check()
 
 
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook endpoint on 127.0.0.1 that records each request and answers from a script."""
+    server = Receiver()
+    yield server
+    server.close()
+
+
 def tenant() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], what: str = "the condition", within: float = WAIT_MS / 1000) -> T:
+    """What `check` returns once it is truthy, asked every 0.1 s, failing after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"not within {within} s: {what}"
+        time.sleep(0.1)
+    return found
 
 
 def send(client: httpx.Client, *events: dict[str, Any]) -> list[str]:
@@ -322,3 +344,97 @@ def test_event_data_is_shown_as_text_and_never_runs(tab: Tab, console: Console) 
     assert page.evaluate("window.__xss") is None
     assert page.locator("main img, main script, main b").count() == 0
     assert dialogs == []
+
+
+# Quarantine and webhooks: the actions that fix what went wrong.
+
+
+def test_a_quarantined_item_is_replayed_from_its_page_once_its_schema_is_fixed(tab: Tab, console: Console) -> None:
+    key = console.key(tenant())
+    with console.client(key) as client:
+        strict = {"type": "object", "required": ["plan"], "properties": {"plan": {"type": "string"}}}
+        put = client.put("/v1/schemas/signup", json={"schema": strict, "enforcement": "strict"})
+        assert put.status_code == 201, put.text
+        sent = client.post("/v1/events", json={"events": [{"type": "signup", "subject": "u1", "data": {"plan": 5}}]})
+        assert [r["status"] for r in sent.json()["results"]] == ["rejected"], sent.text
+        [item] = client.get("/v1/quarantine").json()["data"]
+        [reason] = item["reasons"]
+        # Fixed: a plan may be a number too.
+        loose = {"type": "object", "required": ["plan"], "properties": {"plan": {"type": ["string", "number"]}}}
+        assert client.put("/v1/schemas/signup", json={"schema": loose, "enforcement": "strict"}).status_code == 201
+        assert client.get("/v1/events", params={"type": "signup"}).json()["data"] == []
+
+        tab.sign_in(key)
+        tab.go("quarantine")
+        page = tab.page
+        row = page.locator(f"#quarantine tr[data-id='{item['id']}']")
+        expect(row).to_contain_text("signup")
+        expect(row.locator("ul.reasons")).to_have_text(f"{reason['field']} {reason['code']}: {reason['message']}")
+        expect(row).to_contain_text("quarantined")
+        tab.screenshot("quarantine")
+
+        row.locator("button.replay").click()
+        result = page.locator("#quarantine-result")
+        expect(result).to_contain_text("Replayed 1, duplicates 0, still rejected 0.")
+        expect(page.locator("#quarantine")).to_have_text("Nothing in the quarantine.")  # none left to replay
+        [event] = client.get("/v1/events", params={"type": "signup"}).json()["data"]
+        assert (event["subject"], event["data"]) == ("u1", {"plan": 5})
+        expect(result.locator("a.event-link")).to_have_text(event["id"])
+
+        page.select_option("#quarantine-status", "replayed")
+        page.click("form.filters button[type=submit]")
+        expect(row).to_contain_text("replayed")
+        expect(row.locator("a.event-link")).to_have_text(event["id"])
+        assert row.locator("button.replay").count() == 0
+        tab.screenshot("quarantine-replayed")
+        [replayed] = client.get("/v1/quarantine", params={"status": "replayed"}).json()["data"]
+        assert (replayed["id"], replayed["replayed_event_id"]) == (item["id"], event["id"])
+
+        row.locator("a.event-link").click()
+        expect(page.locator("#event-detail h2")).to_have_text("signup")
+        expect(page.locator("#event-effects")).to_contain_text("custom.signup")
+
+
+def test_a_dead_lettered_delivery_is_retried_from_the_webhooks_page(
+    tab: Tab, console: Console, receiver: Receiver
+) -> None:
+    key = console.key(tenant())
+    receiver.script("/hook", *[500] * 10)  # more than the two quick attempts the server makes
+    with console.client(key) as client:
+        created = client.post("/v1/webhooks", json={"url": receiver.url("/hook"), "subscriptions": ["event.purchase"]})
+        assert created.status_code == 201, created.text
+        endpoint = created.json()
+        [event_id] = send(client, {"type": "purchase", "subject": "cust_1", "data": {"amount": 5}})
+        [failed] = eventually(lambda: client.get("/v1/deliveries", params={"status": "failed"}).json()["data"])
+        assert (failed["topic"], failed["last_status"]) == ("event.purchase", 500)
+        tried = len(receiver.at("/hook"))
+        assert tried == failed["attempts"] >= 2
+        receiver.script("/hook")  # from now on: 200
+
+        tab.sign_in(key)
+        tab.go("webhooks")
+        page = tab.page
+        expect(page.locator(f"#endpoints tr[data-id='{endpoint['id']}']")).to_contain_text(receiver.url("/hook"))
+        expect(page.locator("#attempts tbody tr")).to_have_count(tried)
+        expect(page.locator("#attempts tbody tr").first).to_contain_text("500")
+        row = page.locator(f"#failed-deliveries tr[data-id='{failed['id']}']")
+        expect(row).to_contain_text("event.purchase")
+        expect(row).to_contain_text("500")
+        tab.screenshot("webhooks-failed")
+
+        row.locator("button.retry").click()
+        result = page.locator("#webhooks-result")
+        expect(result).to_have_text(f"Delivery {failed['id']} queued again (pending).")
+        expect(page.locator("#failed-deliveries")).to_have_text("No failed delivery.")
+        expect(result).to_have_text(f"Delivery {failed['id']} delivered (attempt {tried + 1}).")
+        expect(page.locator("#attempts tbody tr")).to_have_count(tried + 1)
+        expect(page.locator("#attempts tbody tr").first).to_contain_text("200")
+        tab.screenshot("webhooks-retried")
+
+        delivery = client.get(f"/v1/deliveries/{failed['id']}").json()
+        assert (delivery["status"], delivery["attempts"]) == ("delivered", tried + 1)
+    requests = receiver.at("/hook")
+    assert len(requests) == tried + 1
+    last = requests[-1]
+    assert {r.headers["webhook-id"] for r in requests} == {failed["id"]}  # the same id on every attempt
+    assert last.verify(endpoint["secret"])["data"]["event"]["id"] == event_id  # signed with the endpoint's secret
