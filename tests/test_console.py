@@ -40,6 +40,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 # Generous: four test processes share two cores; a wait that is long enough costs nothing.
 WAIT_MS = 30_000
+expect.set_options(timeout=WAIT_MS)  # every expect(...) here, not only the page's own waits
 
 
 @dataclass
@@ -438,3 +439,133 @@ def test_a_dead_lettered_delivery_is_retried_from_the_webhooks_page(
     last = requests[-1]
     assert {r.headers["webhook-id"] for r in requests} == {failed["id"]}  # the same id on every attempt
     assert last.verify(endpoint["secret"])["data"]["event"]["id"] == event_id  # signed with the endpoint's secret
+
+
+# Every page, with data.
+
+
+def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: Console, receiver: Receiver) -> None:
+    key = console.key(tenant())
+    with console.client(key) as client:
+        rule = {
+            "name": "points for purchases",
+            "event_types": ["purchase"],
+            "action": {"type": "award_points", "config": {"points": 10}},
+        }
+        trigger = client.post("/v1/triggers", json=rule)
+        assert trigger.status_code == 201, trigger.text
+        hook = client.post("/v1/webhooks", json={"url": receiver.url("/hook"), "subscriptions": ["event.purchase"]})
+        assert hook.status_code == 201, hook.text
+        strict = {"type": "object", "required": ["plan"]}
+        assert client.put("/v1/schemas/signup", json={"schema": strict, "enforcement": "strict"}).status_code == 201
+
+        tab.sign_in(key)
+        page = tab.page
+        expect(page.locator("#live-status")).to_have_text("live")
+        [event_id] = send(client, {"type": "purchase", "subject": "cust_1", "data": {"amount": 150}})
+        rejected = client.post("/v1/events", json={"events": [{"type": "signup", "subject": "u1", "data": {}}]})
+        assert [r["status"] for r in rejected.json()["results"]] == ["rejected"], rejected.text
+        [quarantined] = client.get("/v1/quarantine").json()["data"]
+        [reason] = quarantined["reasons"]
+        eventually(lambda: receiver.at("/hook"), "the purchase's webhook delivery")
+        eventually(lambda: client.get("/v1/participants/cust_1").json()["points"] == 10, "the points awarded")
+        [delivery] = eventually(lambda: client.get("/v1/deliveries", params={"status": "delivered"}).json()["data"])
+        processing = client.get("/v1/processing").json()
+
+        [award] = client.get("/v1/events", params={"type": "points.awarded"}).json()["data"]
+        assert award["data"]["cause_event_id"] == event_id
+
+        rows = page.locator("#live-rows tr")
+        expect(rows).to_have_count(2)  # the purchase, then the award it caused
+        assert rows.evaluate_all("rows => rows.map(r => r.dataset.id)") == [award["id"], event_id]
+        expect(rows.nth(1)).to_contain_text("purchase")
+        expect(rows.nth(1)).to_contain_text("cust_1")
+        expect(page.locator("#live-count")).to_have_text("2 events")
+        tab.screenshot("page-live")
+
+        tab.go("catalog")
+        purchase = page.locator("#catalog tr[data-type=purchase]")
+        expect(purchase.locator("td").nth(1)).to_have_text("1")  # its count
+        expect(purchase).to_contain_text("amount: integer")
+        signup = page.locator("#catalog tr[data-type=signup]")
+        expect(signup.locator("td").nth(1)).to_have_text("0")  # its schema refused the only one sent
+        expect(signup).to_contain_text("v1 strict")
+        expect(page.locator("#catalog tr[data-type='points.awarded'] td").nth(1)).to_have_text("1")
+        tab.screenshot("page-catalog")
+
+        tab.go("quarantine")
+        item = page.locator(f"#quarantine tr[data-id='{quarantined['id']}']")
+        expect(item).to_contain_text("signup")
+        expect(item.locator("ul.reasons")).to_contain_text(reason["message"])
+        tab.screenshot("page-quarantine")
+
+        tab.go("triggers")
+        row = page.locator(f"#triggers tr[data-id='{trigger.json()['id']}']")
+        expect(row).to_contain_text("points for purchases")
+        expect(row).to_contain_text("award_points")
+        expect(row).to_contain_text("enabled")
+        row.locator("a").click()
+        expect(page.locator("#firings")).to_contain_text(event_id)
+        expect(page.locator("#firings")).to_contain_text("dispatched")
+        page.click("#dry-run button[type=submit]")  # the saved trigger on the sample purchase
+        expect(page.locator("#dry-run-result .chip")).to_have_text("matched")
+        expect(page.locator("#dry-run-result pre.json")).to_contain_text('"matched": true')
+        tab.screenshot("page-triggers")
+        row.locator("button.toggle").click()
+        expect(page.locator("#triggers-result")).to_have_text("points for purchases: disabled.")
+        expect(row).to_contain_text("disabled")
+        assert client.get(f"/v1/triggers/{trigger.json()['id']}").json()["enabled"] is False
+
+        tab.go("webhooks")
+        expect(page.locator(f"#endpoints tr[data-id='{hook.json()['id']}']")).to_contain_text(receiver.url("/hook"))
+        attempt = page.locator("#attempts tbody tr")
+        expect(attempt).to_have_count(1)
+        expect(attempt).to_contain_text(delivery["id"])
+        expect(attempt).to_contain_text("200")
+        expect(page.locator("#failed-deliveries")).to_have_text("No failed delivery.")
+        tab.screenshot("page-webhooks")
+
+        tab.go("processing")
+        consumers = page.locator("#consumers tbody tr")
+        expect(consumers).to_have_count(len(processing["consumers"]))
+        names = {c["name"] for c in processing["consumers"]}
+        assert names == {"facts", "triggers", "catalog"}, names
+        for name in names:
+            expect(consumers.filter(has_text=name).first).to_be_visible()
+        expect(page.locator("#processing-summary")).to_contain_text("log head (seq)")
+        expect(page.locator("#dead-letters")).to_have_text("No dead letter: every event was processed.")
+        tab.screenshot("page-processing")
+
+        tab.go("gamification")
+        leader = page.locator("#leaderboard tbody tr")
+        expect(leader).to_have_count(1)
+        expect(leader.locator("td")).to_have_text(["1", "cust_1", "10", re.compile(r".*"), re.compile(r".+")])
+        tab.screenshot("page-gamification")
+
+        leader.locator("a").click()
+        expect(page).to_have_url(re.compile(r"#/participants/cust_1$"))
+        expect(page.locator("main h1")).to_have_text("cust_1")
+        expect(page.locator("#participant-summary .stat").first).to_have_text("10points")
+        tab.screenshot("page-participant")
+
+        tab.go("charts")
+        stats = client.get("/v1/stats", params={"minutes": 60}).json()
+        expect(page.locator("#ingest-total")).to_have_text("2 events in this range.")  # the purchase and its award
+        busy = [m for m in stats["ingest"] if m["events"]]
+        assert sum(m["events"] for m in busy) == 2, stats
+        expect(page.locator("#ingest-chart rect.bar")).to_have_count(len(busy))
+        expect(page.locator("#rejections-chart")).to_contain_text(reason["code"])
+        tab.screenshot("page-charts")
+        page.select_option("#stats-minutes", "360")
+        expect(page.locator("#ingest-chart svg")).to_have_attribute("aria-label", "2 events in the last 360 minutes")
+        expect(page.locator("#ingest-chart rect.bar")).to_have_count(len(busy))
+
+        tab.go(f"events/{event_id}")
+        expect(page.locator("#event-detail h2")).to_have_text("purchase")
+        effects = page.locator("#event-effects")
+        expect(effects).to_contain_text("custom.purchase")
+        expect(effects).to_contain_text("points for purchases")
+        expect(effects).to_contain_text(delivery["id"])
+        expect(effects).to_contain_text("delivered")
+        expect(effects.locator(".pending")).to_have_count(0)
+        tab.screenshot("page-event")
