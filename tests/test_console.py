@@ -360,10 +360,6 @@ def test_a_quarantined_item_is_replayed_from_its_page_once_its_schema_is_fixed(t
         assert [r["status"] for r in sent.json()["results"]] == ["rejected"], sent.text
         [item] = client.get("/v1/quarantine").json()["data"]
         [reason] = item["reasons"]
-        # Fixed: a plan may be a number too.
-        loose = {"type": "object", "required": ["plan"], "properties": {"plan": {"type": ["string", "number"]}}}
-        assert client.put("/v1/schemas/signup", json={"schema": loose, "enforcement": "strict"}).status_code == 201
-        assert client.get("/v1/events", params={"type": "signup"}).json()["data"] == []
 
         tab.sign_in(key)
         tab.go("quarantine")
@@ -374,9 +370,19 @@ def test_a_quarantined_item_is_replayed_from_its_page_once_its_schema_is_fixed(t
         expect(row).to_contain_text("quarantined")
         tab.screenshot("quarantine")
 
-        row.locator("button.replay").click()
+        row.locator("button.replay").click()  # too early: the schema still refuses it
         result = page.locator("#quarantine-result")
+        expect(result).to_have_text("Replayed 0, duplicates 0, still rejected 1.")
+        expect(result).to_have_class("notice error")
+        expect(row.locator("button.replay")).to_be_enabled()  # still there, to try again
+        assert client.get("/v1/events", params={"type": "signup"}).json()["data"] == []
+
+        # Fixed: a plan may be a number too.
+        loose = {"type": "object", "required": ["plan"], "properties": {"plan": {"type": ["string", "number"]}}}
+        assert client.put("/v1/schemas/signup", json={"schema": loose, "enforcement": "strict"}).status_code == 201
+        row.locator("button.replay").click()
         expect(result).to_contain_text("Replayed 1, duplicates 0, still rejected 0.")
+        expect(result).to_have_class("notice ok")
         expect(page.locator("#quarantine")).to_have_text("Nothing in the quarantine.")  # none left to replay
         [event] = client.get("/v1/events", params={"type": "signup"}).json()["data"]
         assert (event["subject"], event["data"]) == ("u1", {"plan": 5})
@@ -454,6 +460,13 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         }
         trigger = client.post("/v1/triggers", json=rule)
         assert trigger.status_code == 201, trigger.text
+        assert client.post("/v1/badges", json={"key": "first_purchase", "name": "First purchase"}).status_code == 201
+        badge_rule = {
+            "name": "a badge for a purchase",
+            "event_types": ["purchase"],
+            "action": {"type": "award_badge", "config": {"badge": "first_purchase"}},
+        }
+        assert client.post("/v1/triggers", json=badge_rule).status_code == 201
         hook = client.post("/v1/webhooks", json={"url": receiver.url("/hook"), "subscriptions": ["event.purchase"]})
         assert hook.status_code == 201, hook.text
         strict = {"type": "object", "required": ["plan"]}
@@ -469,18 +482,23 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         [reason] = quarantined["reasons"]
         eventually(lambda: receiver.at("/hook"), "the purchase's webhook delivery")
         eventually(lambda: client.get("/v1/participants/cust_1").json()["points"] == 10, "the points awarded")
+        eventually(lambda: client.get("/v1/participants/cust_1").json()["badges"], "the badge awarded")
         [delivery] = eventually(lambda: client.get("/v1/deliveries", params={"status": "delivered"}).json()["data"])
         processing = client.get("/v1/processing").json()
 
-        [award] = client.get("/v1/events", params={"type": "points.awarded"}).json()["data"]
-        assert award["data"]["cause_event_id"] == event_id
+        # The awards are events too, each naming the purchase that caused it.
+        logged = sorted(client.get("/v1/events").json()["data"], key=lambda e: -e["seq"])
+        *awards, purchase_event = logged
+        assert purchase_event["id"] == event_id
+        assert sorted(a["type"] for a in awards) == ["badge.awarded", "points.awarded"]
+        assert [a["data"]["cause_event_id"] for a in awards] == [event_id, event_id]
 
         rows = page.locator("#live-rows tr")
-        expect(rows).to_have_count(2)  # the purchase, then the award it caused
-        assert rows.evaluate_all("rows => rows.map(r => r.dataset.id)") == [award["id"], event_id]
-        expect(rows.nth(1)).to_contain_text("purchase")
-        expect(rows.nth(1)).to_contain_text("cust_1")
-        expect(page.locator("#live-count")).to_have_text("2 events")
+        expect(rows).to_have_count(3)
+        assert rows.evaluate_all("rows => rows.map(r => r.dataset.id)") == [e["id"] for e in logged]  # newest first
+        expect(rows.nth(2)).to_contain_text("purchase")
+        expect(rows.nth(2)).to_contain_text("cust_1")
+        expect(page.locator("#live-count")).to_have_text("3 events")
         tab.screenshot("page-live")
 
         tab.go("catalog")
@@ -490,7 +508,8 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         signup = page.locator("#catalog tr[data-type=signup]")
         expect(signup.locator("td").nth(1)).to_have_text("0")  # its schema refused the only one sent
         expect(signup).to_contain_text("v1 strict")
-        expect(page.locator("#catalog tr[data-type='points.awarded'] td").nth(1)).to_have_text("1")
+        for award in ("points.awarded", "badge.awarded"):
+            expect(page.locator(f"#catalog tr[data-type='{award}'] td").nth(1)).to_have_text("1")
         tab.screenshot("page-catalog")
 
         tab.go("quarantine")
@@ -540,24 +559,30 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         leader = page.locator("#leaderboard tbody tr")
         expect(leader).to_have_count(1)
         expect(leader.locator("td")).to_have_text(["1", "cust_1", "10", re.compile(r".*"), re.compile(r".+")])
+        expect(page.locator("#leaderboard-bucket")).to_have_text("All time")
         tab.screenshot("page-gamification")
+        today = client.get("/v1/leaderboards/points", params={"period": "daily"}).json()
+        page.select_option("#leaderboard-period", "daily")
+        expect(page.locator("#leaderboard-bucket")).to_have_text(f"Period {today['bucket']}")
+        expect(leader.locator("td").nth(2)).to_have_text("10")
 
         leader.locator("a").click()
         expect(page).to_have_url(re.compile(r"#/participants/cust_1$"))
         expect(page.locator("main h1")).to_have_text("cust_1")
-        expect(page.locator("#participant-summary .stat").first).to_have_text("10points")
+        expect(page.locator("#participant-summary .stat")).to_have_text(["10points", re.compile(r".+level"), "1badge"])
+        expect(page.locator("#participant-badges tbody tr")).to_contain_text("first_purchase")
         tab.screenshot("page-participant")
 
         tab.go("charts")
         stats = client.get("/v1/stats", params={"minutes": 60}).json()
-        expect(page.locator("#ingest-total")).to_have_text("2 events in this range.")  # the purchase and its award
+        expect(page.locator("#ingest-total")).to_have_text("3 events in this range.")  # the purchase and its awards
         busy = [m for m in stats["ingest"] if m["events"]]
-        assert sum(m["events"] for m in busy) == 2, stats
+        assert sum(m["events"] for m in busy) == 3, stats
         expect(page.locator("#ingest-chart rect.bar")).to_have_count(len(busy))
         expect(page.locator("#rejections-chart")).to_contain_text(reason["code"])
         tab.screenshot("page-charts")
         page.select_option("#stats-minutes", "360")
-        expect(page.locator("#ingest-chart svg")).to_have_attribute("aria-label", "2 events in the last 360 minutes")
+        expect(page.locator("#ingest-chart svg")).to_have_attribute("aria-label", "3 events in the last 360 minutes")
         expect(page.locator("#ingest-chart rect.bar")).to_have_count(len(busy))
 
         tab.go(f"events/{event_id}")
@@ -569,3 +594,40 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         expect(effects).to_contain_text("delivered")
         expect(effects.locator(".pending")).to_have_count(0)
         tab.screenshot("page-event")
+
+
+def test_a_viewer_sees_every_page_without_the_buttons_that_change_things(tab: Tab, console: Console) -> None:
+    name = tenant()
+    with console.client(console.key(name)) as admin:
+        rule = {"name": "watch", "event_types": ["purchase"], "action": {"type": "recommend"}}
+        assert admin.post("/v1/triggers", json=rule).status_code == 201
+        strict = {"schema": {"type": "object", "required": ["plan"]}, "enforcement": "strict"}
+        assert admin.put("/v1/schemas/signup", json=strict).status_code == 201
+        sent = admin.post("/v1/events", json={"events": [{"type": "signup", "data": {}}]})
+        assert [r["status"] for r in sent.json()["results"]] == ["rejected"], sent.text
+    tab.sign_in(console.key(name, "viewer"))
+    page = tab.page
+    tab.go("quarantine")
+    expect(page.locator("#quarantine tbody tr")).to_contain_text("signup")
+    assert page.locator("#quarantine button").count() == 0  # no replay
+    tab.screenshot("viewer-quarantine")
+    tab.go("triggers")
+    expect(page.locator("#triggers tbody tr")).to_contain_text("watch")
+    assert page.locator("#triggers button").count() == 0  # no switching it off
+    expect(page.locator("#dry-run")).to_contain_text("A dry run needs an admin or editor key.")
+    assert page.locator("#dry-run button").count() == 0
+    tab.screenshot("viewer-triggers")
+
+
+def test_a_participant_with_no_facts_is_said_so(tab: Tab, console: Console) -> None:
+    tab.sign_in(console.key(tenant()))
+    page = tab.page
+    tab.go("gamification")
+    page.fill("#participant-lookup input[name=participant]", "nobody yet")
+    page.click("#participant-lookup button[type=submit]")
+    expect(page).to_have_url(re.compile(r"#/participants/nobody%20yet$"))
+    expect(page.locator("main h1")).to_have_text("nobody yet")
+    expect(page.locator("main p.empty")).to_have_text("No fact of this participant yet.")
+    # Chromium logs the 404 the page asked for and showed as above.
+    assert [e for e in tab.errors if "status of 404" in e] == tab.errors != []
+    tab.errors.clear()
