@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, Route, expect, sync_playwright
 
 from headwater.config import Settings
 from tests.conftest import ROOT, ServerProcess, make_key
@@ -345,6 +345,35 @@ def test_event_data_is_shown_as_text_and_never_runs(tab: Tab, console: Console) 
     assert page.evaluate("window.__xss") is None
     assert page.locator("main img, main script, main b").count() == 0
     assert dialogs == []
+
+
+def test_a_page_left_while_it_loads_shows_nothing_and_stops(tab: Tab, console: Console) -> None:
+    """The catalog's and the processing page's first requests are held until the live view is
+    shown: what they answer then must not land on the live view, and the processing page's
+    refresh every 2 s must not start. The page's timers run on Playwright's clock."""
+    page = tab.page
+    page.clock.install()
+    tab.sign_in(console.key(tenant()))
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    for path in ("**/v1/event-types", "**/v1/processing"):
+        page.route(path, hold)
+    with page.expect_request("**/v1/event-types"):
+        tab.go("catalog")
+    with page.expect_request("**/v1/processing"):
+        tab.go("processing")
+    tab.go("live")
+    expect(page.locator("#live-status")).to_have_text("live")
+    for route in held:
+        with page.expect_response(route.request.url):
+            route.continue_()
+    page.clock.run_for(10_000)  # the held answers are read, and five refreshes would be due
+    assert page.locator("main h1").all_text_contents() == ["Live events"]
+    assert page.locator("main").count() == 1
+    assert len([r for r in tab.requests if r.url.endswith("/v1/processing")]) == 1
 
 
 # Quarantine and webhooks: the actions that fix what went wrong.
