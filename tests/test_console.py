@@ -155,6 +155,15 @@ def tenant() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+def loose_text(page: Page) -> list[str]:
+    """The text nodes right in <main>, outside every element: none on a page built as meant
+    (`Element.append` shows a stray null or undefined there as text)."""
+    found: list[str] = page.locator("main").evaluate(
+        "main => [...main.childNodes].filter(n => n.nodeType === Node.TEXT_NODE).map(n => n.textContent)"
+    )
+    return found
+
+
 T = TypeVar("T")
 
 
@@ -397,6 +406,7 @@ def test_a_quarantined_item_is_replayed_from_its_page_once_its_schema_is_fixed(t
         expect(row).to_contain_text("signup")
         expect(row.locator("ul.reasons")).to_have_text(f"{reason['field']} {reason['code']}: {reason['message']}")
         expect(row).to_contain_text("quarantined")
+        assert loose_text(page) == []
         tab.screenshot("quarantine")
 
         row.locator("button.replay").click()  # too early: the schema still refuses it
@@ -422,6 +432,7 @@ def test_a_quarantined_item_is_replayed_from_its_page_once_its_schema_is_fixed(t
         expect(row).to_contain_text("replayed")
         expect(row.locator("a.event-link")).to_have_text(event["id"])
         assert row.locator("button.replay").count() == 0
+        assert loose_text(page) == []
         tab.screenshot("quarantine-replayed")
         [replayed] = client.get("/v1/quarantine", params={"status": "replayed"}).json()["data"]
         assert (replayed["id"], replayed["replayed_event_id"]) == (item["id"], event["id"])
@@ -456,6 +467,7 @@ def test_a_dead_lettered_delivery_is_retried_from_the_webhooks_page(
         row = page.locator(f"#failed-deliveries tr[data-id='{failed['id']}']")
         expect(row).to_contain_text("event.purchase")
         expect(row).to_contain_text("500")
+        assert loose_text(page) == []
         tab.screenshot("webhooks-failed")
 
         row.locator("button.retry").click()
@@ -465,6 +477,7 @@ def test_a_dead_lettered_delivery_is_retried_from_the_webhooks_page(
         expect(result).to_have_text(f"Delivery {failed['id']} delivered (attempt {tried + 1}).")
         expect(page.locator("#attempts tbody tr")).to_have_count(tried + 1)
         expect(page.locator("#attempts tbody tr").first).to_contain_text("200")
+        assert loose_text(page) == []
         tab.screenshot("webhooks-retried")
 
         delivery = client.get(f"/v1/deliveries/{failed['id']}").json()
@@ -496,6 +509,8 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
             "action": {"type": "award_badge", "config": {"badge": "first_purchase"}},
         }
         assert client.post("/v1/triggers", json=badge_rule).status_code == 201
+        challenge = {"name": "two purchases", "fact_type": "custom.purchase", "metric": {"count": True}, "target": 2}
+        assert client.post("/v1/challenges", json=challenge).status_code == 201
         hook = client.post("/v1/webhooks", json={"url": receiver.url("/hook"), "subscriptions": ["event.purchase"]})
         assert hook.status_code == 201, hook.text
         strict = {"type": "object", "required": ["plan"]}
@@ -528,6 +543,7 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         expect(rows.nth(2)).to_contain_text("purchase")
         expect(rows.nth(2)).to_contain_text("cust_1")
         expect(page.locator("#live-count")).to_have_text("3 events")
+        assert loose_text(page) == []
         tab.screenshot("page-live")
 
         tab.go("catalog")
@@ -539,12 +555,14 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         expect(signup).to_contain_text("v1 strict")
         for award in ("points.awarded", "badge.awarded"):
             expect(page.locator(f"#catalog tr[data-type='{award}'] td").nth(1)).to_have_text("1")
+        assert loose_text(page) == []
         tab.screenshot("page-catalog")
 
         tab.go("quarantine")
         item = page.locator(f"#quarantine tr[data-id='{quarantined['id']}']")
         expect(item).to_contain_text("signup")
         expect(item.locator("ul.reasons")).to_contain_text(reason["message"])
+        assert loose_text(page) == []
         tab.screenshot("page-quarantine")
 
         tab.go("triggers")
@@ -558,6 +576,7 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         page.click("#dry-run button[type=submit]")  # the saved trigger on the sample purchase
         expect(page.locator("#dry-run-result .chip")).to_have_text("matched")
         expect(page.locator("#dry-run-result pre.json")).to_contain_text('"matched": true')
+        assert loose_text(page) == []
         tab.screenshot("page-triggers")
         row.locator("button.toggle").click()
         expect(page.locator("#triggers-result")).to_have_text("points for purchases: disabled.")
@@ -571,6 +590,7 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         expect(attempt).to_contain_text(delivery["id"])
         expect(attempt).to_contain_text("200")
         expect(page.locator("#failed-deliveries")).to_have_text("No failed delivery.")
+        assert loose_text(page) == []
         tab.screenshot("page-webhooks")
 
         tab.go("processing")
@@ -582,6 +602,7 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
             expect(consumers.filter(has_text=name).first).to_be_visible()
         expect(page.locator("#processing-summary")).to_contain_text("log head (seq)")
         expect(page.locator("#dead-letters")).to_have_text("No dead letter: every event was processed.")
+        assert loose_text(page) == []
         tab.screenshot("page-processing")
 
         tab.go("gamification")
@@ -589,6 +610,7 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         expect(leader).to_have_count(1)
         expect(leader.locator("td")).to_have_text(["1", "cust_1", "10", re.compile(r".*"), re.compile(r".+")])
         expect(page.locator("#leaderboard-bucket")).to_have_text("All time")
+        assert loose_text(page) == []
         tab.screenshot("page-gamification")
         today = client.get("/v1/leaderboards/points", params={"period": "daily"}).json()
         page.select_option("#leaderboard-period", "daily")
@@ -600,6 +622,10 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         expect(page.locator("main h1")).to_have_text("cust_1")
         expect(page.locator("#participant-summary .stat")).to_have_text(["10points", re.compile(r".+level"), "1badge"])
         expect(page.locator("#participant-badges tbody tr")).to_contain_text("first_purchase")
+        progress = page.locator("#participant-challenges tbody tr")
+        expect(progress.locator("td")).to_have_text(["two purchases", "1 / 2", "—", "—"])
+        expect(progress.locator("progress")).to_have_attribute("value", "1")
+        assert loose_text(page) == []
         tab.screenshot("page-participant")
 
         tab.go("charts")
@@ -609,6 +635,7 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         assert sum(m["events"] for m in busy) == 3, stats
         expect(page.locator("#ingest-chart rect.bar")).to_have_count(len(busy))
         expect(page.locator("#rejections-chart")).to_contain_text(reason["code"])
+        assert loose_text(page) == []
         tab.screenshot("page-charts")
         page.select_option("#stats-minutes", "360")
         expect(page.locator("#ingest-chart svg")).to_have_attribute("aria-label", "3 events in the last 360 minutes")
@@ -622,6 +649,7 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         expect(effects).to_contain_text(delivery["id"])
         expect(effects).to_contain_text("delivered")
         expect(effects.locator(".pending")).to_have_count(0)
+        assert loose_text(page) == []
         tab.screenshot("page-event")
 
 
@@ -639,12 +667,14 @@ def test_a_viewer_sees_every_page_without_the_buttons_that_change_things(tab: Ta
     tab.go("quarantine")
     expect(page.locator("#quarantine tbody tr")).to_contain_text("signup")
     assert page.locator("#quarantine button").count() == 0  # no replay
+    assert loose_text(page) == []
     tab.screenshot("viewer-quarantine")
     tab.go("triggers")
     expect(page.locator("#triggers tbody tr")).to_contain_text("watch")
     assert page.locator("#triggers button").count() == 0  # no switching it off
     expect(page.locator("#dry-run")).to_contain_text("A dry run needs an admin or editor key.")
     assert page.locator("#dry-run button").count() == 0
+    assert loose_text(page) == []
     tab.screenshot("viewer-triggers")
 
 
@@ -657,6 +687,7 @@ def test_a_participant_with_no_facts_is_said_so(tab: Tab, console: Console) -> N
     expect(page).to_have_url(re.compile(r"#/participants/nobody%20yet$"))
     expect(page.locator("main h1")).to_have_text("nobody yet")
     expect(page.locator("main p.empty")).to_have_text("No fact of this participant yet.")
+    assert loose_text(page) == []
     # Chromium logs the 404 the page asked for and showed as above.
     assert [e for e in tab.errors if "status of 404" in e] == tab.errors != []
     tab.errors.clear()
