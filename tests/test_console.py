@@ -531,7 +531,11 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         processing = client.get("/v1/processing").json()
 
         # The awards are events too, each naming the purchase that caused it.
-        logged = sorted(client.get("/v1/events").json()["data"], key=lambda e: -e["seq"])
+        def all_three() -> list[dict[str, Any]]:  # the awards are logged after they are applied
+            found: list[dict[str, Any]] = client.get("/v1/events").json()["data"]
+            return found if len(found) == 3 else []
+
+        logged = sorted(eventually(all_three, "the purchase and its two awards"), key=lambda e: -e["seq"])
         *awards, purchase_event = logged
         assert purchase_event["id"] == event_id
         assert sorted(a["type"] for a in awards) == ["badge.awarded", "points.awarded"]
