@@ -377,8 +377,9 @@ def test_a_page_left_while_it_loads_shows_nothing_and_stops(tab: Tab, console: C
     tab.go("live")
     expect(page.locator("#live-status")).to_have_text("live")
     for route in held:
-        with page.expect_response(route.request.url):
+        with page.expect_response(route.request.url) as answer:
             route.continue_()
+        answer.value.finished()  # its body read too, which the page's fetch then resolves with
     page.clock.run_for(10_000)  # the held answers are read, and five refreshes would be due
     assert page.locator("main h1").all_text_contents() == ["Live events"]
     assert page.locator("main").count() == 1
