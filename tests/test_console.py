@@ -658,7 +658,7 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         tab.screenshot("page-event")
 
 
-def test_a_viewer_sees_every_page_without_the_buttons_that_change_things(tab: Tab, console: Console) -> None:
+def test_a_viewer_sees_quarantine_and_triggers_without_buttons_that_change_things(tab: Tab, console: Console) -> None:
     name = tenant()
     with console.client(console.key(name)) as admin:
         rule = {"name": "watch", "event_types": ["purchase"], "action": {"type": "recommend"}}
