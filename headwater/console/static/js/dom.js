@@ -66,9 +66,10 @@ export function chip(text, kind = "") {
   return h("span", { class: `chip ${kind}`.trim() }, text);
 }
 
-/** A page's heading and its intro line. */
+/** A page's heading and its intro line, if any: nodes only, as `Element.append` would show a
+ * null as the text "null". */
 export function heading(title, intro) {
-  return [h("h1", {}, title), intro ? h("p", { class: "intro" }, intro) : null];
+  return intro ? [h("h1", {}, title), h("p", { class: "intro" }, intro)] : [h("h1", {}, title)];
 }
 
 /** A message line under an action: `kind` is "ok" or "error". */

@@ -32,6 +32,7 @@ const CONFIGURE = new Set(["admin", "editor"]);
 const $ = (id) => document.getElementById(id);
 let cleanup = null;
 let context = null;
+let shown = 0; // counts the pages shown: a page still loading when another is asked for is dropped
 
 function parseRoute() {
   const [name, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
@@ -52,13 +53,27 @@ async function show() {
     if (current) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  const main = fill($("main"));
+  const turn = freshMain();
+  const main = $("main");
   main.dataset.page = route;
+  let stop = null;
   try {
-    cleanup = (await module.render(main, context, arg, route)) || null;
+    stop = (await module.render(main, context, arg, route)) || null;
   } catch (error) {
-    failed(main, error);
+    if (turn === shown) failed(main, error);
+    return;
   }
+  // Left while it loaded: it wrote into a main no longer in the document, and stops now.
+  if (turn === shown) cleanup = stop;
+  else if (stop) stop();
+}
+
+/** A new, empty <main> for the next page; the number of its turn. A page still loading keeps
+ * the old one, out of the document, so what it writes when its requests come back shows nowhere. */
+function freshMain() {
+  $("main").replaceWith(h("main", { id: "main" }));
+  shown += 1;
+  return shown;
 }
 
 /** A page that could not load: say why; a key that stopped working signs out. */
@@ -103,7 +118,7 @@ function signOut(message = "") {
   cleanup = null;
   context = null;
   forgetKey();
-  fill($("main"));
+  freshMain();
   $("nav").hidden = true;
   $("who").hidden = true;
   $("sign-in").hidden = false;

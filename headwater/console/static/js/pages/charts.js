@@ -2,7 +2,7 @@
 // here (no chart library: a few rectangles and labels).
 
 import { api, query } from "../api.js";
-import { fill, h, heading } from "../dom.js";
+import { fill, h, heading, problem } from "../dom.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const RANGES = [[60, "last hour"], [360, "last 6 hours"], [1440, "last 24 hours"]];
@@ -22,7 +22,7 @@ export async function render(main) {
     fill(ingest, rateChart(stats.ingest, Number(stats.minutes)));
     fill(rejections, reasonChart(stats.rejections));
   }
-  range.addEventListener("change", () => load());
+  range.addEventListener("change", () => load().catch((error) => fill(ingest, h("p", { class: "notice error" }, problem(error)))));
   await load();
 }
 
@@ -33,12 +33,12 @@ function svg(tag, attrs = {}, ...children) {
   return el;
 }
 
-/** A bar per minute over the range (minutes without events are empty bars). */
+/** A bar per minute over the range (minutes without events are empty bars). The server lists
+ * every minute of the range, oldest first: its clock, not the browser's, says which they are. */
 function rateChart(points, minutes) {
   const total = points.reduce((sum, p) => sum + p.events, 0);
-  const end = Math.floor(Date.now() / 60000) * 60000;
-  const counts = new Map(points.map((p) => [Math.floor(new Date(p.minute).getTime() / 60000) * 60000, p.events]));
-  const slots = Array.from({ length: minutes }, (_, i) => end - (minutes - 1 - i) * 60000);
+  const counts = new Map(points.map((p) => [new Date(p.minute).getTime(), p.events]));
+  const slots = points.map((p) => new Date(p.minute).getTime());
   const width = 960, height = 240, left = 48, bottom = 28, top = 12;
   const most = Math.max(1, ...slots.map((t) => counts.get(t) || 0));
   const step = (width - left - 8) / slots.length;
@@ -60,7 +60,10 @@ function rateChart(points, minutes) {
   for (let i = 0; i <= labels; i++) {
     const index = Math.min(slots.length - 1, Math.round((i * (slots.length - 1)) / labels));
     const at = new Date(slots[index]);
-    chart.append(svg("text", { x: left + index * step + step / 2, y: height - 8, "text-anchor": "middle" }, at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+    // The first and last labels are anchored at their ends, so neither runs off the chart.
+    const anchor = i === 0 ? "start" : i === labels ? "end" : "middle";
+    const x = i === 0 ? left : i === labels ? width - 8 : left + index * step + step / 2;
+    chart.append(svg("text", { x, y: height - 8, "text-anchor": anchor }, at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
   }
   return [h("p", { class: "muted", id: "ingest-total" }, `${total} event${total === 1 ? "" : "s"} in this range.`), chart];
 }

@@ -1,12 +1,12 @@
 // One event: its fields, its JSON, and what it caused (GET /v1/events/{id}/effects), reloaded
-// every second until processing has run (the facts consumer has made its fact), and a little
-// after, for the triggers and webhook deliveries behind it.
+// every second until processing has run (every consumer has passed the event: `processed`), and
+// a little after, for the webhook deliveries behind it (sent after processing).
 
 import { api } from "../api.js";
 import { code, fill, h, heading, json, problem, table, time } from "../dom.js";
 
 const RELOADS = 30; // a second apart: processing that has not run by then is shown as still pending
-const SETTLE = 3; // reloads after the fact appears: triggers and deliveries follow it
+const SETTLE = 3; // reloads after processing has run: webhook deliveries are sent after it
 
 export function render(main, context, id) {
   main.append(...heading("Event", null));
@@ -57,7 +57,7 @@ export function showEvent(box, id, context, known) {
     }
     if (stopped) return;
     if (round === 0) showFields(found.event);
-    const processed = found.facts.length > 0;
+    const processed = found.processed;
     const next = processed ? settled + 1 : 0;
     const done = next > SETTLE || round >= RELOADS;
     showEffects(effects, found, processed ? null : done ? "Not processed yet: is a worker running?" : "Waiting for processing…");

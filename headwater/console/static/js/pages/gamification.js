@@ -28,7 +28,7 @@ export async function render(main, context, arg, route) {
     const found = await api(`/v1/leaderboards/points${query({ period: period.value, limit: 50 })}`);
     fill(
       board,
-      h("p", { class: "muted" }, found.bucket ? `Period ${found.bucket}` : "All time"),
+      h("p", { class: "muted", id: "leaderboard-bucket" }, found.bucket && found.bucket !== "all_time" ? `Period ${found.bucket}` : "All time"),
       table(
         [
           ["rank", (r) => h("strong", {}, r.rank)],

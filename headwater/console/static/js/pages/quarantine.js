@@ -38,7 +38,7 @@ export async function render(main, context) {
           ["dialect", (q) => q.dialect],
           ["reasons", (q) => h("ul", { class: "reasons" }, q.reasons.map((r) => h("li", {}, code(r.field), ` ${r.code}: ${r.message}`)))],
           ["item", (q) => h("details", {}, h("summary", {}, q.id), json(q.draft ?? q.raw))],
-          ["status", (q) => (q.status === "replayed" ? chip("replayed", "ok") : chip("quarantined", "warn"))],
+          ["status", (q) => (q.status === "replayed" ? [chip("replayed", "ok"), " ", eventLink(q.replayed_event_id)] : chip("quarantined", "warn"))],
           ["", (q) => (context.canConfigure && q.status === "quarantined" ? replayButton([q.id], "Replay") : null)],
         ],
         page.data,
@@ -63,6 +63,9 @@ export async function render(main, context) {
             `Replayed ${done.replayed}, duplicates ${done.duplicates}, still rejected ${done.still_rejected}.`,
             done.still_rejected ? "error" : "ok",
           );
+          // The events the replay made (or found already there), to open from here.
+          const made = done.results.filter((r) => r.event_id);
+          if (made.length) result.append(" Events: ", ...made.flatMap((r, i) => (i ? [", ", eventLink(r.event_id)] : [eventLink(r.event_id)])));
           await load();
         } catch (error) {
           notice(result, problem(error), "error");
@@ -77,4 +80,8 @@ export async function render(main, context) {
     load().catch((error) => notice(result, problem(error), "error"));
   });
   await load();
+}
+
+function eventLink(id) {
+  return id ? h("a", { href: `#/events/${encodeURIComponent(id)}`, class: "event-link" }, id) : null;
 }

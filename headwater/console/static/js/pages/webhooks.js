@@ -5,6 +5,8 @@
 import { api, query } from "../api.js";
 import { chip, code, fill, h, heading, notice, problem, table, time } from "../dom.js";
 
+const FOLLOW_ROUNDS = 30; // a second apart: a retried delivery still pending after that is said to be
+
 export async function render(main, context) {
   const result = h("div", { class: "notice", id: "webhooks-result", role: "status" });
   const endpoints = h("div", { id: "endpoints" });
@@ -18,8 +20,11 @@ export async function render(main, context) {
     h("section", { class: "card" }, h("h2", {}, "Failed deliveries"), failed),
   );
 
+  let shownEndpoints = [];
+
   async function loadEndpoints() {
     const found = (await api("/v1/webhooks")).data;
+    shownEndpoints = found;
     fill(
       endpoints,
       table(
@@ -89,6 +94,7 @@ export async function render(main, context) {
           const done = await api(`/v1/deliveries/${encodeURIComponent(delivery.id)}/retry`, { method: "POST" });
           notice(result, `Delivery ${done.id} queued again (${done.status}).`);
           await loadFailed();
+          follow(done.id, 0);
         } catch (error) {
           notice(result, problem(error), "error");
           event.target.disabled = false;
@@ -97,5 +103,37 @@ export async function render(main, context) {
     }, "Retry");
   }
 
+  // A retried delivery, read again a second apart until the worker has sent it (or given up).
+  const timers = new Set();
+  let stopped = false;
+  function follow(id, round) {
+    const timer = setTimeout(async () => {
+      timers.delete(timer);
+      if (stopped) return;
+      let found;
+      try {
+        found = await api(`/v1/deliveries/${encodeURIComponent(id)}`);
+      } catch (error) {
+        if (!stopped) notice(result, problem(error), "error");
+        return;
+      }
+      if (stopped) return;
+      if (found.status === "pending" && round < FOLLOW_ROUNDS) {
+        follow(id, round + 1);
+        return;
+      }
+      if (found.status === "delivered") notice(result, `Delivery ${found.id} delivered (attempt ${found.attempts}).`);
+      else if (found.status === "failed") notice(result, `Delivery ${found.id} failed again: ${found.last_error ?? found.last_status}.`, "error");
+      else notice(result, `Delivery ${found.id} is still pending (attempt ${found.attempts}).`);
+      const endpoint = shownEndpoints.find((e) => e.id === found.endpoint_id);
+      await Promise.all([loadFailed(), endpoint ? showAttempts(endpoint) : null]).catch((error) => notice(result, problem(error), "error"));
+    }, 1000);
+    timers.add(timer);
+  }
+
   await Promise.all([loadEndpoints(), loadFailed()]);
+  return () => {
+    stopped = true;
+    for (const timer of timers) clearTimeout(timer);
+  };
 }
