@@ -658,7 +658,9 @@ def test_every_page_shows_the_tenants_data_without_an_error(tab: Tab, console: C
         tab.screenshot("page-event")
 
 
-def test_a_viewer_sees_quarantine_and_triggers_without_buttons_that_change_things(tab: Tab, console: Console) -> None:
+def test_a_viewer_sees_quarantine_triggers_and_processing_without_buttons_that_change_things(
+    tab: Tab, console: Console
+) -> None:
     name = tenant()
     with console.client(console.key(name)) as admin:
         rule = {"name": "watch", "event_types": ["purchase"], "action": {"type": "recommend"}}
@@ -681,6 +683,12 @@ def test_a_viewer_sees_quarantine_and_triggers_without_buttons_that_change_thing
     assert page.locator("#dry-run button").count() == 0
     assert loose_text(page) == []
     tab.screenshot("viewer-triggers")
+    # The log's lags are the whole server's (GET /v1/processing is for admin keys): not asked for.
+    tab.go("processing")
+    expect(page.locator("#processing-admin-only")).to_contain_text("sign in with an admin key to see it")
+    expect(page.locator("#dead-letters")).to_be_visible()
+    assert [r.url for r in tab.requests if "/v1/processing" in r.url] == []
+    tab.screenshot("viewer-processing")
 
 
 def test_a_participant_with_no_facts_is_said_so(tab: Tab, console: Console) -> None:

@@ -1,5 +1,5 @@
 // Processing: the log's head and each consumer's checkpoint and lag per partition, the workers
-// (GET /v1/processing), and the dead letters, with a retry (GET /v1/dead-letters,
+// (GET /v1/processing, admin keys only), and the dead letters, with a retry (GET /v1/dead-letters,
 // POST /v1/dead-letters/{id}/retry; admin and editor keys).
 
 import { api, query } from "../api.js";
@@ -89,6 +89,13 @@ export async function render(main, context) {
     }, "Retry");
   }
 
+  if (context.me.role !== "admin") {
+    // The log is shared by every tenant: its head and lags are the whole server's, an admin's to see.
+    fill(summary, h("p", { class: "muted", id: "processing-admin-only" },
+      "Consumer lag is of the whole server, whose log every tenant shares: sign in with an admin key to see it."));
+    await loadDead();
+    return () => {};
+  }
   await Promise.all([loadStatus(), loadDead()]);
   // Lag moves as the workers read: refresh it while the page is open.
   const timer = setInterval(() => loadStatus().catch((error) => notice(result, problem(error), "error")), REFRESH_MS);
