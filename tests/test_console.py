@@ -10,12 +10,14 @@ page's screenshot is saved under `test-artifacts/console/` (gitignored) for a pe
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -23,7 +25,9 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, Route, expect, sync_playwright
 
 from headwater.config import Settings
-from tests.conftest import ROOT, ServerProcess, make_key
+from headwater.processing.consumer import FactsEngine
+from tests.conftest import ROOT, ServerProcess, WorkerThread, make_key
+from tests.processing.test_dead_letters import PoisonedTriggers
 from tests.processing.test_webhooks import Receiver
 
 CHROMIUM = "/usr/bin/chromium"
@@ -124,6 +128,13 @@ class Tab:
 
 @pytest.fixture
 def tab(browser: Browser, console: Console) -> Iterator[Tab]:
+    with open_tab(browser, console) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def open_tab(browser: Browser, console: Console) -> Iterator[Tab]:
+    """A tab on `console`'s server, checked (`Tab.check`) when the block ends."""
     context = browser.new_context(viewport={"width": 1360, "height": 900})
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
@@ -704,3 +715,43 @@ def test_a_participant_with_no_facts_is_said_so(tab: Tab, console: Console) -> N
     # Chromium logs the 404 the page asked for and showed as above.
     assert [e for e in tab.errors if "status of 404" in e] == tab.errors != []
     tab.errors.clear()
+
+
+def test_a_dead_letter_is_retried_from_the_processing_page(browser: Browser, tmp_path: Path) -> None:
+    """A server with no worker of its own, and a worker (on a thread here) whose trigger engine
+    raises for `poison` events until told not to: the event is dead-lettered, and the page's
+    Retry applies it once the cause is gone."""
+    data_dir = tmp_path / "data"
+    server = ServerProcess(data_dir, args=("--no-worker",))
+    server.start(timeout=60)
+    server.drain()
+    poisoned = PoisonedTriggers()
+    console = Console(server, replace(Settings(), data_dir=data_dir))
+    try:
+        with WorkerThread(console.settings, engines=(FactsEngine(), poisoned)), open_tab(browser, console) as tab:
+            key = console.key(tenant())
+            with console.client(key) as client:
+                rule = {"name": "all", "event_types": ["poison"], "action": {"type": "recommend"}}
+                assert client.post("/v1/triggers", json=rule).status_code == 201
+                [poison] = send(client, {"type": "poison", "subject": "s1"})
+                tab.sign_in(key)
+                page = tab.page
+                tab.go("processing")
+                row = page.locator("#dead-letters tbody tr[data-id^=dlq_]")
+                expect(row).to_have_count(1)
+                expect(row).to_contain_text("RuntimeError: this rule raises on purpose")
+                expect(row).to_contain_text("triggers")
+                expect(row.locator(".chip")).to_have_text("dead")
+                expect(page.locator("#consumers tbody tr").first).to_be_visible()
+                tab.screenshot("processing-dead-letter")
+                poisoned.poisoned = False
+                row.locator("button.retry").click()
+                expect(page.locator("#processing-result")).to_contain_text(": retrying.")
+                expect(row.locator(".chip")).to_have_text("resolved")  # reloaded until the worker applied it
+                assert row.locator("button").count() == 0
+                tab.screenshot("processing-resolved")
+                actions = client.get("/v1/actions", params={"event": poison}).json()["data"]
+                assert [(a["event_id"], a["status"]) for a in actions] == [(poison, "dispatched")]
+    finally:
+        server.stop()
+        server.kill()

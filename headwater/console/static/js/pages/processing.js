@@ -52,6 +52,7 @@ export async function render(main, context) {
 
   async function loadDead() {
     const found = (await api(`/v1/dead-letters${query({ limit: 200 })}`)).data;
+    retrying = found.some((d) => d.status === "retrying");
     fill(
       dead,
       table(
@@ -71,6 +72,8 @@ export async function render(main, context) {
     );
   }
 
+  let retrying = false; // a dead letter shown as retrying: reloaded until the worker has applied it
+
   function retryButton(letter) {
     return h("button", {
       type: "button",
@@ -89,16 +92,16 @@ export async function render(main, context) {
     }, "Retry");
   }
 
-  if (context.me.role !== "admin") {
+  const admin = context.me.role === "admin";
+  if (!admin) {
     // The log is shared by every tenant: its head and lags are the whole server's, an admin's to see.
     fill(summary, h("p", { class: "muted", id: "processing-admin-only" },
       "Consumer lag is of the whole server, whose log every tenant shares: sign in with an admin key to see it."));
-    await loadDead();
-    return () => {};
   }
-  await Promise.all([loadStatus(), loadDead()]);
-  // Lag moves as the workers read: refresh it while the page is open.
-  const timer = setInterval(() => loadStatus().catch((error) => notice(result, problem(error), "error")), REFRESH_MS);
+  await Promise.all([admin ? loadStatus() : null, loadDead()]);
+  // Lag moves as the workers read, and a retried dead letter resolves: refresh while the page is open.
+  const refresh = () => Promise.all([admin ? loadStatus() : null, retrying ? loadDead() : null]);
+  const timer = setInterval(() => refresh().catch((error) => notice(result, problem(error), "error")), REFRESH_MS);
   return () => clearInterval(timer);
 }
 
