@@ -78,6 +78,26 @@ export function notice(el, text, kind = "ok") {
   el.className = `notice ${kind}`;
 }
 
+/**
+ * A button that runs `action` on a click: disabled while it runs (no second click sends it
+ * twice), enabled again if it fails, with the error shown in `result`.
+ */
+export function actionButton(label, cls, result, action) {
+  return h("button", {
+    type: "button",
+    class: cls,
+    onclick: async (event) => {
+      event.target.disabled = true;
+      try {
+        await action();
+      } catch (error) {
+        notice(result, problem(error), "error");
+        event.target.disabled = false;
+      }
+    },
+  }, label);
+}
+
 /** The text of an API error, for a notice. */
 export function problem(error) {
   if (error && error.status) {

@@ -3,7 +3,7 @@
 // POST /v1/dead-letters/{id}/retry; admin and editor keys).
 
 import { api, query } from "../api.js";
-import { chip, code, fill, h, heading, notice, problem, table, time } from "../dom.js";
+import { actionButton, chip, code, fill, h, heading, notice, problem, table, time } from "../dom.js";
 
 const REFRESH_MS = 2000;
 
@@ -75,21 +75,11 @@ export async function render(main, context) {
   let retrying = false; // a dead letter shown as retrying: reloaded until the worker has applied it
 
   function retryButton(letter) {
-    return h("button", {
-      type: "button",
-      class: "small retry",
-      onclick: async (event) => {
-        event.target.disabled = true;
-        try {
-          const done = await api(`/v1/dead-letters/${encodeURIComponent(letter.id)}/retry`, { method: "POST" });
-          notice(result, `Dead letter ${done.id}: ${done.status}.`);
-          await loadDead();
-        } catch (error) {
-          notice(result, problem(error), "error");
-          event.target.disabled = false;
-        }
-      },
-    }, "Retry");
+    return actionButton("Retry", "small retry", result, async () => {
+      const done = await api(`/v1/dead-letters/${encodeURIComponent(letter.id)}/retry`, { method: "POST" });
+      notice(result, `Dead letter ${done.id}: ${done.status}.`);
+      await loadDead();
+    });
   }
 
   const admin = context.me.role === "admin";

@@ -2,7 +2,7 @@
 // cause is fixed (POST /v1/quarantine/replay; admin and editor keys).
 
 import { api, query } from "../api.js";
-import { chip, code, fill, h, heading, json, notice, problem, table, time } from "../dom.js";
+import { actionButton, chip, code, fill, h, heading, json, notice, problem, table, time } from "../dom.js";
 
 export async function render(main, context) {
   const status = h(
@@ -51,28 +51,18 @@ export async function render(main, context) {
   }
 
   function replayButton(ids, label) {
-    return h("button", {
-      type: "button",
-      class: "small replay",
-      onclick: async (event) => {
-        event.target.disabled = true;
-        try {
-          const done = await api("/v1/quarantine/replay", { method: "POST", body: { ids } });
-          notice(
-            result,
-            `Replayed ${done.replayed}, duplicates ${done.duplicates}, still rejected ${done.still_rejected}.`,
-            done.still_rejected ? "error" : "ok",
-          );
-          // The events the replay made (or found already there), to open from here.
-          const made = done.results.filter((r) => r.event_id);
-          if (made.length) result.append(" Events: ", ...made.flatMap((r, i) => (i ? [", ", eventLink(r.event_id)] : [eventLink(r.event_id)])));
-          await load();
-        } catch (error) {
-          notice(result, problem(error), "error");
-          event.target.disabled = false;
-        }
-      },
-    }, label);
+    return actionButton(label, "small replay", result, async () => {
+      const done = await api("/v1/quarantine/replay", { method: "POST", body: { ids } });
+      notice(
+        result,
+        `Replayed ${done.replayed}, duplicates ${done.duplicates}, still rejected ${done.still_rejected}.`,
+        done.still_rejected ? "error" : "ok",
+      );
+      // The events the replay made (or found already there), to open from here.
+      const made = done.results.filter((r) => r.event_id);
+      if (made.length) result.append(" Events: ", ...made.flatMap((r, i) => (i ? [", ", eventLink(r.event_id)] : [eventLink(r.event_id)])));
+      await load();
+    });
   }
 
   filters.addEventListener("submit", (event) => {

@@ -2,7 +2,7 @@
 // firings (GET /v1/triggers/{id}/firings), and a dry run of a rule on an event (POST /v1/triggers/test).
 
 import { api } from "../api.js";
-import { chip, fill, h, heading, json, notice, problem, table, time } from "../dom.js";
+import { actionButton, chip, fill, h, heading, json, notice, problem, table, time } from "../dom.js";
 
 const SAMPLE_EVENT = { type: "purchase", subject: "cust_123", channel: "pos", data: { amount: 150 } };
 
@@ -36,21 +36,11 @@ export async function render(main, context) {
   }
 
   function toggle(trigger) {
-    return h("button", {
-      type: "button",
-      class: "small secondary toggle",
-      onclick: async (event) => {
-        event.target.disabled = true;
-        try {
-          await api(`/v1/triggers/${encodeURIComponent(trigger.id)}`, { method: "PATCH", body: { enabled: !trigger.enabled } });
-          notice(result, `${trigger.name}: ${trigger.enabled ? "disabled" : "enabled"}.`);
-          await load();
-        } catch (error) {
-          notice(result, problem(error), "error");
-          event.target.disabled = false;
-        }
-      },
-    }, trigger.enabled ? "Disable" : "Enable");
+    return actionButton(trigger.enabled ? "Disable" : "Enable", "small secondary toggle", result, async () => {
+      await api(`/v1/triggers/${encodeURIComponent(trigger.id)}`, { method: "PATCH", body: { enabled: !trigger.enabled } });
+      notice(result, `${trigger.name}: ${trigger.enabled ? "disabled" : "enabled"}.`);
+      await load();
+    });
   }
 
   async function showFirings(trigger) {

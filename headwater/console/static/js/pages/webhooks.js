@@ -3,7 +3,7 @@
 // (GET /v1/deliveries?status=failed, POST /v1/deliveries/{id}/retry; admin and editor keys).
 
 import { api, query } from "../api.js";
-import { chip, code, fill, h, heading, notice, problem, table, time } from "../dom.js";
+import { actionButton, chip, code, fill, h, heading, notice, problem, table, time } from "../dom.js";
 
 const FOLLOW_ROUNDS = 30; // a second apart: a retried delivery still pending after that is said to be
 
@@ -85,22 +85,12 @@ export async function render(main, context) {
   }
 
   function retryButton(delivery) {
-    return h("button", {
-      type: "button",
-      class: "small retry",
-      onclick: async (event) => {
-        event.target.disabled = true;
-        try {
-          const done = await api(`/v1/deliveries/${encodeURIComponent(delivery.id)}/retry`, { method: "POST" });
-          notice(result, `Delivery ${done.id} queued again (${done.status}).`);
-          await loadFailed();
-          follow(done.id, 0);
-        } catch (error) {
-          notice(result, problem(error), "error");
-          event.target.disabled = false;
-        }
-      },
-    }, "Retry");
+    return actionButton("Retry", "small retry", result, async () => {
+      const done = await api(`/v1/deliveries/${encodeURIComponent(delivery.id)}/retry`, { method: "POST" });
+      notice(result, `Delivery ${done.id} queued again (${done.status}).`);
+      await loadFailed();
+      follow(done.id, 0);
+    });
   }
 
   // A retried delivery, read again a second apart until the worker has sent it (or given up).
