@@ -426,5 +426,7 @@ def patient_publish(monkeypatch: pytest.MonkeyPatch) -> None:
     catch-up. That is correct, and the tests of Redis down say so (a stopped Redis refuses at
     once, so they are unaffected), but on a loaded machine it makes every test that compares
     stream ids or entries a matter of luck (CI: `streamId` null in seed 003's documented
-    example): in this process's apps a publish has 10 s."""
+    example): in this process's apps a publish has 10 s. Every other command has 10 s too
+    (CI: a connect under load outlived the 1 s of COMMAND_TIMEOUT and failed a trim test)."""
     monkeypatch.setattr(bus_redis, "PUBLISH_TIMEOUT", 10.0)
+    monkeypatch.setattr(bus_redis, "COMMAND_TIMEOUT", 10.0)

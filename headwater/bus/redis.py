@@ -196,9 +196,10 @@ class RedisBus:
             self._listener = None
         await self.client.aclose()
 
-    async def _call(self, command: Awaitable[Any], timeout: float = COMMAND_TIMEOUT) -> Any:
+    async def _call(self, command: Awaitable[Any], timeout: float | None = None) -> Any:
         try:
-            async with asyncio.timeout(timeout):
+            # COMMAND_TIMEOUT is read per call, not bound as a default, so it can be configured.
+            async with asyncio.timeout(COMMAND_TIMEOUT if timeout is None else timeout):
                 return await command
         except (RedisError, OSError, TimeoutError) as exc:
             raise BusError(str(exc) or type(exc).__name__) from exc
