@@ -73,7 +73,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 def _observe(scope: Scope, status: int, started: float) -> None:
     method = scope["method"] if scope["method"] in METHODS else "other"
     route = route_template(scope) or UNMATCHED
-    metrics().requests.labels(method, route, str(status)).observe(time.perf_counter() - started)
+    metrics().request(method, route, status, time.perf_counter() - started)
 
 
 # A new id: this process's random prefix and a count. Unique without a clock read or a lock, so

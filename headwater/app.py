@@ -41,6 +41,7 @@ from headwater.cors import CorsMiddleware, OriginIndex
 from headwater.dialects import analytics, data_events, segment
 from headwater.dialects import gamification as gamification_dialect
 from headwater.errors import ApiError, storage_full
+from headwater.metrics import flush as flush_metrics
 from headwater.middleware import BodyLimitMiddleware
 from headwater.sealing import Sealer, seal_stored_secrets
 from headwater.services import Services
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             if bus is not None:
                 await bus.close()
             await store.close()
+            flush_metrics()  # what this process counted since the last flush, before it exits
 
     hot: dict[tuple[str, str], ASGIApp] = {("POST", "/v1/events"): events.IngestEndpoint(services)}
     routes += openapi.routes(lambda: operations.document(starlette.routes, hot))

@@ -195,8 +195,40 @@ def test_two_api_processes_add_up_in_one_scrape(
         pids = {path.stem.split("_")[-1] for path in shared.glob("*.db")}
         # Both API processes counted (the worker counts nothing here: no trigger, no webhook).
         assert len(pids) == 2, pids
+        accepted = ("headwater_events_accepted_total", (("mode", "live"), ("tenant", "t")))
+        # The process not scraped writes its counts within FLUSH_SECONDS (headwater.metrics).
+        wait_for(lambda: scrape(server.url, token=None).get(accepted) == 40, "both processes' counts", timeout=10)
         samples = [scrape(server.url, token=None) for _ in range(6)]
-        assert {s["headwater_events_accepted_total", (("mode", "live"), ("tenant", "t"))] for s in samples} == {40}
+        assert {s[accepted] for s in samples} == {40}
         server.stop()
     finally:
         postgres.drop_database(database)
+
+
+def test_held_observations_are_written_as_prometheus_client_would_count_them() -> None:
+    """Request and group-commit times are held per bucket and written at a flush (to keep the
+    hot path cheap); what a scrape then reads is what `Histogram.observe` per request gives:
+    a value on a bucket's bound counts in that bucket, and a value past the last in +Inf."""
+    from prometheus_client import REGISTRY, Histogram
+
+    from headwater.metrics import LATENCY_BUCKETS, metrics
+
+    route = "/test/held-observations"
+    seconds = [0.0, 0.001, 0.0011, 0.005, 0.2, 30.0, 31.0]
+    for value in seconds:
+        metrics().request("POST", route, 200, value)
+    metrics().flush()
+    reference = Histogram("reference_seconds", "the same values, observed directly", buckets=LATENCY_BUCKETS)
+    try:
+        for value in seconds:
+            reference.observe(value)
+        labels = {"method": "POST", "route": route, "status": "200"}
+        for bound in [*(str(b) for b in LATENCY_BUCKETS), "+Inf"]:
+            held = REGISTRY.get_sample_value("headwater_request_seconds_bucket", {**labels, "le": bound})
+            assert held == REGISTRY.get_sample_value("reference_seconds_bucket", {"le": bound}), bound
+        assert REGISTRY.get_sample_value("headwater_request_seconds_bucket", {**labels, "le": "0.001"}) == 2
+        assert REGISTRY.get_sample_value("headwater_request_seconds_bucket", {**labels, "le": "+Inf"}) == 7
+        assert REGISTRY.get_sample_value("headwater_request_seconds_count", labels) == 7
+        assert REGISTRY.get_sample_value("headwater_request_seconds_sum", labels) == sum(seconds)
+    finally:
+        REGISTRY.unregister(reference)

@@ -357,7 +357,7 @@ class PgLog(PgLogErasure):
         if not self._jobs.admits(lane, job.size):
             raise Backpressure(retry_after=1)
         self._jobs.put(lane, job, job.size)
-        metrics().queue.set(self._jobs.pending)
+        metrics().queued(self._jobs.pending)
         self._wake.set()
         return await job.future
 
@@ -370,7 +370,7 @@ class PgLog(PgLogErasure):
                 await self._wake.wait()
                 continue
             jobs = self._next_group()
-            metrics().queue.set(self._jobs.pending)
+            metrics().queued(self._jobs.pending)
             started = time.perf_counter()
             try:
                 await self._write_group(jobs)

@@ -277,7 +277,7 @@ class SqliteCore:
                 raise Backpressure(retry_after=1)
             self._jobs.put(lane, job, size, first)
             if self.METERED:
-                metrics().queue.set(self._jobs.pending)
+                metrics().queued(self._jobs.pending)
             self._cond.notify()
         return await future
 
@@ -292,7 +292,7 @@ class SqliteCore:
                     return
                 jobs = self._next_group()
                 if self.METERED:
-                    metrics().queue.set(self._jobs.pending)
+                    metrics().queued(self._jobs.pending)
             started = time.perf_counter()
             self._run_group(conn, jobs)
             if self.METERED:
