@@ -97,6 +97,11 @@ class SchemaRegistry:
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
         async with self._lock:
+            # Requests that waited for the lock find the set the first of them read: one read
+            # per expiry, not one per request in flight (32 in a row under load).
+            cached = self._scopes.get((tenant, mode))
+            if cached is not None and cached[1] > time.monotonic():
+                return cached[0]
             versions = await self.store.registry.latest_schemas(tenant, mode)
             current: dict[str, CompiledSchema] = {}
             for version in versions:

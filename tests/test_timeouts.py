@@ -173,3 +173,66 @@ def test_hundreds_of_slow_connections_are_all_closed_while_a_client_is_served(se
         selector.close()
         for sock in slow:
             sock.close()
+
+
+def test_a_later_request_whose_headers_stop_halfway_is_answered_408(served: Served) -> None:
+    """The header deadline of a kept-alive connection's second request runs from its first byte
+    (armed only when a read leaves the headers unfinished)."""
+    with connect(served.port) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        started = time.monotonic()
+        assert read_until_closed(sock) == HEADERS_TIMED_OUT
+        assert time.monotonic() - started < BOUND
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(served: Served) -> None:
+    """The `100 Continue` is the cycle's first write, which is held for the loop's next turn
+    (headwater.http_protocol._JoinedWrites): it must still go out while the client waits."""
+    body = b'{"type":"continued"}'
+    head = ingest_head(served.key, len(body)).replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n")
+    with connect(served.port) as sock:
+        sock.sendall(head)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            chunk = sock.recv(65536)
+            assert chunk, interim
+            interim += chunk
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        response = read_response(sock)
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n"), response
+    assert json.loads(response.partition(b"\r\n\r\n")[2])["accepted"] == 1
+
+
+def test_pipelined_head_large_and_small_responses_arrive_whole_and_in_order(served: Served) -> None:
+    """Each response's head and body go out in one write when the body is small, in two when it
+    is over 64 KiB (the OpenAPI document), and alone for a HEAD: in every case in order, on one
+    connection, byte for byte what separate requests get."""
+    spec = httpx.get(served.server.url + "/openapi.json")
+    assert len(spec.content) > 64 * 1024
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(served.port) as sock:
+        sock.sendall(
+            health
+            + b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            + b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+            + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        stream = read_until_closed(sock)
+    responses = []
+    for head_request in (False, True, False, False):
+        head, _, stream = stream.partition(b"\r\n\r\n")
+        fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+        length = 0 if head_request else int(fields[b"content-length"])
+        responses.append((head.split(b"\r\n")[0], fields[b"content-length"], stream[:length]))
+        stream = stream[length:]
+    assert stream == b""
+    ok = b"HTTP/1.1 200 OK"
+    assert responses == [
+        (ok, b"15", b'{"status":"ok"}'),
+        (ok, b"15", b""),
+        (ok, str(len(spec.content)).encode(), spec.content),
+        (ok, b"15", b'{"status":"ok"}'),
+    ]
