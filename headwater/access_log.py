@@ -110,12 +110,6 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = _request_id(scope)
-
-        async def sending_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", request_id)]}
-            await send(message)
-
         started = time.perf_counter()
         # A request that ends without a response is answered 500 by the server.
         status = 500
@@ -124,7 +118,8 @@ class AccessLogMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            await sending_id(message)
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", request_id)]}
+            await send(message)
 
         # Checked per request (a cached lookup), so the hot path pays little at warning and above.
         if not logger.isEnabledFor(logging.INFO):
