@@ -321,8 +321,10 @@ class SqliteCore:
                 # job of the group fails with the store's error.
                 raise exc if isinstance(exc, sqlite3.Error) else sqlite3.OperationalError(str(exc)) from exc
             conn.execute("ROLLBACK TO job")
-            # Keys the failed job noted are gone with it; the rest are still found by query.
+            # Keys and offsets the failed job took are gone with it: the rest are still found
+            # by query, and the next job's offsets follow on from the last one kept, no gap.
             tx.new_keys.clear()
+            tx._last_seq = None
             job.error = _job_error(exc)
         conn.execute("RELEASE job")
 
