@@ -12,8 +12,9 @@ machine the workers run on.
 The counts made on the ingest path (events by outcome, requests, group commits, the write queue)
 are held in plain dicts first and written to prometheus-client's values at most FLUSH_SECONDS
 later, by a thread of each process, and before each scrape that process answers. Writing them
-through at once cost about 13% of a single-event request's CPU (a label lookup, a lock, a pid
-check and an mmap write per value, several values per request); held, a request adds to a dict.
+through at once took about 11% of a single-event request's time under py-spy (a label lookup,
+a lock, a pid check and an mmap write per value, several values per request); held, a request
+adds to a dict.
 A scrape of one API process may so miss up to FLUSH_SECONDS of another's counts, never lose them.
 """
 
